@@ -1,0 +1,42 @@
+# One command each, from a fresh clone: make test, make demo, make bench, make lint.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml setup.py $(wildcard native/*.pyx native/*.c native/*.h)
+
+.PHONY: install test test-pure bench lint demo soak clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Rebuilt whenever the build inputs change, so a stale extension never runs.
+$(STAMP): $(PY) $(SOURCES)
+	$(PY) -m pip install -q -e '.[test,lint]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The miner and chain suites once more with the native extension hidden.
+test-pure: $(STAMP)
+	VOTECHAIN_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_mining.py tests/test_block.py tests/test_pure_install.py
+
+bench: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+demo: $(STAMP)
+	$(VENV)/bin/votechain demo
+
+soak: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/soak -m soak
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info native/_native.c src/votechain/*.so

@@ -1,0 +1,50 @@
+/* Nonce search for votechain: hash = SHA-256(content[32] || nonce as 8 big-endian bytes).
+ *
+ * The search scans nonces in increasing order and reports the first whose
+ * digest starts with `difficulty` zero hex digits. See sha256_search.c for the
+ * block layout and the precomputations that make it fast.
+ */
+#ifndef VOTECHAIN_SHA256_SEARCH_H
+#define VOTECHAIN_SHA256_SEARCH_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* How many nonces are hashed between two reads of the abort flag. At ~60 M
+ * hashes/s (SHA-NI) that is ~0.5 ms and at ~10 M hashes/s (portable C) ~3 ms,
+ * well inside the 10 ms stop target, while one byte load per 32768 hashes
+ * costs nothing measurable. Must be a multiple of VC_SHANI_STREAMS. */
+#define VC_CHECK_INTERVAL 32768u
+
+/* Nonces kept in flight by the SHA-NI kernel (hides sha256rnds2 latency). */
+#define VC_SHANI_STREAMS 4
+
+#define VC_MAX_DIFFICULTY 16
+
+enum vc_result {
+    VC_EXHAUSTED = 0, /* no nonce in the range qualifies */
+    VC_FOUND = 1,     /* *found holds the first qualifying nonce */
+    VC_ABORTED = -1,  /* the abort flag was seen set */
+    VC_BAD_ARGUMENT = -2
+};
+
+/* 1 if this CPU has SHA-NI (plus the SSE4.1/SSSE3 the kernel also uses). */
+int vc_sha_ni_available(void);
+
+/* Scan nonces first..last INCLUSIVE (so the whole 2**64 range is expressible)
+ * for the first one whose hash has `difficulty` (0..16) leading zero hex
+ * digits. abort_flag may be NULL; otherwise *abort_flag is re-read every
+ * VC_CHECK_INTERVAL nonces and a nonzero value ends the search. portable != 0
+ * forces the plain C path even where SHA-NI exists. Safe to call without the
+ * Python GIL: touches no Python state. */
+int vc_search(const uint8_t content[32], unsigned difficulty, uint64_t first, uint64_t last,
+              const volatile uint8_t *abort_flag, int portable, uint64_t *found);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

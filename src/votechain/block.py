@@ -1,0 +1,217 @@
+"""The block and its transaction: frozen values, one canonical byte encoding, the hash layout.
+
+Hash layout (the miner's speed and every node's check depend on it)::
+
+    content = SHA-256(msgpack [id, [tx_id, timestamp, data], prev_hash, author])
+    hash    = SHA-256(content || nonce as 8 bytes big-endian)
+
+The nonce search never re-hashes the block data: the 40-byte preimage fits in
+one SHA-256 block whose first 8 message words (the content) stay constant for a
+whole search, so a miner precomputes the rounds that depend only on them.
+
+The encodings below are documented byte for byte in docs/protocol.md; any
+change to them changes every hash and breaks the test vectors on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+
+HASH_BYTES = 32
+TX_ID_BYTES = 16
+NONCE_BYTES = 8
+MAX_NONCE = 2**64 - 1
+# A vote's data is a category of at most 64 characters (256 bytes of UTF-8);
+# 1 KiB leaves room for other applications while keeping every block small.
+MAX_DATA_BYTES = 1024
+# An RSA-2048 SubjectPublicKeyInfo DER is 294 bytes; allow larger keys but not
+# megabytes of junk in a field every node stores forever.
+MAX_AUTHOR_BYTES = 1024
+MAX_SIGNATURE_BYTES = 1024
+# The largest block the fields above allow is about 3.2 KiB; 8 KiB bounds the
+# decoder before it looks at a single field.
+MAX_BLOCK_BYTES = 8 * 1024
+
+GENESIS_DATA = b"votechain genesis"
+
+
+class EncodingError(ValueError):
+    """Bytes that do not decode to a well-formed block (the sender's fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One entry on the chain: the seed's {timestamp, data}, plus a unique id.
+
+    `tx_id` makes a transaction identifiable across forks: when a fork switch
+    drops a block, its transaction is mined again and still counted once.
+    `timestamp` is Unix time in milliseconds (an integer, so the encoding is exact).
+    """
+
+    tx_id: bytes
+    timestamp: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    id: int
+    transaction: Transaction
+    nonce: int
+    prev_hash: bytes
+    hash: bytes
+    signature: bytes
+    # The signer's RSA public key (DER SubjectPublicKeyInfo): a stored chain can be
+    # re-verified long after it was received, not only at the moment it arrived.
+    author: bytes
+
+    def content(self) -> bytes:
+        return content_digest(self.id, self.transaction, self.prev_hash, self.author)
+
+    def computed_hash(self) -> bytes:
+        return block_hash(self.content(), self.nonce)
+
+    def with_nonce(self, nonce: int) -> Block:
+        return replace(self, nonce=nonce, hash=block_hash(self.content(), nonce))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map that carries a block on the wire and in storage."""
+        tx = self.transaction
+        return {
+            "id": self.id,
+            "transaction": {"tx_id": tx.tx_id, "timestamp": tx.timestamp, "data": tx.data},
+            "nonce": self.nonce,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "signature": self.signature,
+            "author": self.author,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Block:
+        """Build a block from a decoded map, checking every field's type and size."""
+        fields = _exact_map(obj, _BLOCK_KEYS, "block")
+        tx = _exact_map(fields["transaction"], _TX_KEYS, "transaction")
+        return cls(
+            id=_uint(fields["id"], "id", MAX_NONCE),
+            transaction=Transaction(
+                tx_id=_bytes(tx["tx_id"], "transaction.tx_id", TX_ID_BYTES, exact=True),
+                timestamp=_uint(tx["timestamp"], "transaction.timestamp", MAX_NONCE),
+                data=_bytes(tx["data"], "transaction.data", MAX_DATA_BYTES),
+            ),
+            nonce=_uint(fields["nonce"], "nonce", MAX_NONCE),
+            prev_hash=_bytes(fields["prev_hash"], "prev_hash", HASH_BYTES, exact=True),
+            hash=_bytes(fields["hash"], "hash", HASH_BYTES, exact=True),
+            signature=_bytes(fields["signature"], "signature", MAX_SIGNATURE_BYTES),
+            author=_bytes(fields["author"], "author", MAX_AUTHOR_BYTES),
+        )
+
+    def encode(self) -> bytes:
+        return pack(self.to_wire())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Block:
+        if len(raw) > MAX_BLOCK_BYTES:
+            raise EncodingError(f"block is {len(raw)} bytes, over MAX_BLOCK_BYTES={MAX_BLOCK_BYTES}")
+        return cls.from_wire(unpack(raw))
+
+
+_BLOCK_KEYS = ("id", "transaction", "nonce", "prev_hash", "hash", "signature", "author")
+_TX_KEYS = ("tx_id", "timestamp", "data")
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(raw: bytes) -> object:
+    """Decode exactly one msgpack object; trailing bytes, str/bin confusion and
+    non-string map keys are the sender's error, not ours."""
+    try:
+        return msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=len(raw),
+            # Blocks and messages are at most a few levels deep; refuse deep nesting
+            # before it costs us recursion.
+            max_array_len=100_000,
+            max_map_len=64,
+        )
+    except msgpack.ExtraData as exc:
+        raise EncodingError("trailing bytes after the msgpack object") from exc
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise EncodingError(f"malformed msgpack: {exc}") from exc
+    except RecursionError as exc:
+        raise EncodingError("msgpack nested too deeply") from exc
+
+
+def content_digest(block_id: int, tx: Transaction, prev_hash: bytes, author: bytes) -> bytes:
+    encoded = pack([block_id, [tx.tx_id, tx.timestamp, tx.data], prev_hash, author])
+    return hashlib.sha256(encoded).digest()
+
+
+def block_hash(content: bytes, nonce: int) -> bytes:
+    return hashlib.sha256(content + nonce.to_bytes(NONCE_BYTES, "big")).digest()
+
+
+def leading_zero_hex_digits(digest: bytes) -> int:
+    hex_digest = digest.hex()
+    return len(hex_digest) - len(hex_digest.lstrip("0"))
+
+
+def meets_difficulty(digest: bytes, difficulty: int) -> bool:
+    # Whole zero bytes, then one nibble for an odd difficulty: no hex string needed.
+    whole, half = divmod(difficulty, 2)
+    if any(digest[:whole]):
+        return False
+    return not half or digest[whole] >> 4 == 0
+
+
+def genesis_block() -> Block:
+    """The block every node derives identically: unsigned, unmined, id 0."""
+    tx = Transaction(tx_id=bytes(TX_ID_BYTES), timestamp=0, data=GENESIS_DATA)
+    content = content_digest(0, tx, bytes(HASH_BYTES), b"")
+    return Block(
+        id=0,
+        transaction=tx,
+        nonce=0,
+        prev_hash=bytes(HASH_BYTES),
+        hash=block_hash(content, 0),
+        signature=b"",
+        author=b"",
+    )
+
+
+def _exact_map(obj: object, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise EncodingError(f"{what} must be a map, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise EncodingError(f"{what} is missing {', '.join(missing)}")
+    extra = [str(k) for k in obj if k not in keys]
+    if extra:
+        raise EncodingError(f"{what} has unknown fields {', '.join(sorted(extra))}")
+    return obj
+
+
+def _uint(value: object, name: str, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EncodingError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= maximum:
+        raise EncodingError(f"{name}={value} is out of range 0..{maximum}")
+    return value
+
+
+def _bytes(value: object, name: str, limit: int, *, exact: bool = False) -> bytes:
+    if not isinstance(value, bytes):
+        raise EncodingError(f"{name} must be bytes, got {type(value).__name__}")
+    if exact and len(value) != limit:
+        raise EncodingError(f"{name} must be {limit} bytes, got {len(value)}")
+    if len(value) > limit:
+        raise EncodingError(f"{name} is {len(value)} bytes, over its cap of {limit}")
+    return value

@@ -1,0 +1,232 @@
+"""MinerPool: persistent worker processes that split the nonce space and share one abort flag.
+
+Workers are started once per node, not once per block: a spawned interpreter
+costs ~100 ms, longer than mining a difficulty-4 block takes.
+
+The nonce range is cut into CHUNK-sized pieces dealt round-robin (worker i takes
+chunks i, i+N, i+2N, ...), so the workers cover the range together without
+talking to each other. The first worker to find a nonce sets the shared abort
+byte; every other worker sees it within one STEP and reports back. A node that
+receives a new tip calls abort() the same way, and submits the next job.
+
+The abort byte lives in a multiprocessing RawArray: anonymous shared memory,
+unlinked at creation, so no segment can outlive the pool whatever kills it.
+
+Protocol between the pool and a worker (one Pipe each):
+  pool -> worker: (job_id, content, difficulty, start, stop, backend) or None (exit)
+  worker -> pool: ("ready", pid) once at start, then (job_id, nonce | None, hashes) per job
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .backend import DEFAULT_BACKEND, kernel
+
+log = logging.getLogger("votechain.mining")
+
+# Round-robin unit of the nonce space: big enough that dealing chunks costs nothing.
+CHUNK = 1 << 20
+# Nonces per kernel call inside a chunk: ~1 ms of native work, so progress (and
+# the hash-rate figure) is known to within a millisecond, and an abort that
+# arrives between calls is seen at once.
+STEP = 1 << 16
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+class MinerPoolError(RuntimeError):
+    """The pool itself failed (our fault): a worker would not start or a job was misused."""
+
+
+def _worker_main(conn: Connection, abort: Any) -> None:
+    """Worker process: wait for a job, search its share of the range, report, repeat."""
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        job_id, content, difficulty, start, stop, backend, index, workers = job
+        search = kernel(backend)
+        step = STEP if backend != "pure" else STEP // 16
+        found: int | None = None
+        hashes = 0
+        chunk_start = start + index * CHUNK
+        while found is None and chunk_start < stop and not abort[0]:
+            chunk_stop = min(chunk_start + CHUNK, stop)
+            lo = chunk_start
+            while lo < chunk_stop and not abort[0]:
+                hi = min(lo + step, chunk_stop)
+                found = search(content, difficulty, lo, hi, abort)
+                if found is not None:
+                    hashes += found - lo + 1
+                    break
+                if not abort[0]:
+                    hashes += hi - lo
+                lo = hi
+            chunk_start += workers * CHUNK
+        if found is not None:
+            abort[0] = 1  # tell the others: this job is done
+        conn.send((job_id, found, hashes))
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+
+class MinerPool:
+    """One mining job at a time across `workers` processes. Thread-safe.
+
+    submit() starts a job and returns at once; wait() blocks for its result;
+    abort(), from any thread, stops the job (wait() then returns None).
+    """
+
+    def __init__(self, workers: int | None = None, backend: str = DEFAULT_BACKEND) -> None:
+        kernel(backend)  # fail here, in the caller, if the backend is unavailable
+        self.backend = backend
+        self.size = workers or os.cpu_count() or 1
+        self._ctx = mp.get_context("spawn")
+        self._abort = self._ctx.RawArray("B", 1)
+        self._lock = threading.Lock()
+        self._job_id = 0
+        self._pending: set[int] = set()
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self._hashes = 0
+        self._busy_seconds = 0.0
+        self._job_started = 0.0
+        self.last_hashrate = 0.0
+        for _ in range(self.size):
+            self._workers.append(self._spawn())
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(theirs, self._abort), daemon=True, name="votechain-miner"
+        )
+        process.start()
+        theirs.close()
+        if not ours.poll(START_TIMEOUT):
+            process.kill()
+            raise MinerPoolError("a miner worker did not start")
+        tag, _pid = ours.recv()
+        if tag != "ready":
+            raise MinerPoolError(f"unexpected first message from a miner worker: {tag!r}")
+        return _Worker(process, ours)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    @property
+    def running(self) -> bool:
+        return bool(self._pending)
+
+    def submit(self, content: bytes, difficulty: int, start: int = 0, stop: int = 2**64) -> None:
+        """Start searching [start, stop) on every worker; returns immediately."""
+        from . import check_search_args
+
+        check_search_args(content, difficulty, start, stop)
+        with self._lock:
+            if self._closed:
+                raise MinerPoolError("the pool is closed")
+            if self._pending:
+                raise MinerPoolError("a job is already running; wait() or abort() it first")
+            self._job_id += 1
+            self._abort[0] = 0
+            self._job_started = time.perf_counter()
+            for index, worker in enumerate(self._workers):
+                job = (self._job_id, content, difficulty, start, stop, self.backend, index,
+                       self.size)
+                worker.conn.send(job)
+                self._pending.add(index)
+
+    def abort(self) -> None:
+        """Stop the current job, if any, from any thread. wait() then returns None."""
+        self._abort[0] = 1
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the current job ends; its nonce, or None if aborted or exhausted.
+
+        Raises TimeoutError if `timeout` passes first (the job keeps running)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        best: int | None = None
+        hashes = 0
+        while self._pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            conns = {self._workers[i].conn: i for i in self._pending}
+            ready = wait(list(conns), remaining)
+            if not ready:
+                raise TimeoutError("the mining job is still running")
+            for conn in ready:
+                index = conns[conn]  # type: ignore[index]
+                self._pending.discard(index)
+                try:
+                    job_id, nonce, worker_hashes = conn.recv()  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    # A killed worker loses its share of this job only; replace it so
+                    # the next job runs at full strength.
+                    log.warning("miner worker %d died; restarting it", index)
+                    self._workers[index] = self._spawn()
+                    continue
+                if job_id != self._job_id:
+                    continue
+                hashes += worker_hashes
+                if nonce is not None and (best is None or nonce < best):
+                    best = nonce
+        elapsed = time.perf_counter() - self._job_started
+        self._hashes += hashes
+        self._busy_seconds += elapsed
+        if elapsed > 0:
+            self.last_hashrate = hashes / elapsed
+        return best
+
+    def mine(self, content: bytes, difficulty: int, start: int = 0, stop: int = 2**64) -> int | None:
+        self.submit(content, difficulty, start, stop)
+        return self.wait()
+
+    @property
+    def hashrate(self) -> float:
+        """Hashes per second over every job so far (a slight undercount: an aborted
+        worker's last partial step is not counted)."""
+        return self._hashes / self._busy_seconds if self._busy_seconds else 0.0
+
+    def close(self) -> None:
+        """Stop every worker and wait for it; idempotent. No process survives it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._abort[0] = 1
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._pending.clear()
+
+    def __enter__(self) -> MinerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,136 @@
+"""The chain rules: whether a block may follow its predecessor. Pure: the clock is passed in.
+
+A block is valid after `prev` when, checked cheapest first:
+1. its id is prev.id + 1 and its prev_hash is prev.hash (it links);
+2. its timestamp is at most MAX_FUTURE_MS ahead of the validator's clock;
+3. its hash is SHA-256(content || nonce) recomputed from its fields;
+4. its hash has `difficulty` leading zero hex digits;
+5. its signature of the hash verifies under its author key.
+Sizes were already bounded when the block was decoded (block.MAX_* caps), and
+are checked again here for blocks built in memory.
+
+Each failure raises its own subclass of InvalidBlock, whose message names the
+block and the reason: the caller logs it and drops the block, never crashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from . import keys
+from .block import (
+    HASH_BYTES,
+    MAX_AUTHOR_BYTES,
+    MAX_BLOCK_BYTES,
+    MAX_DATA_BYTES,
+    MAX_SIGNATURE_BYTES,
+    TX_ID_BYTES,
+    Block,
+    genesis_block,
+    meets_difficulty,
+)
+
+DEFAULT_DIFFICULTY = 4
+MAX_DIFFICULTY = 16
+# Clocks on different machines disagree by seconds, not hours: two minutes of
+# slack accepts honest skew while refusing blocks stamped far in the future.
+MAX_FUTURE_MS = 2 * 60 * 1000
+
+
+class InvalidBlock(ValueError):
+    """A block that breaks a chain rule (the sender's fault)."""
+
+    reason = "invalid block"
+
+    def __init__(self, block: Block, detail: str) -> None:
+        super().__init__(f"block {block.id} {block.hash.hex()[:16]}: {self.reason}: {detail}")
+        self.block = block
+        self.detail = detail
+
+
+class BadLink(InvalidBlock):
+    reason = "does not link to its predecessor"
+
+
+class FutureTimestamp(InvalidBlock):
+    reason = "timestamp too far in the future"
+
+
+class BadHash(InvalidBlock):
+    reason = "hash does not match its contents"
+
+
+class DifficultyNotMet(InvalidBlock):
+    reason = "hash does not meet the difficulty"
+
+
+class BadSignature(InvalidBlock):
+    reason = "bad signature"
+
+
+class Oversized(InvalidBlock):
+    reason = "over a size cap"
+
+
+class BadGenesis(InvalidBlock):
+    reason = "not this network's genesis block"
+
+
+def check_difficulty(difficulty: int) -> int:
+    if not isinstance(difficulty, int) or isinstance(difficulty, bool):
+        raise TypeError(f"difficulty must be an int, got {type(difficulty).__name__}")
+    if not 0 <= difficulty <= MAX_DIFFICULTY:
+        raise ValueError(f"difficulty must be in 0..{MAX_DIFFICULTY}, got {difficulty}")
+    return difficulty
+
+
+def check_sizes(block: Block) -> None:
+    limits = (
+        ("transaction.data", len(block.transaction.data), MAX_DATA_BYTES),
+        ("author", len(block.author), MAX_AUTHOR_BYTES),
+        ("signature", len(block.signature), MAX_SIGNATURE_BYTES),
+    )
+    for name, size, cap in limits:
+        if size > cap:
+            raise Oversized(block, f"{name} is {size} bytes, cap {cap}")
+    if len(block.hash) != HASH_BYTES or len(block.prev_hash) != HASH_BYTES:
+        raise Oversized(block, f"hash and prev_hash must be {HASH_BYTES} bytes")
+    if len(block.transaction.tx_id) != TX_ID_BYTES:
+        raise Oversized(block, f"tx_id must be {TX_ID_BYTES} bytes")
+    encoded = len(block.encode())
+    if encoded > MAX_BLOCK_BYTES:
+        raise Oversized(block, f"encodes to {encoded} bytes, cap {MAX_BLOCK_BYTES}")
+
+
+def validate_block(block: Block, prev: Block, *, difficulty: int, now_ms: int) -> None:
+    """Raise an InvalidBlock subclass unless `block` may follow `prev`."""
+    if block.id != prev.id + 1:
+        raise BadLink(block, f"id {block.id} does not follow {prev.id}")
+    if block.prev_hash != prev.hash:
+        raise BadLink(block, f"prev_hash {block.prev_hash.hex()[:16]} is not {prev.hash.hex()[:16]}")
+    if block.transaction.timestamp > now_ms + MAX_FUTURE_MS:
+        ahead = (block.transaction.timestamp - now_ms) / 1000
+        raise FutureTimestamp(block, f"{ahead:.0f} s ahead of this node's clock")
+    check_sizes(block)
+    if block.computed_hash() != block.hash:
+        raise BadHash(block, f"recomputed {block.computed_hash().hex()[:16]}")
+    if not meets_difficulty(block.hash, difficulty):
+        raise DifficultyNotMet(block, f"needs {difficulty} leading zero hex digits")
+    try:
+        keys.verify(block.author, block.signature, block.hash)
+    except keys.SignatureError as exc:
+        raise BadSignature(block, str(exc)) from exc
+
+
+def validate_chain(blocks: Iterable[Block], *, difficulty: int, now_ms: int) -> int:
+    """Check a whole chain from genesis; return its height. Raises at the first bad block."""
+    iterator = iter(blocks)
+    genesis = genesis_block()
+    first = next(iterator, None)
+    if first != genesis:
+        raise BadGenesis(first or genesis, "the chain must start with this network's genesis")
+    prev = genesis
+    for block in iterator:
+        validate_block(block, prev, difficulty=difficulty, now_ms=now_ms)
+        prev = block
+    return prev.id

@@ -1,0 +1,433 @@
+"""The tracker server and its client: thin socket-and-thread shells.
+
+The protocol itself (framing, parsing, formatting, caps) lives in
+``tracker_protocol``; this module only moves bytes.
+
+Server, as in the seed design: the accept thread accepts, one thread per
+connection serves it, and the peer list sits behind a lock. A peer is listed
+from its ``REGISTER`` until its connection closes, so the open connection is
+the peer's liveness signal. Nothing polls: threads block in ``accept``/``recv``
+and ``stop()`` wakes them by shutting their sockets down.
+
+Deliberate simplifications: one thread per connection (fine for the few
+thousand peers ``MAX_CONNECTIONS`` allows; no asyncio), and a peer is known by
+the source IP of its tracker connection, so peers behind a NAT are not
+reachable by the addresses the tracker hands out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import NoReturn
+
+from votechain.tracker_protocol import (
+    ErrorReply,
+    LineBuffer,
+    LineTooLongError,
+    Nodes,
+    NodesReply,
+    Ok,
+    Register,
+    Request,
+    Response,
+    ResponseDecoder,
+    TrackerProtocolError,
+    TrackerReplyError,
+    encode_nodes,
+    encode_request,
+    encode_response,
+    parse_request,
+)
+
+log = logging.getLogger("votechain.tracker")
+
+# Why 4096: each connection costs a thread (its stack is reserved, mostly not
+# touched) and a file descriptor. Past this many, a flood of connections would
+# exhaust threads or descriptors and take down service for the real peers.
+MAX_CONNECTIONS = 4096
+
+# Why 10 s: a client that sends half a request and stalls (slow loris) ties up
+# a thread and a connection slot. A real client writes a whole request line in
+# one send, so ten seconds of silence mid-line means it is not a real client.
+# Registered peers are exempt: their idle connection is their registration.
+PARTIAL_LINE_TIMEOUT = 10.0
+
+# Why 10 s: a client that does not read its replies fills its receive window
+# and would block our send forever, pinning the thread. Give up and drop it.
+SEND_TIMEOUT = 10.0
+
+# Enough for any request line plus some pipelining; the LineBuffer cap, not
+# this, bounds what a connection can make us hold.
+_RECV_BYTES = 4096
+
+# accept() errors that mean "out of resources right now", not "listener gone".
+# Retrying them at once would spin, so the accept loop backs off briefly.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BACKOFF = 0.1
+
+_TOO_MANY = encode_response(ErrorReply("too many connections"))
+
+
+class TrackerServer:
+    """A tracker on ``(host, port)``; ``port=0`` picks a free port (see ``address``)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        partial_line_timeout: float = PARTIAL_LINE_TIMEOUT,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._max_connections = max_connections
+        self._partial_line_timeout = partial_line_timeout
+        self._lock = threading.Lock()
+        # Registered peers by connection; dicts keep insertion order, which is
+        # registration order. A second REGISTER keeps the peer's place.
+        self._peers: dict[socket.socket, tuple[str, int]] = {}
+        # Every live connection and the thread serving it.
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._address: tuple[str, int] | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind, listen and start accepting; returns once connections are accepted."""
+        with self._lock:
+            if self._listener is not None or self._stopping:
+                raise RuntimeError("a TrackerServer can be started only once")
+            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                # So a restarted tracker can rebind while old connections
+                # linger in TIME_WAIT.
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self._host, self._port))
+                listener.listen(socket.SOMAXCONN)
+            except OSError:
+                listener.close()
+                raise
+            self._listener = listener
+            host, port = listener.getsockname()[:2]
+            self._address = (host, port)
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, args=(listener,), name="tracker-accept", daemon=True
+            )
+            self._accept_thread.start()
+        log.info("tracker listening on %s:%d", host, port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._address is None:
+            raise RuntimeError("TrackerServer.address read before start()")
+        return self._address
+
+    def peers(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._peers.values())
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection and join every thread. Idempotent."""
+        with self._lock:
+            self._stopping = True
+            listener, accept_thread = self._listener, self._accept_thread
+        if listener is not None:
+            # On Linux, shutdown() of a listening socket wakes a thread blocked
+            # in accept(); close() alone would not.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+        if accept_thread is not None:
+            accept_thread.join()
+        if listener is not None:
+            listener.close()
+        # The accept thread is gone, so no connection can be added any more.
+        with self._lock:
+            connections = list(self._connections.items())
+            for conn, _thread in connections:
+                # Wakes the thread's recv()/send(); the thread closes the socket
+                # itself, under the lock, so this never touches a reused fd.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        for _conn, thread in connections:
+            thread.join()
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """start(), then block until stop() is called (from a signal handler or thread)."""
+        self.start()
+        self._stopped.wait()
+
+    def __enter__(self) -> TrackerServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ threads
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, addr = listener.accept()
+            except OSError as exc:
+                if self._stopping:
+                    return
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    log.warning("accept failed (%s); backing off", exc)
+                    self._stopped.wait(_ACCEPT_BACKOFF)
+                    continue
+                if isinstance(exc, ConnectionAbortedError):
+                    continue  # the client gave up before we got to it
+                log.exception("accept failed; tracker stops accepting")
+                return
+            with self._lock:
+                refuse = self._stopping or len(self._connections) >= self._max_connections
+                if not refuse:
+                    thread = threading.Thread(
+                        target=self._serve_connection,
+                        args=(conn, addr[0]),
+                        name=f"tracker-conn-{addr[0]}:{addr[1]}",
+                        daemon=True,
+                    )
+                    self._connections[conn] = thread
+                    thread.start()
+            if refuse:
+                self._refuse(conn, addr)
+
+    @staticmethod
+    def _refuse(conn: socket.socket, addr: tuple[str, int]) -> None:
+        log.warning("refusing %s:%d: too many connections", addr[0], addr[1])
+        # A fresh socket's send buffer is empty, so a non-blocking send of a
+        # few bytes goes through; if it somehow does not, the close says enough.
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.send(_TOO_MANY)
+        conn.close()
+
+    def _serve_connection(self, conn: socket.socket, ip: str) -> None:
+        lines = LineBuffer()
+        try:
+            while True:
+                # Block indefinitely unless an unregistered client is sitting
+                # on half a line (slow loris): then give it a deadline.
+                with self._lock:
+                    registered = conn in self._peers
+                if lines.has_pending_bytes and not registered:
+                    conn.settimeout(self._partial_line_timeout)
+                else:
+                    conn.settimeout(None)
+                try:
+                    data = conn.recv(_RECV_BYTES)
+                except TimeoutError:
+                    log.info("dropping %s: partial line and silence (slow loris)", ip)
+                    return
+                if not data:
+                    return  # orderly close by the client, or stop()
+                lines.feed(data)
+                while (line := lines.next_line()) is not None:
+                    self._send(conn, self._handle(conn, ip, line))
+        except LineTooLongError as exc:
+            log.info("dropping %s: %s", ip, exc.reason)
+            with contextlib.suppress(OSError):
+                self._send(conn, encode_response(ErrorReply(exc.reason)))
+        except OSError as exc:
+            # Resets, send timeouts, stop(): the client is gone either way.
+            log.debug("connection from %s ended: %s", ip, exc)
+        except Exception:
+            # Our bug, not the client's: say so loudly, but one broken
+            # connection must not take the tracker down.
+            log.exception("tracker bug while serving %s", ip)
+        finally:
+            with self._lock:
+                peer = self._peers.pop(conn, None)
+                self._connections.pop(conn, None)
+                conn.close()
+            if peer is not None:
+                log.info("unregistered %s:%d", *peer)
+
+    def _handle(self, conn: socket.socket, ip: str, line: bytes) -> bytes:
+        try:
+            request: Request = parse_request(line)
+        except TrackerProtocolError as exc:
+            log.debug("bad request from %s: %s", ip, exc.reason)
+            return encode_response(ErrorReply(exc.reason))
+        match request:
+            case Register(port=port):
+                with self._lock:
+                    self._peers[conn] = (ip, port)
+                log.info("registered %s:%d", ip, port)
+                return encode_response(Ok())
+            case Nodes():
+                # Snapshot under the lock, format outside it, so a slow
+                # formatter never holds up registrations.
+                with self._lock:
+                    peers = list(self._peers.values())
+                return encode_nodes(peers)
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> None:
+        conn.settimeout(SEND_TIMEOUT)
+        conn.sendall(data)
+
+
+# ================================================================ client
+
+
+class TrackerError(Exception):
+    """Talking to the tracker failed; the message says how."""
+
+
+class TrackerClient:
+    """A peer's persistent connection to the tracker (the connection is its registration).
+
+    Thread-safe: each request/reply exchange holds a lock. No call blocks
+    longer than ``timeout`` seconds.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
+        self._host = host
+        self._port = port
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._decoder = ResponseDecoder()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> None:
+        with self._lock:
+            self._connect(time.monotonic() + self.timeout)
+
+    def register(self, listen_port: int) -> None:
+        """Tell the tracker we accept peers on ``listen_port``; raises TrackerError."""
+        reply = self._exchange(Register(listen_port), time.monotonic() + self.timeout)
+        if not isinstance(reply, Ok):
+            self._fail(f"expected OK to REGISTER, got {reply!r}")
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """Every registered peer, ourselves included; raises TrackerError."""
+        return self._nodes(time.monotonic() + self.timeout)
+
+    def close(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            # Wake any exchange blocked in recv() first, so we need not wait
+            # its whole timeout for the lock.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> TrackerClient:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _where(self) -> str:
+        return f"tracker {self._host}:{self._port}"
+
+    def _connect(self, deadline: float) -> None:
+        if self._sock is not None:
+            return
+        try:
+            self._sock = socket.create_connection(
+                (self._host, self._port), timeout=max(deadline - time.monotonic(), 0.001)
+            )
+        except OSError as exc:
+            raise TrackerError(f"{self._where()} unreachable: {exc}") from exc
+        self._decoder = ResponseDecoder()
+
+    def _nodes(self, deadline: float) -> list[tuple[str, int]]:
+        reply = self._exchange(Nodes(), deadline)
+        if not isinstance(reply, NodesReply):
+            self._fail(f"expected NODES, got {reply!r}")
+        return list(reply.peers)
+
+    def _exchange(self, request: Request, deadline: float) -> Response:
+        data = encode_request(request)  # ValueError here is the caller's bug
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise TrackerError(f"not connected to {self._where()}")
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.sendall(data)
+                reply = self._decoder.next_response()
+                while reply is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    sock.settimeout(remaining)
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        self._close()
+                        raise TrackerError(f"{self._where()} closed the connection")
+                    self._decoder.feed(chunk)
+                    reply = self._decoder.next_response()
+            except TimeoutError:
+                # A late reply would be read as the answer to the next request;
+                # the stream is out of step, so drop it.
+                self._close()
+                raise TrackerError(
+                    f"no reply from {self._where()} within {self.timeout} s"
+                ) from None
+            except TrackerReplyError as exc:
+                self._close()
+                raise TrackerError(f"malformed reply from {self._where()}: {exc.reason}") from exc
+            except OSError as exc:
+                self._close()
+                raise TrackerError(f"connection to {self._where()} lost: {exc}") from exc
+        if isinstance(reply, ErrorReply):
+            raise TrackerError(f"{self._where()} replied ERROR: {reply.reason}")
+        return reply
+
+    def _fail(self, message: str) -> NoReturn:
+        with self._lock:
+            self._close()
+        raise TrackerError(f"malformed reply from {self._where()}: {message}")
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def fetch_nodes(host: str, port: int, timeout: float = 5.0) -> list[tuple[str, int]]:
+    """One-shot: connect, ask NODES, close. Raises TrackerError; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    client = TrackerClient(host, port, timeout)
+    try:
+        with client._lock:
+            client._connect(deadline)
+        return client._nodes(deadline)
+    finally:
+        client.close()
