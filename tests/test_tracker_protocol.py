@@ -74,7 +74,9 @@ def test_line_buffer_rejects_a_partial_line_over_the_cap() -> None:
 
 
 @given(st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=20), st.data())
-def test_line_buffer_any_chunking_gives_the_same_lines(lines: list[bytes], data: st.DataObject) -> None:
+def test_line_buffer_any_chunking_gives_the_same_lines(
+    lines: list[bytes], data: st.DataObject
+) -> None:
     stream = b"".join(line + b"\n" for line in lines)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     buffer = LineBuffer()
@@ -179,14 +181,25 @@ def test_decoder_reads_replies_fed_one_byte_at_a_time() -> None:
 
 
 @given(st.lists(st.tuples(st.ip_addresses(), st.integers(1, 65535)), max_size=50))
-def test_nodes_round_trips(peers: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> None:
+def test_nodes_round_trips(
+    peers: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
+) -> None:
     as_text = [(str(ip), port) for ip, port in peers]
     assert parse_nodes_response(encode_nodes(as_text)) == as_text
 
 
 @pytest.mark.parametrize(
     "line",
-    [b"1.2.3.4", b"1.2.3.4,", b"1.2.3.4,0", b"1.2.3.4,70000", b"host,80", b",80", b"1.2.3.4,5 ", b"\xff,1"],
+    [
+        b"1.2.3.4",
+        b"1.2.3.4,",
+        b"1.2.3.4,0",
+        b"1.2.3.4,70000",
+        b"host,80",
+        b",80",
+        b"1.2.3.4,5 ",
+        b"\xff,1",
+    ],
 )
 def test_parse_nodes_line_rejects(line: bytes) -> None:
     with pytest.raises(TrackerReplyError):
@@ -206,3 +219,10 @@ def test_decoder_caps_what_it_buffers() -> None:
     decoder.feed(b"NODES\n" + b"1.2.3.4,5 " * 10)
     with pytest.raises(TrackerReplyError):
         decoder.next_response()
+
+
+def test_parse_nodes_line_takes_ipv6_with_a_zone() -> None:
+    # getpeername() reports link-local IPv6 peers with their interface.
+    assert parse_nodes_line(b"fe80::1%eth0,5000") == [("fe80::1%eth0", 5000)]
+    with pytest.raises(TrackerReplyError):
+        parse_nodes_line(b"fe80::1%,5000")

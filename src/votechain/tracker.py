@@ -314,6 +314,18 @@ class TrackerClient:
     def connected(self) -> bool:
         return self._sock is not None
 
+    @property
+    def local_ip(self) -> str | None:
+        """This end's address as the tracker sees it (barring NAT): how a peer
+        recognises itself in a NODES list."""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            return str(sock.getsockname()[0])
+        except OSError:
+            return None
+
     def connect(self) -> None:
         with self._lock:
             self._connect(time.monotonic() + self.timeout)

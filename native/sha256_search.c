@@ -1,0 +1,410 @@
+/* votechain nonce search: one SHA-256 compression per nonce, two kernels.
+ *
+ * Layout. hash = SHA-256(content || nonce_be8) with a 32-byte content, so the
+ * 40-byte message plus padding is exactly one 64-byte block:
+ *     W0..W7 = content (big-endian words)    -- constant for the whole search
+ *     W8     = nonce >> 32                   -- constant for 2**32 nonces
+ *     W9     = nonce & 0xffffffff            -- the only word that varies
+ *     W10 = 0x80000000, W11..W14 = 0, W15 = 320 (bit length)
+ * The nonce is deliberately the LAST thing hashed so that nearly all of the
+ * work before it can be done once instead of once per nonce.
+ *
+ * Precomputation, done once per "segment" (a run of nonces sharing W8):
+ *   - rounds 0..8 depend only on W0..W8: run them once;
+ *   - round 9 adds W9 only through T1, so after round 9
+ *         a = a9' + W9,  e = e9' + W9,  b,c,d,f,g,h constant,
+ *     where a9', e9' are round 9 run with W9 = 0. Each nonce therefore starts
+ *     at round 10 from a state that costs two additions to build;
+ *   - W10..W15 are constants, so W+K for rounds 10..15 is precomputed;
+ *   - in the schedule, the parts of W16..W23 not involving W9 are constants
+ *     (W17, W19, W21 entirely), and with SHA-NI the first two sha256msg1
+ *     results are constant too.
+ * A nonce thus costs 54 rounds instead of 64, and 27 sha256rnds2 with SHA-NI.
+ *
+ * Check. Difficulty d means the top 4d bits of the digest are zero; those sit
+ * in H0 = a + IV0 and H1 = b + IV1, so only those two final words are formed.
+ *
+ * Kernels. The SHA-NI kernel keeps VC_SHANI_STREAMS nonces in flight: one
+ * sha256rnds2 has a latency of several cycles but the CPU can start one per
+ * cycle, so a single stream would leave the unit mostly idle. It is compiled
+ * with a function-level target attribute and chosen at run time, so the same
+ * build runs on CPUs without SHA-NI. The portable kernel is plain C with the
+ * same precomputation, two nonces interleaved for the same latency reason.
+ *
+ * Ordering. Streams hash consecutive nonces and hits are examined lowest lane
+ * first, so the first qualifying nonce of the range is always the one found.
+ */
+#include "sha256_search.h"
+
+#include <stddef.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define VC_HAVE_X86 1
+#include <immintrin.h>
+#else
+#define VC_HAVE_X86 0
+#endif
+
+/* 16-byte aligned: the SHA-NI kernel loads K[t..t+3] as one vector. */
+static _Alignas(16) const uint32_t K[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
+    0xab1c5ed5u, 0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu,
+    0x9bdc06a7u, 0xc19bf174u, 0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu,
+    0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau, 0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
+    0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u, 0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu,
+    0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u, 0xa2bfe8a1u, 0xa81a664bu,
+    0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u, 0x19a4c116u,
+    0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u,
+    0xc67178f2u,
+};
+
+static const uint32_t IV[8] = {
+    0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+    0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u,
+};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+#define BSIG0(x) (ROTR((x), 2) ^ ROTR((x), 13) ^ ROTR((x), 22))
+#define BSIG1(x) (ROTR((x), 6) ^ ROTR((x), 11) ^ ROTR((x), 25))
+#define SSIG0(x) (ROTR((x), 7) ^ ROTR((x), 18) ^ ((x) >> 3))
+#define SSIG1(x) (ROTR((x), 17) ^ ROTR((x), 19) ^ ((x) >> 10))
+#define CH(e, f, g) ((g) ^ ((e) & ((f) ^ (g))))
+#define MAJ(a, b, c) (((a) & (b)) | ((c) & ((a) | (b))))
+
+/* Everything that is constant while W8 is: see the comment at the top. */
+struct segment {
+    uint32_t w[16];  /* W0..W15 with W9 = 0 */
+    uint32_t s9[8];  /* a..h after round 9 computed with W9 = 0 */
+    /* Portable kernel: W16 = c16 + W9, W18 = s1(W16) + c18, W20 = s1(W18) + c20,
+     * W22 = s1(W20) + c22, W23 = W16 + c23; W17, W19, W21 are constants. */
+    uint32_t c16, w17, c18, w19, c20, w21, c22, c23;
+    /* SHA-NI kernel, as 4 x 32-bit lanes (lane 0 first), 16-byte aligned. */
+    _Alignas(16) uint32_t abef9[4]; /* lanes F, E, B, A */
+    _Alignas(16) uint32_t cdgh9[4]; /* lanes H, G, D, C */
+    _Alignas(16) uint32_t m2[4];    /* W8..W11 with W9 = 0 */
+    _Alignas(16) uint32_t m3[4];    /* W12..W15 */
+    _Alignas(16) uint32_t c4[4];    /* sha256msg1(W0..3, W4..7) + W9..W12, W9 = 0 */
+    _Alignas(16) uint32_t c5[4];    /* sha256msg1(W4..7, W8..11): no W9 in it */
+    _Alignas(16) uint32_t k10[4];   /* W+K for rounds 10,11 (lanes 0,1) */
+    _Alignas(16) uint32_t k12[4];   /* W+K for rounds 12,13 */
+    _Alignas(16) uint32_t k14[4];   /* W+K for rounds 14,15 */
+};
+
+static void segment_init(struct segment *g, const uint32_t content_words[8], uint32_t w8)
+{
+    uint32_t *w = g->w;
+    for (int i = 0; i < 8; i++)
+        w[i] = content_words[i];
+    w[8] = w8;
+    w[9] = 0;
+    w[10] = 0x80000000u;
+    w[11] = w[12] = w[13] = w[14] = 0;
+    w[15] = 320; /* message length in bits: 40 bytes */
+
+    /* Rounds 0..8 are shared by every nonce of the segment, and round 9 with
+     * W9 = 0 gives the base to which each nonce adds its W9 (see top). This
+     * is ~10 rounds per 2**32 nonces (or per call), so no need to cache the
+     * state after round 7 separately. */
+    uint32_t a = IV[0], b = IV[1], c = IV[2], d = IV[3];
+    uint32_t e = IV[4], f = IV[5], gg = IV[6], h = IV[7];
+    for (int i = 0; i < 10; i++) {
+        uint32_t t1 = h + BSIG1(e) + CH(e, f, gg) + K[i] + w[i];
+        uint32_t t2 = BSIG0(a) + MAJ(a, b, c);
+        h = gg;
+        gg = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    g->s9[0] = a; g->s9[1] = b; g->s9[2] = c; g->s9[3] = d;
+    g->s9[4] = e; g->s9[5] = f; g->s9[6] = gg; g->s9[7] = h;
+
+    g->c16 = SSIG1(w[14]) + SSIG0(w[1]) + w[0];
+    g->w17 = SSIG1(w[15]) + w[10] + SSIG0(w[2]) + w[1];
+    g->c18 = w[11] + SSIG0(w[3]) + w[2];
+    g->w19 = SSIG1(g->w17) + w[12] + SSIG0(w[4]) + w[3];
+    g->c20 = w[13] + SSIG0(w[5]) + w[4];
+    g->w21 = SSIG1(g->w19) + w[14] + SSIG0(w[6]) + w[5];
+    g->c22 = w[15] + SSIG0(w[7]) + w[6];
+    g->c23 = SSIG1(g->w21) + SSIG0(w[8]) + w[7];
+
+    g->abef9[0] = f; g->abef9[1] = e; g->abef9[2] = b; g->abef9[3] = a;
+    g->cdgh9[0] = h; g->cdgh9[1] = gg; g->cdgh9[2] = d; g->cdgh9[3] = c;
+    for (int i = 0; i < 4; i++) {
+        g->m2[i] = w[8 + i];
+        g->m3[i] = w[12 + i];
+        /* sha256msg1(X, Y) lane i = X[i] + s0(next word), the next word of
+         * lane 3 being Y[0]; alignr(W12..15, W8..11) = W9..W12. */
+        g->c4[i] = w[i] + SSIG0(w[i + 1]) + w[9 + i];
+        g->c5[i] = w[4 + i] + SSIG0(w[5 + i]);
+    }
+    g->k10[0] = w[10] + K[10]; g->k10[1] = w[11] + K[11]; g->k10[2] = g->k10[3] = 0;
+    g->k12[0] = w[12] + K[12]; g->k12[1] = w[13] + K[13]; g->k12[2] = g->k12[3] = 0;
+    g->k14[0] = w[14] + K[14]; g->k14[1] = w[15] + K[15]; g->k14[2] = g->k14[3] = 0;
+}
+
+/* ---- portable kernel --------------------------------------------------- */
+
+/* Interleaving two nonces roughly doubles throughput: one SHA-256 round is a
+ * long dependency chain, so a lone stream leaves most ALUs idle. */
+#define PORT_STREAMS 2
+
+/* Hash nonces with W9 = lo .. lo+n-1 (n >= 1, no wrap past 2**32 within the
+ * valid ones). Returns 1 and the first qualifying W9 in *hit, else 0. */
+static int portable_scan(const struct segment *g, uint32_t lo, uint32_t n, uint64_t mask,
+                         uint32_t *hit)
+{
+    for (uint32_t done = 0; done < n; done += PORT_STREAMS) {
+        uint32_t W[PORT_STREAMS][64];
+        uint32_t st[PORT_STREAMS][8];
+        for (int s = 0; s < PORT_STREAMS; s++) {
+            uint32_t w9 = lo + done + (uint32_t)s; /* lanes past n wrap harmlessly */
+            uint32_t *w = W[s];
+            for (int i = 0; i < 16; i++)
+                w[i] = g->w[i];
+            w[9] = w9;
+            w[16] = g->c16 + w9;
+            w[17] = g->w17;
+            w[18] = SSIG1(w[16]) + g->c18;
+            w[19] = g->w19;
+            w[20] = SSIG1(w[18]) + g->c20;
+            w[21] = g->w21;
+            w[22] = SSIG1(w[20]) + g->c22;
+            w[23] = w[16] + g->c23;
+            for (int i = 0; i < 8; i++)
+                st[s][i] = g->s9[i];
+            st[s][0] += w9;
+            st[s][4] += w9;
+        }
+#pragma GCC unroll 64
+        for (int t = 24; t < 64; t++) {
+            for (int s = 0; s < PORT_STREAMS; s++)
+                W[s][t] = SSIG1(W[s][t - 2]) + W[s][t - 7] + SSIG0(W[s][t - 15]) + W[s][t - 16];
+        }
+        uint32_t a[PORT_STREAMS], b[PORT_STREAMS], c[PORT_STREAMS], d[PORT_STREAMS];
+        uint32_t e[PORT_STREAMS], f[PORT_STREAMS], gg[PORT_STREAMS], h[PORT_STREAMS];
+        for (int s = 0; s < PORT_STREAMS; s++) {
+            a[s] = st[s][0]; b[s] = st[s][1]; c[s] = st[s][2]; d[s] = st[s][3];
+            e[s] = st[s][4]; f[s] = st[s][5]; gg[s] = st[s][6]; h[s] = st[s][7];
+        }
+#pragma GCC unroll 64
+        for (int t = 10; t < 64; t++) {
+            for (int s = 0; s < PORT_STREAMS; s++) {
+                uint32_t t1 = h[s] + BSIG1(e[s]) + CH(e[s], f[s], gg[s]) + K[t] + W[s][t];
+                uint32_t t2 = BSIG0(a[s]) + MAJ(a[s], b[s], c[s]);
+                h[s] = gg[s];
+                gg[s] = f[s];
+                f[s] = e[s];
+                e[s] = d[s] + t1;
+                d[s] = c[s];
+                c[s] = b[s];
+                b[s] = a[s];
+                a[s] = t1 + t2;
+            }
+        }
+        for (int s = 0; s < PORT_STREAMS; s++) {
+            uint64_t top = ((uint64_t)(a[s] + IV[0]) << 32) | (uint32_t)(b[s] + IV[1]);
+            if ((top & mask) == 0 && done + (uint32_t)s < n) {
+                *hit = lo + done + (uint32_t)s;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- SHA-NI kernel ----------------------------------------------------- */
+
+#if VC_HAVE_X86
+
+#define NS VC_SHANI_STREAMS
+#define SHANI_TARGET __attribute__((target("sha,sse4.1,ssse3")))
+/* Apply a statement to every stream; fully unrolled so each array element
+ * becomes its own register (or spill slot) and the streams interleave at
+ * instruction granularity. */
+#define FOR_S _Pragma("GCC unroll 8") for (int s = 0; s < NS; s++)
+#define LD(p) _mm_load_si128((const __m128i *)(const void *)(p))
+#define KV(t) LD(&K[(t)])
+
+/* Two sha256rnds2: rounds t..t+3 from message vector X (W[t..t+3]). */
+#define ROUNDS4(AB, CD, X, t)                                                 \
+    FOR_S {                                                                   \
+        __m128i mk_ = _mm_add_epi32((X)[s], KV(t));                           \
+        (CD)[s] = _mm_sha256rnds2_epu32((CD)[s], (AB)[s], mk_);               \
+        mk_ = _mm_shuffle_epi32(mk_, 0x0e);                                   \
+        (AB)[s] = _mm_sha256rnds2_epu32((AB)[s], (CD)[s], mk_);               \
+    }
+
+#ifndef MSG1_MODE
+#define MSG1_MODE 1
+#endif
+SHANI_TARGET static inline __m128i msg1_sse(__m128i a, __m128i b)
+{
+    __m128i y = _mm_alignr_epi8(b, a, 4);
+    __m128i s0 = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi32(y, 7), _mm_slli_epi32(y, 25)),
+                               _mm_xor_si128(_mm_srli_epi32(y, 18), _mm_slli_epi32(y, 14)));
+    s0 = _mm_xor_si128(s0, _mm_srli_epi32(y, 3));
+    return _mm_add_epi32(a, s0);
+}
+#if MSG1_MODE
+#define MSG1(a, b) msg1_sse((a), (b))
+#else
+#define MSG1(a, b) _mm_sha256msg1_epu32((a), (b))
+#endif
+/* Xa (= W[t-16..t-13]) becomes W[t..t+3]; Xb, Xc, Xd hold t-12, t-8, t-4. */
+#define SCHED(Xa, Xb, Xc, Xd)                                                 \
+    FOR_S {                                                                   \
+        __m128i v_ = MSG1((Xa)[s], (Xb)[s]);                                  \
+        v_ = _mm_add_epi32(v_, _mm_alignr_epi8((Xd)[s], (Xc)[s], 4));         \
+        (Xa)[s] = _mm_sha256msg2_epu32(v_, (Xd)[s]);                          \
+    }
+
+SHANI_TARGET
+static int shani_scan(const struct segment *g, uint32_t lo, uint32_t n, uint64_t mask,
+                      uint32_t *hit)
+{
+    const __m128i cdgh9 = LD(g->cdgh9), m3 = LD(g->m3), c5 = LD(g->c5);
+    const __m128i k10 = LD(g->k10), k12 = LD(g->k12), k14 = LD(g->k14);
+    /* ABEF of the IV, to form H0:H1, which then sit in the high 64-bit lane. */
+    const __m128i iv = _mm_set_epi32((int)IV[0], (int)IV[1], (int)IV[4], (int)IV[5]);
+    const __m128i maskv = _mm_set_epi64x((long long)mask, 0);
+    const __m128i zero = _mm_setzero_si128();
+    /* Per-batch base vectors with W9 = lo + done folded in; stream s adds s. */
+    const __m128i lov = _mm_set1_epi32((int)lo);
+    __m128i abef_run = _mm_add_epi32(LD(g->abef9), _mm_and_si128(lov, _mm_set_epi32(-1, 0, -1, 0)));
+    __m128i m2_run = _mm_add_epi32(LD(g->m2), _mm_and_si128(lov, _mm_set_epi32(0, 0, -1, 0)));
+    __m128i c4_run = _mm_add_epi32(LD(g->c4), _mm_and_si128(lov, _mm_set_epi32(0, 0, 0, -1)));
+    const __m128i step_abef = _mm_set_epi32(NS, 0, NS, 0);
+    const __m128i step_m2 = _mm_set_epi32(0, 0, NS, 0);
+    const __m128i step_c4 = _mm_set_epi32(0, 0, 0, NS);
+
+    for (uint32_t done = 0; done < n; done += NS) {
+        __m128i A[NS], C[NS], X0[NS], X1[NS], X2[NS], X3[NS];
+        FOR_S {
+            A[s] = _mm_add_epi32(abef_run, _mm_set_epi32(s, 0, s, 0));
+            C[s] = cdgh9;
+            X2[s] = _mm_add_epi32(m2_run, _mm_set_epi32(0, 0, s, 0)); /* W8..W11 */
+            X3[s] = m3;                                                /* W12..W15 */
+        }
+        abef_run = _mm_add_epi32(abef_run, step_abef);
+        m2_run = _mm_add_epi32(m2_run, step_m2);
+
+        /* Rounds 10-11: one rnds2, after which ABEF lives in C and CDGH in A. */
+        FOR_S C[s] = _mm_sha256rnds2_epu32(C[s], A[s], k10);
+        /* Rounds 12-15: W+K fully constant; ABEF back in C afterwards. */
+        FOR_S {
+            A[s] = _mm_sha256rnds2_epu32(A[s], C[s], k12);
+            C[s] = _mm_sha256rnds2_epu32(C[s], A[s], k14);
+        }
+        /* W16..19: msg1(W0..3, W4..7) and W10..W12 are folded into c4. */
+        FOR_S X0[s] = _mm_sha256msg2_epu32(
+            _mm_add_epi32(c4_run, _mm_set_epi32(0, 0, 0, s)), m3);
+        c4_run = _mm_add_epi32(c4_run, step_c4);
+        ROUNDS4(C, A, X0, 16);
+        /* W20..23: msg1(W4..7, W8..11) has no W9 in it: constant c5. */
+        FOR_S X1[s] = _mm_sha256msg2_epu32(
+            _mm_add_epi32(c5, _mm_alignr_epi8(X0[s], X3[s], 4)), X0[s]);
+        ROUNDS4(C, A, X1, 20);
+        SCHED(X2, X3, X0, X1); ROUNDS4(C, A, X2, 24);
+        SCHED(X3, X0, X1, X2); ROUNDS4(C, A, X3, 28);
+        SCHED(X0, X1, X2, X3); ROUNDS4(C, A, X0, 32);
+        SCHED(X1, X2, X3, X0); ROUNDS4(C, A, X1, 36);
+        SCHED(X2, X3, X0, X1); ROUNDS4(C, A, X2, 40);
+        SCHED(X3, X0, X1, X2); ROUNDS4(C, A, X3, 44);
+        SCHED(X0, X1, X2, X3); ROUNDS4(C, A, X0, 48);
+        SCHED(X1, X2, X3, X0); ROUNDS4(C, A, X1, 52);
+        SCHED(X2, X3, X0, X1); ROUNDS4(C, A, X2, 56);
+        SCHED(X3, X0, X1, X2); ROUNDS4(C, A, X3, 60);
+
+        /* C = final ABEF. Hit when (H0:H1 & mask) == 0; the low 64-bit lane
+         * is masked to zero and always compares equal, so only bit 1 of the
+         * movemask matters. Hits are rare: test the OR of all streams. */
+        __m128i eq[NS], any = zero;
+        FOR_S {
+            eq[s] = _mm_cmpeq_epi64(_mm_and_si128(_mm_add_epi32(C[s], iv), maskv), zero);
+            any = _mm_or_si128(any, eq[s]);
+        }
+        if (__builtin_expect(_mm_movemask_pd(_mm_castsi128_pd(any)) & 2, 0)) {
+            for (int s = 0; s < NS; s++) {
+                if ((_mm_movemask_pd(_mm_castsi128_pd(eq[s])) & 2) && done + (uint32_t)s < n) {
+                    *hit = lo + done + (uint32_t)s;
+                    return 1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+#endif /* VC_HAVE_X86 */
+
+int vc_sha_ni_available(void)
+{
+#if VC_HAVE_X86 && defined(__GNUC__)
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
+                 __builtin_cpu_supports("ssse3");
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+typedef int (*scan_fn)(const struct segment *, uint32_t, uint32_t, uint64_t, uint32_t *);
+
+int vc_search(const uint8_t content[32], unsigned difficulty, uint64_t first, uint64_t last,
+              const volatile uint8_t *abort_flag, int portable, uint64_t *found)
+{
+    if (content == NULL || found == NULL || difficulty > VC_MAX_DIFFICULTY || first > last)
+        return VC_BAD_ARGUMENT;
+    if (abort_flag != NULL && *abort_flag)
+        return VC_ABORTED;
+
+    /* Top 4d bits must be zero; d = 0 gives mask 0 (every hash qualifies)
+     * without the undefined shift by 64. */
+    const uint64_t mask = difficulty ? ~(uint64_t)0 << (64 - 4 * difficulty) : 0;
+    uint32_t words[8];
+    for (int i = 0; i < 8; i++)
+        words[i] = (uint32_t)content[4 * i] << 24 | (uint32_t)content[4 * i + 1] << 16 |
+                   (uint32_t)content[4 * i + 2] << 8 | (uint32_t)content[4 * i + 3];
+
+    scan_fn scan = portable_scan;
+#if VC_HAVE_X86
+    if (!portable && vc_sha_ni_available())
+        scan = shani_scan;
+#endif
+
+    struct segment g;
+    uint64_t cur = first;
+    for (;;) {
+        /* A segment ends where W8 (the nonce's high word) changes. */
+        const uint32_t hi = (uint32_t)(cur >> 32);
+        const uint64_t seg_last = ((uint64_t)hi << 32 | 0xffffffffu) < last
+                                      ? ((uint64_t)hi << 32 | 0xffffffffu)
+                                      : last;
+        segment_init(&g, words, hi);
+        for (;;) {
+            const uint64_t chunk_last =
+                seg_last - cur >= VC_CHECK_INTERVAL ? cur + VC_CHECK_INTERVAL - 1 : seg_last;
+            uint32_t hit;
+            if (scan(&g, (uint32_t)cur, (uint32_t)(chunk_last - cur + 1), mask, &hit)) {
+                *found = (uint64_t)hi << 32 | hit;
+                return VC_FOUND;
+            }
+            if (chunk_last == last) /* checked before cur + 1 can wrap at 2**64 */
+                return VC_EXHAUSTED;
+            cur = chunk_last + 1;
+            if (abort_flag != NULL && *abort_flag)
+                return VC_ABORTED;
+            if (chunk_last == seg_last)
+                break;
+        }
+    }
+}

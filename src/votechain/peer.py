@@ -1,0 +1,594 @@
+"""Node: one votechain peer. Sockets, threads and processes around the pure core.
+
+Threads (the seed's, made concrete):
+- listener: blocks in accept() (no polling) and hands each connection to its
+  own thread, which answers Hello, GetLatest, GetBlocks and Add;
+- miner: takes the oldest pending vote, mines it on the current tip with the
+  MinerPool, signs, appends, then broadcasts to every peer the tracker lists;
+- resolver: every SYNC_INTERVAL, or at once when a block arrives that does not
+  extend our tip, asks every peer for its latest block, takes the majority
+  (forkchoice.py) and fetches and switches to it if our chain lacks it;
+- tracker keeper: keeps the registration alive, re-registering when the
+  tracker comes back.
+
+One lock (`_lock`) guards the chain, the pending queue and the pool's
+submit/abort. Holding it across submit and abort is what makes restart-on-new-
+block race-free: a block appended between reading the tip and submitting the
+job would otherwise have its abort erased by the submit. Everything slow (RSA
+verification, mining, network requests) happens outside it.
+
+The seed asked for a lock between the sending and the receiving thread because
+one socket was shared by both; here inbound and outbound traffic use separate
+connections, and each outbound connection (PeerLink) has its own lock so a
+reply is never read by the wrong request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import keys, mining, voting
+from .block import TX_ID_BYTES, Block, Transaction
+from .chain import Chain, Switch
+from .forkchoice import Tip, Vote, holders, majority
+from .rules import InvalidBlock, check_block_alone, check_difficulty
+from .store import ChainStore
+from .transport import Connection, ConnectionClosed
+from .wire import (
+    MAX_BATCH_BLOCKS,
+    PROTOCOL_VERSION,
+    Add,
+    AddResult,
+    Blocks,
+    Error,
+    GetBlocks,
+    GetLatest,
+    Hello,
+    Latest,
+    Message,
+    WireError,
+)
+
+log = logging.getLogger("votechain.peer")
+
+# A request to another peer that takes longer than this is abandoned: a dead or
+# stalled peer costs at most this long, in a thread of its own.
+PEER_TIMEOUT = 3.0
+# How often a node polls the majority tip even when nothing arrives, so a peer
+# that missed a broadcast catches up without waiting for the next block.
+SYNC_INTERVAL = 3.0
+TRACKER_INTERVAL = 1.0
+# Inbound connections beyond this are closed at once: each costs a thread.
+MAX_INBOUND = 256
+# An inbound connection that sends nothing for this long is closed; honest peers
+# reconnect on demand, and this bounds what an idle attacker can hold.
+INBOUND_IDLE_TIMEOUT = 60.0
+# Threads that broadcast blocks and poll tips; a stalled peer holds one at most
+# PEER_TIMEOUT.
+NETWORK_THREADS = 32
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class NodeConfig:
+    data_dir: Path
+    tracker: tuple[str, int]
+    host: str = "127.0.0.1"
+    port: int = 0
+    difficulty: int = 4
+    workers: int | None = None
+    miner: str = mining.DEFAULT_BACKEND
+
+
+class PeerLink:
+    """A reusable outbound connection to one peer, reconnected on demand."""
+
+    def __init__(self, address: tuple[str, int], hello: Hello) -> None:
+        self.address = address
+        self._hello = hello
+        self._conn: Connection | None = None
+        self.lock = threading.Lock()
+
+    def request(self, msg: Message, timeout: float = PEER_TIMEOUT) -> Message:
+        """Send `msg` and return the reply; raises OSError, WireError or TimeoutError."""
+        if not self.lock.acquire(timeout=timeout):
+            raise TimeoutError(f"peer {self.address} is busy")
+        try:
+            if self._conn is None:
+                conn = Connection.open(*self.address, timeout=timeout)
+                try:
+                    conn.handshake(self._hello, initiator=True)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
+            try:
+                return self._conn.request(msg)
+            except BaseException:
+                # After any failure the stream may hold half a reply: start afresh.
+                self._conn.close()
+                self._conn = None
+                raise
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class Node:
+    """A votechain peer; implements control.ControlHandler for its owner."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        check_difficulty(config.difficulty)
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.address: tuple[str, int] = (config.host, config.port)
+        self.difficulty = config.difficulty
+        self.forks_resolved = 0
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._resolve_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._inbound: set[socket.socket] = set()
+        self._links: dict[tuple[str, int], PeerLink] = {}
+        self._known_peers: list[tuple[str, int]] = []
+        self._self_addresses: set[tuple[str, int]] = set()
+        self._pending: list[Transaction] = []
+        self._started = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        from .control import ControlServer
+        from .tracker import TrackerClient
+
+        self.key = keys.load_or_create(self.data_dir)
+        self.store = ChainStore.open(self.data_dir, self.difficulty)
+        self.chain = self._load_chain()
+        self._pending = [t for t in self.store.pending() if not self.chain.block_with_tx(t.tx_id)]
+        self.hello = Hello(PROTOCOL_VERSION, self.chain.genesis.hash, self.difficulty)
+        self.pool = mining.MinerPool(self.config.workers, self.config.miner)
+        self._network = ThreadPoolExecutor(NETWORK_THREADS, thread_name_prefix="votechain-net")
+
+        self._listener = socket.create_server((self.config.host, self.config.port), backlog=128)
+        self.address = self._listener.getsockname()[:2]
+        self._self_addresses = {self.address, ("127.0.0.1", self.address[1])}
+        self.tracker = TrackerClient(*self.config.tracker, timeout=PEER_TIMEOUT)
+        self.control = ControlServer(self, self.data_dir)
+        self.control.start()
+        self._started = True
+        for name, target in (
+            ("listener", self._accept_loop),
+            ("miner", self._mine_loop),
+            ("resolver", self._resolve_loop),
+            ("tracker", self._tracker_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"votechain-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("peer %s:%d started: height %d, %d pending, miner %s x%d",
+                 *self.address, self.chain.height, len(self._pending), self.pool.backend,
+                 self.pool.size)
+
+    def _load_chain(self) -> Chain:
+        """Reload and re-verify the stored chain; keep the valid prefix of a damaged one."""
+        chain = Chain()
+        bad: InvalidBlock | None = None
+        stored = self.store.blocks()
+        for block in stored[1:]:
+            try:
+                chain.append(block, difficulty=self.difficulty, now_ms=now_ms())
+            except InvalidBlock as exc:
+                bad = exc
+                break
+        if bad is not None:
+            log.error("stored chain is invalid from block %d (%s); dropping it and re-syncing",
+                      bad.block.id, bad)
+            lost = [b for b in stored[bad.block.id :] if b.author == self.key.public_der]
+            self.store.replace_from(bad.block.id, [], requeue=[b.transaction for b in lost])
+        return chain
+
+    def stop(self) -> None:
+        """Unregister, stop every thread and worker, close the database. Idempotent."""
+        if not self._started or self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._resolve_now.set()
+        with self._changed:
+            self.pool.abort()
+            self._changed.notify_all()
+        self.control.stop()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self.tracker.close()
+        with self._lock:
+            inbound = list(self._inbound)
+        for sock in inbound:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._network.shutdown(wait=False, cancel_futures=True)
+        for link in list(self._links.values()):
+            link.close()
+        self.pool.close()
+        self.store.close()
+        log.info("peer %s:%d stopped", *self.address)
+
+    # ------------------------------------------------------------ inbound side
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was shut down by stop()
+            with self._lock:
+                if len(self._inbound) >= MAX_INBOUND:
+                    sock.close()
+                    continue
+                self._inbound.add(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True,
+                             name="votechain-inbound").start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = Connection(sock, timeout=INBOUND_IDLE_TIMEOUT)
+        try:
+            conn.handshake(self.hello, initiator=False)
+            while not self._stopping.is_set():
+                conn.send(self.handle(conn.recv(), conn.peer))
+        except WireError as exc:
+            log.warning("dropping connection from %s: %s", conn.peer, exc)
+        except (ConnectionClosed, OSError, TimeoutError):
+            pass
+        finally:
+            conn.close()
+            with self._lock:
+                self._inbound.discard(sock)
+
+    def handle(self, msg: Message, source: tuple[str, int]) -> Message:
+        """Answer one request from another peer."""
+        if isinstance(msg, GetLatest):
+            with self._lock:
+                return Latest(self.chain.tip)
+        if isinstance(msg, GetBlocks):
+            with self._lock:
+                batch = self.chain.blocks_from(msg.from_id, min(msg.limit, MAX_BATCH_BLOCKS))
+            return Blocks(tuple(batch))
+        if isinstance(msg, Add):
+            return self.receive_block(msg.block, msg.public_key, source)
+        return Error(f"unexpected {type(msg).__name__} message")
+
+    def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
+        """The seed's 'add a block' request: verify, then append, or resolve a fork."""
+        if block.author != public_key:
+            return self._reject(block, source, "author does not match the public key sent")
+        with self._lock:
+            if self.chain.has_hash(block.hash):
+                return AddResult("known", "")
+        try:
+            check_block_alone(block, difficulty=self.difficulty, now_ms=now_ms())
+        except InvalidBlock as exc:
+            return self._reject(block, source, str(exc))
+        with self._changed:
+            if self.chain.has_hash(block.hash):
+                return AddResult("known", "")
+            tip = self.chain.tip
+            if block.id == tip.id + 1 and block.prev_hash == tip.hash:
+                try:
+                    self.chain.append_checked(block)
+                except InvalidBlock as exc:
+                    return self._reject(block, source, str(exc))
+                self._record_append(block)
+                log.info("accepted block %d %s from %s", block.id, block.hash.hex()[:16], source)
+                return AddResult("added", "")
+        # Same id as one we hold, or a gap: the majority decides (in the resolver thread,
+        # so this connection answers at once).
+        log.info("block %d from %s does not extend our tip %d: resolving by majority",
+                 block.id, source, tip.id)
+        self._resolve_now.set()
+        return AddResult("fork", "")
+
+    def _reject(self, block: Block, source: object, reason: str) -> AddResult:
+        log.warning("rejected block %d from %s: %s", block.id, source, reason)
+        return AddResult("rejected", reason)
+
+    def _record_append(self, block: Block) -> None:
+        """After the chain grew by `block` (lock held): persist, settle the pending
+        queue, restart mining on the new tip, wake waiters."""
+        tx_id = block.transaction.tx_id
+        self.store.append(block, done=[tx_id])
+        self._pending = [t for t in self._pending if t.tx_id != tx_id]
+        self.pool.abort()
+        self._changed.notify_all()
+
+    # ------------------------------------------------------------------ mining
+
+    def _mine_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._changed:
+                while not self._pending and not self._stopping.is_set():
+                    self._changed.wait()
+                if self._stopping.is_set():
+                    return
+                tx = self._pending[0]
+                tip = self.chain.tip
+                template = Block(id=tip.id + 1, transaction=tx, nonce=0, prev_hash=tip.hash,
+                                 hash=b"", signature=b"", author=self.key.public_der)
+                self.pool.submit(template.content(), self.difficulty)
+            nonce = self.pool.wait()
+            if nonce is None:
+                continue  # the tip moved (or we are stopping): start again on the new one
+            mined = template.with_nonce(nonce)
+            block = replace(mined, signature=self.key.sign(mined.hash))
+            with self._changed:
+                if self.chain.tip.hash != tip.hash:
+                    continue
+                try:
+                    self.chain.append_checked(block)
+                except InvalidBlock as exc:  # the vote reached the chain by another path
+                    log.info("dropping mined block: %s", exc)
+                    self._pending = [t for t in self._pending if t.tx_id != tx.tx_id]
+                    self.store.drop_pending([tx.tx_id])
+                    continue
+                self._record_append(block)
+            log.info("mined block %d %s (nonce %d)", block.id, block.hash.hex()[:16], nonce)
+            self.broadcast(block)
+
+    def broadcast(self, block: Block) -> None:
+        """Send `block` and our public key to every other peer, each in its own
+        thread with a bounded timeout; returns without waiting for them."""
+        for address in self.peers():
+            self._network.submit(self._send_block, address, block)
+
+    def _send_block(self, address: tuple[str, int], block: Block) -> None:
+        try:
+            reply = self._link(address).request(Add(block, self.key.public_der))
+        except (OSError, WireError, TimeoutError, ConnectionClosed) as exc:
+            log.info("could not send block %d to %s: %s", block.id, address, exc)
+            return
+        if isinstance(reply, AddResult) and reply.status == "rejected":
+            log.warning("peer %s rejected our block %d: %s", address, block.id, reply.reason)
+
+    def _link(self, address: tuple[str, int]) -> PeerLink:
+        with self._lock:
+            link = self._links.get(address)
+            if link is None:
+                link = self._links[address] = PeerLink(address, self.hello)
+            return link
+
+    # ---------------------------------------------------------- tracker, peers
+
+    def _tracker_loop(self) -> None:
+        from .tracker import TrackerError
+
+        while not self._stopping.is_set():
+            try:
+                if not self.tracker.connected:
+                    self.tracker.connect()
+                    self.tracker.register(self.address[1])
+                    log.info("registered with tracker %s:%d", *self.config.tracker)
+                    self._resolve_now.set()
+                # Asking for the list doubles as the liveness check of the registration.
+                nodes = self.tracker.nodes()
+                with self._lock:
+                    self._known_peers = [a for a in nodes if not self._is_self(a)]
+            except TrackerError as exc:
+                if self.tracker.connected:
+                    log.warning("tracker connection lost: %s", exc)
+                self.tracker.close()
+            self._stopping.wait(TRACKER_INTERVAL)
+
+    def _is_self(self, address: tuple[str, int]) -> bool:
+        return address in self._self_addresses or (
+            address[1] == self.address[1] and address[0] == self._tracker_local_ip()
+        )
+
+    def _tracker_local_ip(self) -> str | None:
+        return self.tracker.local_ip
+
+    def peers(self) -> list[tuple[str, int]]:
+        """The other peers, fresh from the tracker (the seed asks for the list each
+        time), or the last list seen if the tracker is unreachable."""
+        from .tracker import TrackerError
+
+        try:
+            nodes = self.tracker.nodes()
+        except TrackerError:
+            with self._lock:
+                return list(self._known_peers)
+        others = [a for a in nodes if not self._is_self(a)]
+        with self._lock:
+            self._known_peers = others
+        return others
+
+    # ------------------------------------------------------- fork resolution
+
+    def _resolve_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._resolve_now.wait(SYNC_INTERVAL)
+            self._resolve_now.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.resolve()
+            except Exception:  # our own bug: log it loudly, keep the node serving
+                log.exception("fork resolution failed")
+
+    def _ask_all(self, peers: Iterable[tuple[str, int]], msg: Message) -> list[
+            tuple[tuple[str, int], Message]]:
+        futures = [(a, self._network.submit(self._link(a).request, msg)) for a in peers]
+        replies = []
+        for address, future in futures:
+            try:
+                replies.append((address, future.result(timeout=PEER_TIMEOUT * 2)))
+            except Exception as exc:
+                log.debug("no answer from %s: %s", address, exc)
+        return replies
+
+    def resolve(self) -> Switch | None:
+        """Poll every peer's latest block, take the majority, switch to it if needed."""
+        peers = self.peers()
+        with self._lock:
+            votes = [Vote(Tip(self.chain.tip.id, self.chain.tip.hash), None)]
+        for address, reply in self._ask_all(peers, GetLatest()):
+            if isinstance(reply, Latest):
+                votes.append(Vote(Tip(reply.block.id, reply.block.hash), address))
+        winner = majority(votes)
+        with self._lock:
+            if winner is None or self.chain.has_hash(winner.hash):
+                return None
+        for holder in holders(votes, winner):
+            try:
+                branch = self._fetch_branch(holder)
+            except (OSError, WireError, TimeoutError, ConnectionClosed, InvalidBlock) as exc:
+                log.warning("could not fetch the majority branch from %s: %s", holder, exc)
+                continue
+            if branch:
+                return self._adopt(branch, holder)
+        return None
+
+    def _fetch_branch(self, holder: tuple[str, int]) -> list[Block]:
+        """The holder's blocks from where its chain and ours part, up to its tip,
+        each checked on its own (hash, difficulty, signature) outside the lock."""
+        link = self._link(holder)
+        with self._lock:
+            ours = self.chain.blocks()
+        start, step = max(1, len(ours) - 1), 1
+        while True:
+            batch = self._get_blocks(link, start)
+            if not batch or batch[0].prev_hash == ours[start - 1].hash:
+                break
+            if start == 1:
+                raise InvalidBlock(batch[0], "the peer's chain shares not even our genesis")
+            start, step = max(1, start - step), step * 2
+        branch = list(batch)
+        while batch:
+            batch = self._get_blocks(link, branch[-1].id + 1)
+            branch.extend(batch)
+        now = now_ms()
+        prev: Block | None = None
+        for block in branch:
+            if prev is not None and (block.id != prev.id + 1 or block.prev_hash != prev.hash):
+                raise InvalidBlock(block, "the peer sent a batch that does not link up")
+            check_block_alone(block, difficulty=self.difficulty, now_ms=now)
+            prev = block
+        return branch
+
+    @staticmethod
+    def _get_blocks(link: PeerLink, from_id: int) -> tuple[Block, ...]:
+        reply = link.request(GetBlocks(from_id, MAX_BATCH_BLOCKS))
+        if not isinstance(reply, Blocks):
+            raise WireError(f"expected Blocks, got {type(reply).__name__}")
+        if reply.blocks and reply.blocks[0].id != from_id:
+            raise WireError(f"asked for blocks from {from_id}, got {reply.blocks[0].id}")
+        return reply.blocks
+
+    def _adopt(self, branch: list[Block], holder: tuple[str, int]) -> Switch | None:
+        with self._changed:
+            try:
+                switch = self.chain.switch(branch, difficulty=self.difficulty, now_ms=now_ms(),
+                                           prechecked=True)
+            except InvalidBlock as exc:
+                log.warning("majority branch from %s rejected: %s", holder, exc)
+                return None
+            if not switch.added and not switch.dropped:
+                return None
+            # Only our own votes go back into our queue: every dropped vote has exactly
+            # one author, so it is mined again once, not once per peer that saw it.
+            requeue = [b.transaction for b in switch.orphaned if b.author == self.key.public_der]
+            added_tx = {b.transaction.tx_id for b in switch.added}
+            self.store.replace_from(switch.fork_id + 1, switch.added, requeue=requeue,
+                                    done=added_tx)
+            queued = {t.tx_id for t in self._pending}
+            self._pending = [t for t in requeue if t.tx_id not in queued] + self._pending
+            self._pending = [t for t in self._pending if t.tx_id not in added_tx]
+            self.pool.abort()
+            self._changed.notify_all()
+        if switch.dropped:
+            self.forks_resolved += 1
+            log.info("switched to the majority chain from %s at block %d: dropped %d, added %d, "
+                     "re-queued %d of our votes", holder, switch.fork_id, len(switch.dropped),
+                     len(switch.added), len(requeue))
+        else:
+            log.info("synced %d blocks from %s, height now %d", len(switch.added), holder,
+                     self.chain.height)
+        return switch
+
+    # ---------------------------------------------------- application (owner)
+
+    def submit(self, tx: Transaction) -> None:
+        """Queue a transaction for mining; it survives a restart from here on."""
+        with self._changed:
+            if self.chain.block_with_tx(tx.tx_id) is None and all(
+                    t.tx_id != tx.tx_id for t in self._pending):
+                self.store.add_pending(tx)
+                self._pending.append(tx)
+                self._changed.notify_all()
+
+    def submit_vote(self, category: str) -> bytes:
+        tx = voting.vote_transaction(voting.validate_category(category), now_ms())
+        self.submit(tx)
+        return tx.tx_id
+
+    def wait_for_tx(self, tx_id: bytes, timeout: float) -> Block | None:
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.chain.block_with_tx(tx_id) is not None or self._stopping.is_set(),
+                timeout,
+            )
+            return self.chain.block_with_tx(tx_id)
+
+    def create(self, data: bytes, timeout: float = 60.0) -> Block:
+        """The seed's create(): mine `data` into a block of our chain and broadcast it."""
+        tx = Transaction(tx_id=secrets.token_bytes(TX_ID_BYTES), timestamp=now_ms(), data=data)
+        self.submit(tx)
+        block = self.wait_for_tx(tx.tx_id, timeout)
+        if block is None:
+            raise TimeoutError(f"transaction not mined within {timeout} s")
+        return block
+
+    def status(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "height": self.chain.height,
+                "tip": self.chain.tip.hash.hex(),
+                "peers": len(self._known_peers),
+                "pending": len(self._pending),
+                "backend": f"{self.pool.backend} x{self.pool.size}",
+                "hashrate": self.pool.hashrate,
+                "forks_resolved": self.forks_resolved,
+                "address": f"{self.address[0]}:{self.address[1]}",
+            }
+
+    def tally(self) -> dict[str, int]:
+        with self._lock:
+            blocks = self.chain.blocks()
+        return voting.tally(blocks)
+
+    def blocks(self) -> list[Block]:
+        with self._lock:
+            return self.chain.blocks()
+
+    def wait_until(self, predicate: Callable[[Chain], bool], timeout: float) -> bool:
+        """Block until `predicate(chain)` holds (for tests and the demo)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.chain), timeout)

@@ -1,0 +1,112 @@
+"""Votes as transactions, and the tally. Pure: no I/O, no clock (`now_ms` is passed in).
+
+A vote is a transaction whose data is the UTF-8 encoding of a category name
+and whose `tx_id` is 16 random bytes. The tally walks a chain and counts, per
+category, every vote whose `tx_id` it has not seen yet: when a fork switch
+drops a block, its vote is mined again in another block, and the second copy
+carries the same `tx_id`, so it is counted once.
+
+What counts as a category is `validate_category`'s docstring. A transaction
+whose data is not a valid category (the genesis block's, another
+application's, a hand-made one) is simply not a vote: the tally skips it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import unicodedata
+from collections.abc import Iterable
+
+from .block import TX_ID_BYTES, Block, Transaction, genesis_block
+
+# Long enough for any sensible ballot option, short enough that the worst case
+# (64 four-byte UTF-8 characters = 256 bytes) sits far below block.MAX_DATA_BYTES.
+MAX_CATEGORY_CHARS = 64
+
+# The genesis transaction's data happens to be valid category text; it must
+# still never count as a vote.
+_GENESIS_TX = genesis_block().transaction
+
+
+class InvalidVote(ValueError):
+    """A category that breaks the rules of `validate_category` (the caller's fault)."""
+
+
+def validate_category(text: str) -> str:
+    """Return the canonical form of a category, or raise InvalidVote saying why not.
+
+    The rules:
+    - surrounding whitespace is stripped ("  Alice " is the category "Alice");
+    - what remains is 1 to MAX_CATEGORY_CHARS (64) characters (code points, not bytes);
+    - it contains no control or other non-printing format characters (Unicode
+      categories Cc, Cf, Cs, Co, Cn: newlines, tabs, escapes, bidi overrides,
+      lone surrogates, unassigned code points), which could forge extra rows
+      or hide text when a tally is printed;
+    - categories are case-sensitive and otherwise taken as given: "Alice" and
+      "alice" are two categories.
+    """
+    if not isinstance(text, str):
+        raise InvalidVote(f"a category must be text, got {type(text).__name__}")
+    category = text.strip()
+    if not category:
+        raise InvalidVote("a category must not be empty")
+    if len(category) > MAX_CATEGORY_CHARS:
+        raise InvalidVote(
+            f"a category must be at most {MAX_CATEGORY_CHARS} characters, got {len(category)}"
+        )
+    for char in category:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            raise InvalidVote(f"a category must not contain control characters (U+{ord(char):04X})")
+    return category
+
+
+def vote_transaction(category: str, now_ms: int, tx_id: bytes | None = None) -> Transaction:
+    """The transaction that casts one vote for `category` (validated, canonical form)."""
+    canonical = validate_category(category)
+    if tx_id is None:
+        # Random, not derived from the content: two people voting for the same
+        # category at the same millisecond cast two votes, not one.
+        tx_id = secrets.token_bytes(TX_ID_BYTES)
+    elif len(tx_id) != TX_ID_BYTES:
+        raise ValueError(f"tx_id must be {TX_ID_BYTES} bytes, got {len(tx_id)}")
+    if now_ms < 0:
+        raise ValueError(f"now_ms must not be negative, got {now_ms}")
+    return Transaction(tx_id=tx_id, timestamp=now_ms, data=canonical.encode("utf-8"))
+
+
+def category_of(tx: Transaction) -> str | None:
+    """The category `tx` votes for, or None when it is not a valid vote.
+
+    Only the canonical form counts: data with surrounding whitespace or invalid
+    UTF-8 was not made by `vote_transaction`, so it is not a vote.
+    """
+    if tx == _GENESIS_TX:
+        return None
+    try:
+        text = tx.data.decode("utf-8")
+        canonical = validate_category(text)
+    except (UnicodeDecodeError, InvalidVote):
+        return None
+    return canonical if canonical == text else None
+
+
+def tally(blocks: Iterable[Block]) -> dict[str, int]:
+    """Votes per category in `blocks` (a chain from genesis), each tx_id counted once.
+
+    Block 0 and transactions that are not valid votes are skipped. The result is
+    ordered by count, highest first, then by category name.
+    """
+    seen: set[bytes] = set()
+    counts: dict[str, int] = {}
+    for block in blocks:
+        if block.id == 0:
+            continue
+        tx = block.transaction
+        if tx.tx_id in seen:
+            continue
+        category = category_of(tx)
+        if category is None:
+            continue
+        seen.add(tx.tx_id)
+        counts[category] = counts.get(category, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
