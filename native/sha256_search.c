@@ -222,7 +222,10 @@ static int portable_scan(const struct segment *g, uint32_t lo, uint32_t n, uint6
 #if VC_HAVE_X86
 
 #define NS VC_SHANI_STREAMS
-#define SHANI_TARGET __attribute__((target("sha,sse4.1,ssse3")))
+#ifndef SHANI_TGT
+#define SHANI_TGT "sha,sse4.1,ssse3"
+#endif
+#define SHANI_TARGET __attribute__((target(SHANI_TGT)))
 /* Apply a statement to every stream; fully unrolled so each array element
  * becomes its own register (or spill slot) and the streams interleave at
  * instruction granularity. */

@@ -20,7 +20,9 @@ extern "C" {
 #define VC_CHECK_INTERVAL 32768u
 
 /* Nonces kept in flight by the SHA-NI kernel (hides sha256rnds2 latency). */
+#ifndef VC_SHANI_STREAMS
 #define VC_SHANI_STREAMS 4
+#endif
 
 #define VC_MAX_DIFFICULTY 16
 

@@ -116,7 +116,7 @@ class Block:
     @classmethod
     def decode(cls, raw: bytes) -> Block:
         if len(raw) > MAX_BLOCK_BYTES:
-            raise EncodingError(f"block is {len(raw)} bytes, over MAX_BLOCK_BYTES={MAX_BLOCK_BYTES}")
+            raise EncodingError(f"block is {len(raw)} bytes, over the cap of {MAX_BLOCK_BYTES}")
         return cls.from_wire(unpack(raw))
 
 
@@ -136,11 +136,11 @@ def unpack(raw: bytes) -> object:
             raw,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=len(raw),
-            # Blocks and messages are at most a few levels deep; refuse deep nesting
-            # before it costs us recursion.
-            max_array_len=100_000,
-            max_map_len=64,
+            # A block is two small maps; refusing huge declared lengths stops a few
+            # header bytes from reserving a large container. (Nesting depth is
+            # bounded by msgpack's own fixed parse stack, which raises ValueError.)
+            max_array_len=16,
+            max_map_len=16,
         )
     except msgpack.ExtraData as exc:
         raise EncodingError("trailing bytes after the msgpack object") from exc

@@ -152,6 +152,9 @@ class Node:
         self._self_addresses: set[tuple[str, int]] = set()
         self._pending: list[Transaction] = []
         self._started = False
+        # Like Bitcoin Core's setnetworkactive: when False the node neither sends
+        # nor answers blocks, so tests (and operators) can partition it and heal it.
+        self.network_active = True
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -266,6 +269,8 @@ class Node:
 
     def handle(self, msg: Message, source: tuple[str, int]) -> Message:
         """Answer one request from another peer."""
+        if not self.network_active:
+            return Error("network inactive")
         if isinstance(msg, GetLatest):
             with self._lock:
                 return Latest(self.chain.tip)
@@ -410,6 +415,8 @@ class Node:
         time), or the last list seen if the tracker is unreachable."""
         from .tracker import TrackerError
 
+        if not self.network_active:
+            return []
         try:
             nodes = self.tracker.nodes()
         except TrackerError:
@@ -587,6 +594,11 @@ class Node:
     def blocks(self) -> list[Block]:
         with self._lock:
             return self.chain.blocks()
+
+    def set_network_active(self, active: bool) -> None:
+        self.network_active = active
+        if active:
+            self._resolve_now.set()
 
     def wait_until(self, predicate: Callable[[Chain], bool], timeout: float) -> bool:
         """Block until `predicate(chain)` holds (for tests and the demo)."""

@@ -105,7 +105,9 @@ def check_link(block: Block, prev: Block) -> None:
     if block.id != prev.id + 1:
         raise BadLink(block, f"id {block.id} does not follow {prev.id}")
     if block.prev_hash != prev.hash:
-        raise BadLink(block, f"prev_hash {block.prev_hash.hex()[:16]} is not {prev.hash.hex()[:16]}")
+        raise BadLink(
+            block, f"prev_hash {block.prev_hash.hex()[:16]} is not {prev.hash.hex()[:16]}"
+        )
 
 
 def check_block_alone(block: Block, *, difficulty: int, now_ms: int) -> None:

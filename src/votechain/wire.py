@@ -40,6 +40,7 @@ docs/protocol.md describes all of this byte for byte.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -265,7 +266,9 @@ class GetBlocks:
         fields = _fields(obj, cls.TYPE, ("from_id", "limit"))
         limit = _uint(fields, cls.TYPE, "limit")
         if not 1 <= limit <= MAX_BATCH_BLOCKS:
-            raise MalformedMessage(f"get_blocks.limit={limit} is out of range 1..{MAX_BATCH_BLOCKS}")
+            raise MalformedMessage(
+                f"get_blocks.limit={limit} is out of range 1..{MAX_BATCH_BLOCKS}"
+            )
         return cls(from_id=_uint(fields, cls.TYPE, "from_id"), limit=limit)
 
 
@@ -289,7 +292,9 @@ class Blocks:
 
     def to_wire(self) -> dict[str, Any]:
         if not isinstance(self.blocks, tuple):
-            raise LocalProtocolError(f"blocks.blocks must be a tuple, got {type(self.blocks).__name__}")
+            raise LocalProtocolError(
+                f"blocks.blocks must be a tuple, got {type(self.blocks).__name__}"
+            )
         return {
             "type": self.TYPE,
             "blocks": [_block_to_wire(b, self.TYPE, "blocks[]") for b in self.blocks],
@@ -306,7 +311,7 @@ class Blocks:
                 f"blocks.blocks has {len(items)} blocks, over MAX_BATCH_BLOCKS={MAX_BATCH_BLOCKS}"
             )
         blocks = tuple(_block(item, f"blocks.blocks[{i}]") for i, item in enumerate(items))
-        for prev, block in zip(blocks, blocks[1:], strict=False):
+        for prev, block in itertools.pairwise(blocks):
             if block.id != prev.id + 1:
                 raise MalformedMessage(
                     f"blocks.blocks are not consecutive: block {block.id} follows {prev.id}"
@@ -407,9 +412,7 @@ def check_hello(ours: Hello, theirs: Hello) -> None:
     our log and in the Error we send back.
     """
     if theirs.version != ours.version:
-        raise IncompatiblePeer(
-            f"protocol version {theirs.version}, expected {ours.version}"
-        )
+        raise IncompatiblePeer(f"protocol version {theirs.version}, expected {ours.version}")
     if theirs.genesis != ours.genesis:
         raise IncompatiblePeer(
             f"genesis block {theirs.genesis.hex()[:16]}…, expected {ours.genesis.hex()[:16]}… "
@@ -555,7 +558,9 @@ def _uint(fields: dict[str, Any], tag: str, name: str) -> int:
     return value
 
 
-def _bytes(fields: dict[str, Any], tag: str, name: str, limit: int, *, exact: bool = False) -> bytes:
+def _bytes(
+    fields: dict[str, Any], tag: str, name: str, limit: int, *, exact: bool = False
+) -> bytes:
     value = fields[name]
     if not isinstance(value, bytes):
         raise MalformedMessage(f"{tag}.{name} must be bytes, got {type(value).__name__}")

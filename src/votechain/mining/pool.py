@@ -19,6 +19,7 @@ Protocol between the pool and a worker (one Pipe each):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -168,14 +169,14 @@ class MinerPool:
         while self._pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             conns = {self._workers[i].conn: i for i in self._pending}
-            ready = wait(list(conns), remaining)
+            ready: list[Any] = wait(list(conns), remaining)
             if not ready:
                 raise TimeoutError("the mining job is still running")
             for conn in ready:
-                index = conns[conn]  # type: ignore[index]
+                index = conns[conn]
                 self._pending.discard(index)
                 try:
-                    job_id, nonce, worker_hashes = conn.recv()  # type: ignore[union-attr]
+                    job_id, nonce, worker_hashes = conn.recv()
                 except (EOFError, OSError):
                     # A killed worker loses its share of this job only; replace it so
                     # the next job runs at full strength.
@@ -194,7 +195,9 @@ class MinerPool:
             self.last_hashrate = hashes / elapsed
         return best
 
-    def mine(self, content: bytes, difficulty: int, start: int = 0, stop: int = 2**64) -> int | None:
+    def mine(
+        self, content: bytes, difficulty: int, start: int = 0, stop: int = 2**64
+    ) -> int | None:
         self.submit(content, difficulty, start, stop)
         return self.wait()
 
@@ -212,10 +215,8 @@ class MinerPool:
             self._closed = True
         self._abort[0] = 1
         for worker in self._workers:
-            try:
+            with contextlib.suppress(OSError):
                 worker.conn.send(None)
-            except OSError:
-                pass
         deadline = time.monotonic() + STOP_TIMEOUT
         for worker in self._workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))

@@ -1,4 +1,4 @@
-"""The pure-Python miner: hashlib, one nonce at a time. The baseline every benchmark compares against.
+"""The pure-Python miner: hashlib, one nonce at a time; the baseline of every benchmark.
 
 It mirrors the native kernel's contract exactly (votechain._native.search): the
 first nonce in [start, stop), in increasing order, whose hash meets the

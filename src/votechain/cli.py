@@ -1,0 +1,423 @@
+"""The `votechain` command: run a tracker or a peer, talk to a running peer, verify a chain.
+
+Each subcommand is one small `cmd_*` function. Modules a subcommand needs are
+imported inside it, so `votechain --help` and `votechain vote` start fast and do
+not load the miner, SQLite or the peer.
+
+Exit codes: 0 success, 1 failure (one line on stderr saying why), 2 usage
+error (one line), 130 interrupted by Ctrl-C. Expected failures never print a
+traceback; an unexpected exception is a bug and does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
+
+from . import __version__
+from .voting import InvalidVote, validate_category
+
+if TYPE_CHECKING:
+    from .control import ControlClient
+
+PROG = "votechain"
+DEFAULT_DATA_DIR = Path("votechain-data")
+DEFAULT_TRACKER_PORT = 8000
+BAR_WIDTH = 40
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, with an exit code (1 unless said)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (prog: error: ...), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ================================================================ argument types
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[IPv6]:PORT' -> (host, port); argparse turns ValueError into exit 2."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port_text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _difficulty(text: str) -> int:
+    from .rules import MAX_DIFFICULTY
+
+    if not text.isdigit() or int(text) > MAX_DIFFICULTY:
+        raise argparse.ArgumentTypeError(f"expected a difficulty 0..{MAX_DIFFICULTY}, got {text!r}")
+    return int(text)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 3600], got {text!r}")
+    return value
+
+
+# ================================================================ output helpers
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def format_hashrate(rate: float) -> str:
+    for unit, scale in (("GH/s", 1e9), ("MH/s", 1e6), ("kH/s", 1e3)):
+        if rate >= scale:
+            return f"{rate / scale:.2f} {unit}"
+    return f"{rate:.0f} H/s"
+
+
+def format_tally(counts: dict[str, int], *, bars: bool = False) -> str:
+    """A table of categories and votes; with `bars`, a bar of █ scaled to the largest count."""
+    if not counts:
+        return "no votes yet"
+    width = max(len("category"), *(len(c) for c in counts))
+    count_width = max(len("votes"), *(len(str(n)) for n in counts.values()))
+    top = max(counts.values())
+    lines = [f"{'category':<{width}}  {'votes':>{count_width}}"]
+    for category, count in counts.items():
+        line = f"{category:<{width}}  {count:>{count_width}}"
+        if bars:
+            # At least one block, so a single vote is still visible next to thousands.
+            line += "  " + "█" * max(1, round(BAR_WIDTH * count / top))
+        lines.append(line)
+    lines.append(f"{'total':<{width}}  {sum(counts.values()):>{count_width}}")
+    return "\n".join(lines)
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM (the way a tracker or peer is told to stop)."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    # Event.wait() in the main thread returns when a handler sets the event.
+    stop.wait()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ================================================================ subcommands
+
+
+def cmd_tracker(args: argparse.Namespace) -> int:
+    from .tracker import TrackerServer
+
+    _setup_logging(args.verbose)
+    server = TrackerServer(args.host, args.port)
+    try:
+        server.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    try:
+        host, port = server.address
+        _out(f"votechain tracker listening on {host}:{port}")
+        _wait_for_signal()
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    from . import mining
+    from .peer import Node, NodeConfig
+
+    _setup_logging(args.verbose)
+    config = NodeConfig(
+        data_dir=Path(args.data_dir),
+        tracker=args.tracker,
+        host=args.host,
+        port=args.port,
+        difficulty=args.difficulty,
+        workers=args.workers,
+        miner=args.miner or mining.DEFAULT_BACKEND,
+    )
+    try:
+        node = Node(config)
+        node.start()
+    except (OSError, mining.BackendUnavailable) as exc:
+        raise CliError(f"cannot start the peer: {exc}") from exc
+    try:
+        host, port = node.address
+        _out(f"votechain peer listening on {host}:{port}")
+        _wait_for_signal()
+    finally:
+        node.stop()
+    return 0
+
+
+def _client(data_dir: Path) -> ControlClient:
+    from .control import ControlClient
+
+    return ControlClient.from_data_dir(data_dir)
+
+
+def cmd_vote(args: argparse.Namespace) -> int:
+    try:
+        category = validate_category(args.category)
+    except InvalidVote as exc:
+        raise CliError(str(exc), code=2) from exc
+    block_id, block_hash = _client(args.data_dir).vote(category, timeout=args.timeout)
+    _out(f"vote for {category!r} mined in block {block_id} {block_hash}")
+    return 0
+
+
+def cmd_tally(args: argparse.Namespace) -> int:
+    counts = _client(args.data_dir).tally()
+    _out(json.dumps(counts, ensure_ascii=False) if args.json else format_tally(counts))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args.data_dir).status()
+    if args.json:
+        _out(json.dumps(status, ensure_ascii=False))
+        return 0
+    hashrate = status.get("hashrate")
+    rows = [
+        ("height", status.get("height")),
+        ("tip", status.get("tip")),
+        ("peers", status.get("peers")),
+        ("pending votes", status.get("pending")),
+        ("miner", status.get("backend")),
+        ("hash rate", format_hashrate(hashrate) if isinstance(hashrate, int | float) else "?"),
+    ]
+    _out("\n".join(f"{name:<14}{value}" for name, value in rows))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .block import EncodingError, genesis_block
+    from .rules import InvalidBlock, validate_block
+    from .store import ChainStore, StoreError
+    from .voting import tally
+
+    try:
+        store = ChainStore.open_readonly(args.data_dir)
+    except FileNotFoundError as exc:
+        raise CliError(f"no chain at {args.data_dir}: {exc}") from exc
+    try:
+        difficulty = store.difficulty
+        blocks = store.blocks()
+    except (EncodingError, StoreError, ValueError, OSError) as exc:
+        raise CliError(f"{args.data_dir}: unreadable chain: {exc}") from exc
+    except Exception as exc:  # sqlite3.Error, without importing sqlite3 at start-up
+        raise CliError(f"{args.data_dir}: unreadable chain database: {exc}") from exc
+    finally:
+        store.close()
+    if not blocks or blocks[0] != genesis_block():
+        raise CliError(f"{args.data_dir}: block 0 is not this network's genesis block")
+    now_ms = time.time_ns() // 1_000_000
+    for prev, block in itertools.pairwise(blocks):
+        try:
+            validate_block(block, prev, difficulty=difficulty, now_ms=now_ms)
+        except InvalidBlock as exc:
+            raise CliError(f"{args.data_dir}: bad chain: {exc}") from exc
+    counts = tally(blocks)
+    tip = blocks[-1]
+    _out(
+        f"chain OK: {len(blocks)} blocks (height {tip.id}), difficulty {difficulty}, "
+        f"tip {tip.hash.hex()}, {sum(counts.values())} votes in {len(counts)} categories"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        peers=args.peers,
+        votes=args.votes,
+        difficulty=args.difficulty,
+        deadline=args.deadline,
+        seed=args.seed,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args.json)
+
+
+def _info_lines() -> list[str]:
+    from . import mining
+
+    return [
+        f"votechain {__version__}",
+        f"miner backend: {mining.describe()}",
+        f"SHA-NI detected: {'yes' if mining.sha_ni_available() else 'no'}",
+    ]
+
+
+def cmd_info(_args: argparse.Namespace) -> int:
+    import platform
+
+    from . import mining
+
+    lines = _info_lines()
+    lines += [
+        f"default backend: {mining.DEFAULT_BACKEND}",
+        f"available backends: {', '.join(mining.BACKENDS)}",
+        f"python: {platform.python_implementation()} {platform.python_version()}",
+        f"platform: {platform.platform()}",
+        f"cpus: {os.cpu_count()}",
+    ]
+    _out("\n".join(lines))
+    return 0
+
+
+class _VersionAction(argparse.Action):
+    """--version: the version, the miner in use and SHA-NI, then exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and miner, exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        _out("\n".join(_info_lines()))
+        parser.exit(0)
+
+
+# ================================================================ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="A peer-to-peer proof-of-work voting blockchain.")
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+            help=f"the peer's data directory (default ./{DEFAULT_DATA_DIR})",
+        )  # fmt: skip
+
+    p = command("tracker", cmd_tracker, "run a tracker (the peers' meeting point)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=DEFAULT_TRACKER_PORT, help="default 8000")
+    p.add_argument("-v", "--verbose", action="store_true", help="log connections")
+
+    p = command("peer", cmd_peer, "run a peer: keep the chain, mine votes, gossip blocks")
+    p.add_argument("--tracker", type=parse_hostport, required=True, metavar="HOST:PORT")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=0, help="default 0: any free port")
+    data_dir(p)
+    p.add_argument("--difficulty", type=_difficulty, default=4, help="leading zero hex digits")
+    p.add_argument("--workers", type=_positive_int, default=None, help="miner processes")
+    p.add_argument("--miner", choices=("native", "portable", "pure"), default=None)
+    p.add_argument("-v", "--verbose", action="store_true", help="log blocks and peers")
+
+    p = command("vote", cmd_vote, "cast a vote through a running peer and wait until it is mined")
+    data_dir(p)
+    p.add_argument("--timeout", type=_timeout, default=120.0, help="seconds (default 120)")
+    p.add_argument("category", help="what to vote for: 1 to 64 characters, no control characters")
+
+    p = command("tally", cmd_tally, "count the votes per category in a running peer's chain")
+    data_dir(p)
+    p.add_argument("--json", action="store_true", help='print {"category": count, ...}')
+
+    p = command("status", cmd_status, "a running peer's height, tip, peers, queue and miner")
+    data_dir(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = command("verify", cmd_verify, "re-verify a stored chain offline, block by block")
+    data_dir(p)
+
+    p = command("demo", cmd_demo, "run a tracker and peers locally, vote, show the tally")
+    p.add_argument("--peers", type=_positive_int, default=3, help="default 3")
+    p.add_argument("--votes", type=_positive_int, default=30, help="default 30")
+    p.add_argument("--difficulty", type=_difficulty, default=4, help="default 4")
+    p.add_argument("--deadline", type=_timeout, default=300.0, help="seconds (default 300)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the random votes")
+
+    p = command("bench", cmd_bench, "measure the miner backends' hash rates")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    command("info", cmd_info, "show the version, miner backend and CPU features")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .control import ControlError
+
+    parser = build_parser()
+    prog = PROG
+    try:
+        args = parser.parse_args(argv)
+        prog = f"{PROG} {args.command}"
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except CliError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except ControlError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a failure to explain.
+        return 130
+    except BrokenPipeError:
+        # `votechain tally | head`: the reader left. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain about the pipe either.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,162 @@
+"""Peers in one process over real sockets on 127.0.0.1: propagation, majority-vote forks,
+late joiners, tracker restarts, dead peers and restarts from disk.
+
+Each node has its own MinerPool (one real worker process); every node, tracker
+and process is stopped by the fixtures. Conditions are awaited under deadlines.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from votechain.peer import Node, NodeConfig
+from votechain.tracker import TrackerServer
+
+DIFFICULTY = 3
+DEADLINE = 30.0
+
+
+class Network:
+    """A tracker and the nodes a test starts; stop() undoes everything."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.tracker = TrackerServer("127.0.0.1", 0)
+        self.tracker.start()
+        self.nodes: list[Node] = []
+
+    def add_node(self, name: str, **overrides: object) -> Node:
+        config = NodeConfig(
+            data_dir=self.tmp_path / name,
+            tracker=self.tracker.address,
+            difficulty=DIFFICULTY,
+            workers=1,
+        )
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        node = Node(config)
+        node.start()
+        self.nodes.append(node)
+        wait_until(lambda: node.address in self.tracker.peers(), 10, what=f"{name} registered")
+        return node
+
+    def stop_node(self, node: Node) -> None:
+        node.stop()
+        self.nodes.remove(node)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.tracker.stop()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path)
+    try:
+        yield network
+    finally:
+        network.stop()
+
+
+def tips(nodes: list[Node]) -> set[bytes]:
+    return {node.blocks()[-1].hash for node in nodes}
+
+
+def converged(nodes: list[Node], height: int) -> Callable[[], bool]:
+    return lambda: len(tips(nodes)) == 1 and all(n.blocks()[-1].id == height for n in nodes)
+
+
+def test_three_peers_converge_on_one_chain(net: Network) -> None:
+    a, b, c = (net.add_node(name) for name in "abc")
+    wait_until(lambda: all(n.status()["peers"] == 2 for n in (a, b, c)), 10, what="peer lists")
+    for node, category in ((a, "red"), (b, "blue"), (c, "red"), (a, "green")):
+        tx_id = node.submit_vote(category)
+        assert node.wait_for_tx(tx_id, DEADLINE) is not None
+    wait_until(converged([a, b, c], 4), DEADLINE, what="three peers on one chain")
+    for node in (a, b, c):
+        assert node.tally() == {"red": 2, "blue": 1, "green": 1}
+
+
+def test_forked_minority_switches_to_majority_and_keeps_its_vote(net: Network) -> None:
+    a, b, c = (net.add_node(name) for name in "abc")
+    c.set_network_active(False)  # partition c away
+    a_vote = a.submit_vote("alpha")
+    c_vote = c.submit_vote("gamma")
+    assert a.wait_for_tx(a_vote, DEADLINE) is not None
+    assert c.wait_for_tx(c_vote, DEADLINE) is not None
+    wait_until(converged([a, b], 1), DEADLINE, what="a and b agree")
+    assert c.blocks()[1].hash != a.blocks()[1].hash  # two blocks at height 1: a fork
+
+    c.set_network_active(True)  # heal: c is outvoted 2 to 1, switches, mines gamma again
+    wait_until(converged([a, b, c], 2), DEADLINE, what="all three on the majority chain")
+    assert c.forks_resolved == 1
+    for node in (a, b, c):
+        assert node.tally() == {"alpha": 1, "gamma": 1}
+        tx_ids = [blk.transaction.tx_id for blk in node.blocks()[1:]]
+        assert sorted(tx_ids) == sorted([a_vote, c_vote])
+
+
+def test_two_way_tie_is_broken_identically_on_both_sides(net: Network) -> None:
+    a, b = net.add_node("a"), net.add_node("b")
+    a.set_network_active(False)
+    b.set_network_active(False)
+    a_vote, b_vote = a.submit_vote("x"), b.submit_vote("y")
+    assert a.wait_for_tx(a_vote, DEADLINE) and b.wait_for_tx(b_vote, DEADLINE)
+    a.set_network_active(True)
+    b.set_network_active(True)
+    wait_until(converged([a, b], 2), DEADLINE, what="the tie resolved")
+    assert a.tally() == b.tally() == {"x": 1, "y": 1}
+    assert a.forks_resolved + b.forks_resolved == 1  # exactly one side gave way
+
+
+def test_late_peer_syncs_the_whole_chain(net: Network) -> None:
+    a = net.add_node("a")
+    for i in range(5):
+        assert a.wait_for_tx(a.submit_vote(f"c{i % 2}"), DEADLINE) is not None
+    late = net.add_node("late")
+    wait_until(converged([a, late], 5), DEADLINE, what="the late peer caught up")
+    assert late.tally() == a.tally() == {"c0": 3, "c1": 2}
+
+
+def test_restarted_peer_resumes_from_disk(net: Network) -> None:
+    a = net.add_node("a")
+    assert a.wait_for_tx(a.submit_vote("kept"), DEADLINE) is not None
+    tip = a.blocks()[-1]
+    net.stop_node(a)
+    again = net.add_node("a")
+    assert again.blocks()[-1] == tip
+    assert again.tally() == {"kept": 1}
+
+
+def test_tracker_restart_and_every_peer_re_registers(net: Network) -> None:
+    a, b = net.add_node("a"), net.add_node("b")
+    host, port = net.tracker.address
+    net.tracker.stop()
+    net.tracker = TrackerServer(host, port)
+    net.tracker.start()
+    wait_until(lambda: {a.address, b.address} <= set(net.tracker.peers()), 15,
+               what="both peers re-registered")
+    assert a.wait_for_tx(a.submit_vote("after"), DEADLINE) is not None
+    wait_until(converged([a, b], 1), DEADLINE, what="the vote propagated")
+
+
+def test_dead_peer_does_not_stall_the_others(net: Network) -> None:
+    a, b = net.add_node("a"), net.add_node("b")
+    # A "peer" that registers, accepts connections and never answers them.
+    silent = socket.create_server(("127.0.0.1", 0))
+    from votechain.tracker import TrackerClient
+
+    with TrackerClient(*net.tracker.address) as ghost:
+        ghost.connect()
+        ghost.register(silent.getsockname()[1])
+        wait_until(lambda: len(net.tracker.peers()) == 3, 5, what="the silent peer listed")
+        for i in range(3):
+            assert a.wait_for_tx(a.submit_vote(f"v{i}"), DEADLINE) is not None
+        wait_until(converged([a, b], 3), DEADLINE, what="b got every block")
+    silent.close()
