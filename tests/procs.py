@@ -21,7 +21,9 @@ from votechain.demo import START_TIMEOUT, STOP_GRACE, ChildProcess, child_env, s
 __all__ = ["ChildProcess", "Processes", "run"]
 
 
-def run(*args: str, timeout: float = 60.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 60.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m votechain ARGS` to the end; fails the test if it takes over `timeout` s."""
     return subprocess.run(
         [sys.executable, "-m", "votechain", *args],

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from votechain.peer import Node, NodeConfig
 from votechain.tracker import TrackerServer
 

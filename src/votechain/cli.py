@@ -128,8 +128,12 @@ def format_tally(counts: dict[str, int], *, bars: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (the way a tracker or peer is told to stop)."""
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGINT or SIGTERM sets (the way a tracker or peer is told to stop).
+
+    Installed before the server starts: a signal that arrives right after the
+    "listening" line must stop it cleanly, not kill it with the default action.
+    """
     stop = threading.Event()
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
@@ -137,8 +141,7 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    # Event.wait() in the main thread returns when a handler sets the event.
-    stop.wait()
+    return stop
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -156,6 +159,7 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     from .tracker import TrackerServer
 
     _setup_logging(args.verbose)
+    stop = _stop_on_signals()
     server = TrackerServer(args.host, args.port)
     try:
         server.start()
@@ -164,7 +168,8 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     try:
         host, port = server.address
         _out(f"votechain tracker listening on {host}:{port}")
-        _wait_for_signal()
+        # Event.wait() in the main thread returns when a signal handler sets the event.
+        stop.wait()
     finally:
         server.stop()
     return 0
@@ -173,8 +178,10 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 def cmd_peer(args: argparse.Namespace) -> int:
     from . import mining
     from .peer import Node, NodeConfig
+    from .store import StoreError
 
     _setup_logging(args.verbose)
+    stop = _stop_on_signals()
     config = NodeConfig(
         data_dir=Path(args.data_dir),
         tracker=args.tracker,
@@ -187,12 +194,14 @@ def cmd_peer(args: argparse.Namespace) -> int:
     try:
         node = Node(config)
         node.start()
-    except (OSError, mining.BackendUnavailable) as exc:
+    except (OSError, mining.BackendUnavailable, StoreError) as exc:
+        # Expected trouble (port taken, no native miner, a data directory made for
+        # another difficulty): one line. Anything else is a bug and keeps its traceback.
         raise CliError(f"cannot start the peer: {exc}") from exc
     try:
         host, port = node.address
         _out(f"votechain peer listening on {host}:{port}")
-        _wait_for_signal()
+        stop.wait()
     finally:
         node.stop()
     return 0
@@ -247,7 +256,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         store = ChainStore.open_readonly(args.data_dir)
     except FileNotFoundError as exc:
-        raise CliError(f"no chain at {args.data_dir}: {exc}") from exc
+        raise CliError(str(exc)) from exc
     try:
         difficulty = store.difficulty
         blocks = store.blocks()

@@ -40,6 +40,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ IDLE_TIMEOUT = 300.0
 # A vote may wait at most an hour for its block; a longer wait is a mistake.
 MAX_VOTE_TIMEOUT = 3600.0
 DEFAULT_VOTE_TIMEOUT = 120.0
-# How long stop() waits for connection threads (a vote may be waiting in the handler).
+# How long stop() waits, in all, for connection threads (a vote may be waiting in the handler).
 STOP_JOIN_TIMEOUT = 5.0
 
 _HEADER_BYTES = 4
@@ -210,7 +211,6 @@ def decode_body(body: bytes, max_map_len: int) -> object:
             body,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max(len(body), 1),
             max_map_len=max_map_len,
             max_array_len=max_map_len,
         )
@@ -335,8 +335,9 @@ class ControlServer:
                     conn.shutdown(socket.SHUT_RDWR)
         # A thread inside handler.wait_for_tx wakes only when the handler lets
         # it; the threads are daemons, so do not let one hold up the node's exit.
+        deadline = time.monotonic() + STOP_JOIN_TIMEOUT
         for _conn, thread in connections:
-            thread.join(STOP_JOIN_TIMEOUT)
+            thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("control connection thread %s still busy at stop", thread.name)
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from types import FrameType
 from typing import IO, TypeVar
 
 import votechain
@@ -211,7 +212,9 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="votechain-demo-"))
     children: list[ChildProcess] = []
-    ok = False
+    keep = True  # the directory, for its logs, unless the demo succeeds or is interrupted
+    # SIGTERM (kill, a closing session) must stop the children too, like Ctrl-C.
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     # One miner process per peer on small machines, more where there are cores to spare.
     workers = max(1, (os.cpu_count() or 1) // peers)
     try:
@@ -252,7 +255,7 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
         if held < cast:
             print(f"votechain demo: error: the chain holds {held} of {cast} votes", file=sys.stderr)
             return 1
-        ok = True
+        keep = False
         return 0
     except DemoError as exc:
         print(f"votechain demo: error: {exc}", file=sys.stderr)
@@ -260,9 +263,13 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
     except ControlError as exc:
         print(f"votechain demo: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        keep = False
+        raise
     finally:
         stop_all(reversed(children))
-        if ok:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if not keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"votechain demo: logs and data kept in {root}", file=sys.stderr)
@@ -274,6 +281,7 @@ def _cast_votes(
     """Cast `votes` random votes on random peers, as many at once as there are
     peers (so blocks race and forks get resolved); returns how many were mined."""
     progress = _Progress(votes)
+    interrupted = threading.Event()
     lock = threading.Lock()
     mined = 0
 
@@ -283,7 +291,9 @@ def _cast_votes(
             client.vote(category, timeout=deadline)
             success = True
         except ControlError as exc:
-            print(f"\nvote for {category} failed: {exc}", file=sys.stderr)
+            # After Ctrl-C the peers are being stopped: failures are expected, keep quiet.
+            if not interrupted.is_set():
+                print(f"\nvote for {category} failed: {exc}", file=sys.stderr)
             success = False
         with lock:
             mined += success
@@ -297,10 +307,17 @@ def _cast_votes(
             futures.add(pool.submit(cast, rng.choice(clients), category))
         while futures:
             _done, futures = wait(futures, return_when=FIRST_COMPLETED)
+    except BaseException:
+        interrupted.set()
+        raise
     finally:
         # On Ctrl-C do not wait for votes in flight: stopping the peers ends them.
         pool.shutdown(wait=False, cancel_futures=True)
     return mined
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _out(text: str = "") -> None:

@@ -509,8 +509,8 @@ class FrameDecoder:
 def _unpack(payload: bytes) -> object:
     """Decode exactly one msgpack object, every failure a MalformedMessage.
 
-    (block.unpack would do, but it passes max_buffer_size, which the C
-    extension's unpackb does not accept; and our limits are tighter.)
+    Not block.unpack: its limits are sized for one stored block (arrays of at
+    most 16 elements), too small for a Blocks batch, and it allows ext types.
     msgpack's C decoder has a fixed nesting stack of 1024 (StackError, a
     ValueError); the pure-Python fallback may recurse, hence RecursionError.
     """

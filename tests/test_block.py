@@ -1,0 +1,288 @@
+"""The block's canonical encoding: exact round trips, and a decoder that refuses
+everything else (trailing bytes, missing or unknown fields, wrong types, sizes
+over their caps) with EncodingError, the sender's fault."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blockkit import make_chain
+from votechain.block import (
+    GENESIS_DATA,
+    HASH_BYTES,
+    MAX_AUTHOR_BYTES,
+    MAX_BLOCK_BYTES,
+    MAX_DATA_BYTES,
+    MAX_NONCE,
+    MAX_SIGNATURE_BYTES,
+    TX_ID_BYTES,
+    Block,
+    EncodingError,
+    Transaction,
+    block_hash,
+    content_digest,
+    genesis_block,
+    leading_zero_hex_digits,
+    meets_difficulty,
+)
+
+CHAIN = make_chain(2)
+BLOCK = CHAIN[2]
+
+
+def packb(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def wire(**changes: Any) -> dict[str, Any]:
+    """BLOCK's wire map with top-level fields replaced."""
+    return {**BLOCK.to_wire(), **changes}
+
+
+def with_tx(**changes: Any) -> dict[str, Any]:
+    obj = BLOCK.to_wire()
+    obj["transaction"] = {**obj["transaction"], **changes}
+    return obj
+
+
+blocks_strategy = st.builds(
+    Block,
+    id=st.integers(0, MAX_NONCE),
+    transaction=st.builds(
+        Transaction,
+        tx_id=st.binary(min_size=TX_ID_BYTES, max_size=TX_ID_BYTES),
+        timestamp=st.integers(0, MAX_NONCE),
+        data=st.binary(max_size=MAX_DATA_BYTES),
+    ),
+    nonce=st.integers(0, MAX_NONCE),
+    prev_hash=st.binary(min_size=HASH_BYTES, max_size=HASH_BYTES),
+    hash=st.binary(min_size=HASH_BYTES, max_size=HASH_BYTES),
+    signature=st.binary(max_size=MAX_SIGNATURE_BYTES),
+    author=st.binary(max_size=MAX_AUTHOR_BYTES),
+)
+
+
+# --- round trips -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", CHAIN, ids=lambda b: f"block{b.id}")
+def test_round_trip_is_bit_exact(block: Block) -> None:
+    raw = block.encode()
+    decoded = Block.decode(raw)
+    assert decoded == block
+    assert decoded.encode() == raw
+    assert decoded.computed_hash() == block.hash
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(blocks_strategy)
+def test_round_trip_any_block_within_caps(block: Block) -> None:
+    raw = block.encode()
+    assert len(raw) <= MAX_BLOCK_BYTES  # the caps alone bound the encoding
+    assert Block.decode(raw) == block
+    assert Block.decode(raw).encode() == raw
+
+
+def test_largest_block_fits_the_cap() -> None:
+    biggest = Block(
+        id=MAX_NONCE,
+        transaction=Transaction(b"\xff" * TX_ID_BYTES, MAX_NONCE, b"\xff" * MAX_DATA_BYTES),
+        nonce=MAX_NONCE,
+        prev_hash=b"\xff" * HASH_BYTES,
+        hash=b"\xff" * HASH_BYTES,
+        signature=b"\xff" * MAX_SIGNATURE_BYTES,
+        author=b"\xff" * MAX_AUTHOR_BYTES,
+    )
+    assert len(biggest.encode()) <= MAX_BLOCK_BYTES
+    assert Block.decode(biggest.encode()) == biggest
+
+
+def test_hash_layout() -> None:
+    """content = SHA-256(msgpack [id, [tx_id, timestamp, data], prev_hash, author]);
+    hash = SHA-256(content || nonce as 8 bytes big-endian)."""
+    tx = BLOCK.transaction
+    body = packb([BLOCK.id, [tx.tx_id, tx.timestamp, tx.data], BLOCK.prev_hash, BLOCK.author])
+    content = hashlib.sha256(body).digest()
+    assert BLOCK.content() == content == content_digest(BLOCK.id, tx, BLOCK.prev_hash,
+                                                        BLOCK.author)
+    assert BLOCK.hash == hashlib.sha256(content + BLOCK.nonce.to_bytes(8, "big")).digest()
+    assert block_hash(content, BLOCK.nonce) == BLOCK.hash
+    # The nonce, signature and hash are not part of the content: re-mining keeps it.
+    assert BLOCK.with_nonce(BLOCK.nonce + 1).content() == content
+    assert replace(BLOCK, signature=b"x").content() == content
+
+
+def test_genesis_is_deterministic() -> None:
+    genesis = genesis_block()
+    assert genesis == genesis_block()
+    assert genesis.encode() == genesis_block().encode()
+    assert genesis.id == 0 and genesis.nonce == 0
+    assert genesis.prev_hash == bytes(HASH_BYTES)
+    assert genesis.transaction == Transaction(bytes(TX_ID_BYTES), 0, GENESIS_DATA)
+    assert genesis.signature == b"" and genesis.author == b""
+    assert genesis.computed_hash() == genesis.hash
+    assert Block.decode(genesis.encode()) == genesis
+
+
+# --- the decoder refuses -----------------------------------------------------------------
+
+
+def test_trailing_bytes_rejected() -> None:
+    with pytest.raises(EncodingError, match="trailing"):
+        Block.decode(BLOCK.encode() + b"\x00")
+    with pytest.raises(EncodingError, match="trailing"):
+        Block.decode(BLOCK.encode() + BLOCK.encode())
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xc1", BLOCK.encode()[:-1], b"\x87"],
+                         ids=["empty", "reserved-byte", "truncated", "map-header-only"])
+def test_malformed_msgpack_rejected(raw: bytes) -> None:
+    with pytest.raises(EncodingError):
+        Block.decode(raw)
+
+
+def test_over_cap_raw_size_rejected_before_decoding() -> None:
+    # A valid msgpack object, just too big: refused on its length alone.
+    raw = packb(wire(author=b"a" * MAX_BLOCK_BYTES))
+    with pytest.raises(EncodingError, match=str(MAX_BLOCK_BYTES)):
+        Block.decode(raw)
+    with pytest.raises(EncodingError, match=str(MAX_BLOCK_BYTES)):
+        Block.decode(b"\x00" * (MAX_BLOCK_BYTES + 1))
+
+
+@pytest.mark.parametrize("field", ["id", "transaction", "nonce", "prev_hash", "hash",
+                                   "signature", "author"])
+def test_missing_field_rejected(field: str) -> None:
+    obj = BLOCK.to_wire()
+    del obj[field]
+    with pytest.raises(EncodingError, match=f"missing {field}"):
+        Block.decode(packb(obj))
+
+
+@pytest.mark.parametrize("field", ["tx_id", "timestamp", "data"])
+def test_missing_tx_field_rejected(field: str) -> None:
+    obj = BLOCK.to_wire()
+    del obj["transaction"][field]
+    with pytest.raises(EncodingError, match=f"transaction is missing {field}"):
+        Block.decode(packb(obj))
+
+
+def test_unknown_fields_rejected() -> None:
+    with pytest.raises(EncodingError, match="unknown fields extra"):
+        Block.decode(packb(wire(extra=1)))
+    with pytest.raises(EncodingError, match="transaction has unknown fields extra"):
+        Block.decode(packb(with_tx(extra=1)))
+
+
+def test_non_string_keys_rejected() -> None:
+    obj: dict[Any, Any] = BLOCK.to_wire()
+    obj[1] = 1
+    with pytest.raises(EncodingError):
+        Block.decode(packb(obj))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [1, 2, 3],
+        "block",
+        None,
+        wire(id="1"),
+        wire(id=True),
+        wire(id=-1),
+        wire(id=1.0),
+        wire(nonce=b"\x00"),
+        wire(nonce=-1),
+        wire(prev_hash="00" * HASH_BYTES),  # str where bin is required
+        wire(hash=list(BLOCK.hash)),
+        wire(signature=None),
+        wire(author="author"),
+        wire(transaction=[BLOCK.transaction.tx_id, 0, b""]),
+        with_tx(tx_id="x" * TX_ID_BYTES),
+        with_tx(timestamp="0"),
+        with_tx(timestamp=-5),
+        with_tx(data="alice"),
+    ],
+    ids=lambda o: repr(o)[:40],
+)
+def test_wrong_types_rejected(obj: object) -> None:
+    with pytest.raises(EncodingError):
+        Block.decode(packb(obj))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        wire(prev_hash=bytes(HASH_BYTES - 1)),
+        wire(prev_hash=bytes(HASH_BYTES + 1)),
+        wire(hash=bytes(HASH_BYTES + 1)),
+        wire(signature=bytes(MAX_SIGNATURE_BYTES + 1)),
+        wire(author=bytes(MAX_AUTHOR_BYTES + 1)),
+        with_tx(tx_id=bytes(TX_ID_BYTES + 1)),
+        with_tx(tx_id=bytes(TX_ID_BYTES - 1)),
+        with_tx(data=bytes(MAX_DATA_BYTES + 1)),
+    ],
+    ids=["prev_hash-short", "prev_hash-long", "hash-long", "signature", "author",
+         "tx_id-long", "tx_id-short", "data"],
+)
+def test_oversized_or_wrong_length_fields_rejected(obj: dict[str, Any]) -> None:
+    raw = packb(obj)
+    assert len(raw) <= MAX_BLOCK_BYTES  # the field cap, not the raw cap, refuses it
+    with pytest.raises(EncodingError):
+        Block.decode(raw)
+
+
+def test_integers_over_64_bits_rejected() -> None:
+    # msgpack cannot carry 2**64, but the decoder's own range check is the guard.
+    with pytest.raises(EncodingError, match="out of range"):
+        Block.from_wire(wire(nonce=2**64))
+    with pytest.raises(EncodingError, match="out of range"):
+        Block.from_wire(with_tx(timestamp=2**64))
+
+
+def test_deeply_nested_input_is_an_encoding_error() -> None:
+    raw = b"\x91" * 5000 + b"\x00"  # [[[[...0...]]]], under the raw cap
+    with pytest.raises(EncodingError):
+        Block.decode(raw)
+
+
+# --- difficulty --------------------------------------------------------------------------
+
+
+@settings(max_examples=300, derandomize=True)
+@given(
+    zeros=st.integers(0, 64),
+    tail=st.binary(min_size=HASH_BYTES, max_size=HASH_BYTES),
+    difficulty=st.integers(0, 16),
+)
+def test_meets_difficulty_agrees_with_leading_zero_hex_digits(
+    zeros: int, tail: bytes, difficulty: int
+) -> None:
+    # Force `zeros` leading zero nibbles so that every difficulty gets hits and misses.
+    digest = (int.from_bytes(tail, "big") >> (4 * zeros)).to_bytes(HASH_BYTES, "big")
+    assert leading_zero_hex_digits(digest) >= zeros
+    assert meets_difficulty(digest, difficulty) == (leading_zero_hex_digits(digest) >= difficulty)
+
+
+@pytest.mark.parametrize(
+    ("digest", "digits"),
+    [
+        (bytes(HASH_BYTES), 64),
+        (b"\x0f" + b"\xff" * 31, 1),
+        (b"\x00\x10" + b"\xff" * 30, 2),
+        (b"\x00\x01" + b"\xff" * 30, 3),
+        (b"\x10" + bytes(31), 0),
+    ],
+)
+def test_leading_zero_hex_digits(digest: bytes, digits: int) -> None:
+    assert leading_zero_hex_digits(digest) == digits
+    assert meets_difficulty(digest, digits)
+    if digits < 64:
+        assert not meets_difficulty(digest, digits + 1)

@@ -1,0 +1,182 @@
+"""The `votechain` command as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from procs import Processes, run
+from test_control import FakeNode
+from votechain import __version__
+from votechain.cli import format_hashrate, format_tally, parse_hostport
+from votechain.control import ControlServer
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    return lines[0]
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path) -> Iterator[tuple[Path, FakeNode]]:
+    """A data directory served by an in-memory node, as a running peer's would be."""
+    node = FakeNode()
+    data_dir = tmp_path / "node"
+    server = ControlServer(node, data_dir)
+    server.start()
+    yield data_dir, node
+    server.stop()
+
+
+# ---------------------------------------------------------------- in process
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert parse_hostport("[::1]:9") == ("::1", 9)
+    for bad in ("8000", "host:", ":80", "host:0", "host:65536", "host:http"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_hostport(bad)
+
+
+def test_format_tally_scales_bars_to_the_largest_count() -> None:
+    table = format_tally({"alice": 4, "bob": 1}, bars=True).splitlines()
+    assert table[0].split() == ["category", "votes"]
+    assert table[1].count("█") == 40
+    assert table[2].count("█") == 10
+    assert table[-1].split() == ["total", "5"]
+    assert format_tally({}) == "no votes yet"
+
+
+def test_format_hashrate() -> None:
+    assert format_hashrate(12.0) == "12 H/s"
+    assert format_hashrate(2_500_000.0) == "2.50 MH/s"
+
+
+# ---------------------------------------------------------------- version and info
+
+
+@pytest.mark.parametrize("args", [["--version"], ["info"]])
+def test_version_and_info_name_the_miner(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"votechain {__version__}" in result.stdout
+    assert "miner backend: " in result.stdout
+    assert "SHA-NI detected: " in result.stdout
+
+
+# ---------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["frobnicate"],
+        ["peer"],
+        ["peer", "--tracker", "nonsense"],
+        ["tracker", "--port", "70000"],
+        ["demo", "--peers", "0"],
+        ["peer", "--tracker", "127.0.0.1:8000", "--difficulty", "99"],
+        ["vote", "--timeout", "0", "alice"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "error" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(("category", "reason"), [("", "empty"), ("x" * 65, "at most 64")])
+def test_bad_category_is_a_usage_error(tmp_path: Path, category: str, reason: str) -> None:
+    result = run("vote", "--data-dir", str(tmp_path), category)
+    assert result.returncode == 2
+    assert reason in one_line(result.stderr)
+
+
+# ---------------------------------------------------------------- no node
+
+
+@pytest.mark.parametrize("command", [["vote", "alice"], ["tally"], ["status", "--json"]])
+def test_no_running_node_is_one_line_exit_1(tmp_path: Path, command: list[str]) -> None:
+    result = run(*command[:1], "--data-dir", str(tmp_path), *command[1:])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"no running node at {tmp_path}" in one_line(result.stderr)
+
+
+def test_verify_without_a_chain_is_one_line_exit_1(tmp_path: Path) -> None:
+    result = run("verify", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no chain" in one_line(result.stderr)
+
+
+# ---------------------------------------------------------------- against a node
+
+
+def test_vote_tally_and_status_through_the_control_channel(
+    node_dir: tuple[Path, FakeNode],
+) -> None:
+    data_dir, node = node_dir
+    result = run("vote", "--data-dir", str(data_dir), "alice")
+    assert result.returncode == 0, result.stderr
+    assert f"block 1 {node.chain[1].hash.hex()}" in result.stdout
+    run("vote", "--data-dir", str(data_dir), "bob")
+    run("vote", "--data-dir", str(data_dir), "alice")
+
+    result = run("tally", "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"alice": 2, "bob": 1}'
+    table = run("tally", "--data-dir", str(data_dir)).stdout
+    assert table.splitlines()[1].split() == ["alice", "2"]
+
+    result = run("status", "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"height": 3' in result.stdout
+    assert "1.23 kH/s" in run("status", "--data-dir", str(data_dir)).stdout
+
+
+def test_vote_timeout_is_one_line_exit_1(node_dir: tuple[Path, FakeNode]) -> None:
+    data_dir, node = node_dir
+    node.auto_mine = False
+    result = run("vote", "--data-dir", str(data_dir), "--timeout", "0.1", "alice")
+    assert result.returncode == 1
+    assert "not mined within" in one_line(result.stderr)
+
+
+# ---------------------------------------------------------------- tracker
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_tracker_starts_prints_its_address_and_stops_on_a_signal(
+    processes: Processes, sig: signal.Signals
+) -> None:
+    tracker = processes.start("tracker", "tracker", "--port", "0")
+    assert tracker.address is not None
+    host, port = tracker.address
+    assert host == "127.0.0.1"
+    assert port > 0
+    tracker.popen.send_signal(sig)
+    assert tracker.popen.wait(10) == 0
+    assert "Traceback" not in tracker.log_path.read_text()
+
+
+def test_tracker_on_a_busy_port_is_one_line_exit_1(processes: Processes) -> None:
+    tracker = processes.start("tracker", "tracker", "--port", "0")
+    assert tracker.address is not None
+    result = run("tracker", "--port", str(tracker.address[1]))
+    assert result.returncode == 1
+    assert "cannot listen" in one_line(result.stderr)

@@ -1,0 +1,224 @@
+"""ChainStore: appends, atomic suffix replacement, the pending queue, persistence,
+read-only access, and durability under `kill -9` in the middle of writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import votechain
+from blockkit import NOW, extend, make_block, make_chain, tx_for
+from votechain.block import Block, Transaction, genesis_block
+from votechain.rules import validate_chain
+from votechain.store import DB_FILE, ChainStore, StoreError
+
+D = 1
+BASE = make_chain(4)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ChainStore:
+    s = ChainStore.open(tmp_path, D)
+    for block in BASE:
+        s.append(block)
+    return s
+
+
+def test_new_store(tmp_path: Path) -> None:
+    s = ChainStore.open(tmp_path / "nested" / "dir", 3)
+    assert s.difficulty == 3
+    assert s.blocks() == [genesis_block()]  # stored at creation: the table is a whole chain
+    assert s.pending() == []
+    assert (tmp_path / "nested" / "dir" / DB_FILE).exists()
+    s.close()
+
+
+def test_append_and_read_back(store: ChainStore) -> None:
+    assert store.blocks() == BASE
+    assert [b.encode() for b in store.blocks()] == [b.encode() for b in BASE]
+
+
+def test_append_drops_done_pending(store: ChainStore) -> None:
+    a, b, c = tx_for("a"), tx_for("b"), tx_for("c")
+    for tx in (a, b, c):
+        store.add_pending(tx)
+    block = make_block(BASE[-1], b)
+    store.append(block, done=[b.tx_id, c.tx_id])
+    assert store.pending() == [a]
+    assert store.blocks()[-1] == block
+
+
+def test_pending_queue(store: ChainStore) -> None:
+    txs = [tx_for(f"p{i}", 10 - i) for i in range(4)]  # timestamps descending on purpose
+    for tx in txs:
+        store.add_pending(tx)
+    store.add_pending(txs[1])  # already queued: ignored, keeps its place
+    store.add_pending(Transaction(txs[0].tx_id, 99, b"other data, same id"))
+    assert store.pending() == txs  # oldest first = insertion order
+    store.drop_pending([txs[1].tx_id, txs[3].tx_id, b"\x00" * 16])
+    assert store.pending() == [txs[0], txs[2]]
+    store.drop_pending([])
+    assert store.pending() == [txs[0], txs[2]]
+
+
+def test_replace_from(store: ChainStore) -> None:
+    branch = extend(BASE[2], ["b0", "b1", "b2"])
+    queued = tx_for("q")
+    store.add_pending(queued)
+    store.add_pending(branch[0].transaction)
+    dropped = [b.transaction for b in BASE[3:]]
+    store.replace_from(3, branch, requeue=dropped, done=[branch[0].transaction.tx_id])
+    assert store.blocks() == [*BASE[:3], *branch]
+    assert store.pending() == [queued, *dropped]
+    # Requeueing what is already pending changes nothing.
+    store.replace_from(5, [], requeue=dropped)
+    assert store.blocks() == [*BASE[:3], *branch[:2]]
+    assert store.pending() == [queued, *dropped]
+
+
+def test_replace_from_is_atomic(store: ChainStore) -> None:
+    store.add_pending(tx_for("keep"))
+    before = (store.blocks(), store.pending())
+    branch = extend(BASE[2], ["x0", "x1"])
+    # Two rows with the same id: the INSERT fails after the DELETE ran; all is rolled back.
+    with pytest.raises(sqlite3.IntegrityError):
+        store.replace_from(3, [branch[0], branch[0]], requeue=[tx_for("r")],
+                           done=[tx_for("keep").tx_id])
+    assert (store.blocks(), store.pending()) == before
+    store.replace_from(3, branch, requeue=())  # the store still works
+    assert store.blocks() == [*BASE[:3], *branch]
+
+
+def test_persists_across_reopen(tmp_path: Path) -> None:
+    s = ChainStore.open(tmp_path, D)
+    for block in BASE[1:]:
+        s.append(block)
+    s.add_pending(tx_for("later"))
+    s.close()
+    again = ChainStore.open(tmp_path, D)
+    assert again.blocks() == BASE
+    assert again.pending() == [tx_for("later")]
+    assert again.difficulty == D
+    again.close()
+
+
+def test_refuses_another_difficulty(tmp_path: Path) -> None:
+    ChainStore.open(tmp_path, 4).close()
+    with pytest.raises(StoreError, match="difficulty 4, not 5"):
+        ChainStore.open(tmp_path, 5)
+    ChainStore.open(tmp_path, 4).close()  # the refusal left the store intact
+
+
+def test_open_readonly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        ChainStore.open_readonly(tmp_path)
+    s = ChainStore.open(tmp_path, D)
+    for block in BASE:
+        s.append(block)
+    s.add_pending(tx_for("p"))
+    reader = ChainStore.open_readonly(tmp_path)
+    assert reader.blocks() == BASE
+    assert reader.pending() == [tx_for("p")]
+    assert reader.difficulty == D
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.add_pending(tx_for("q"))
+    # A reader sees the writer's later commits.
+    more = extend(BASE[-1], ["m"])
+    s.append(more[0])
+    assert reader.blocks() == [*BASE, *more]
+    reader.close()
+    s.close()
+
+
+def test_corrupt_row_is_an_encoding_error(store: ChainStore, tmp_path: Path) -> None:
+    from votechain.block import EncodingError
+
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:
+        conn.execute("UPDATE blocks SET body = ? WHERE id = 2", (b"\x81\xa1x\x01",))
+    conn.close()
+    with pytest.raises(EncodingError):
+        store.blocks()
+
+
+# --- kill -9 -----------------------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from blockkit import make_block, tx_for
+    from votechain.block import genesis_block
+    from votechain.store import ChainStore
+
+    store = ChainStore.open(Path(sys.argv[1]), 1)
+    tip = genesis_block()
+    assert store.blocks() == [tip]
+    print(0, flush=True)
+    i = 0
+    while True:
+        i += 1
+        tx = tx_for(f"k{i}")
+        store.add_pending(tx)
+        store.add_pending(tx_for(f"k{i + 1}"))
+        if i % 5 == 0 and tip.id > 0:
+            # A fork switch: the tip is replaced by another block at the same height,
+            # its vote requeued, the new block's vote marked done, in one commit.
+            alt = make_block(store.blocks()[-2], tx)
+            store.replace_from(tip.id, [alt], requeue=[tip.transaction], done=[tx.tx_id])
+            tip = alt
+        else:
+            tip = make_block(tip, tx)
+            store.append(tip, done=[tx.tx_id])
+        print(tip.id, flush=True)
+    """
+)
+
+
+def test_kill_9_leaves_a_consistent_store(tmp_path: Path) -> None:
+    src = Path(votechain.__file__).resolve().parent.parent
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(tests)])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    assert child.stdout is not None
+    reported = -1
+    try:
+        for line in child.stdout:  # the child prints each committed height
+            reported = int(line)
+            if reported >= 40:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert reported >= 40, "the writer stopped before writing 40 blocks"
+
+    store = ChainStore.open(tmp_path, 1)
+    blocks = store.blocks()  # every row decodes
+    assert blocks[-1].id >= reported  # nothing the writer saw committed is lost
+    assert [b.id for b in blocks] == list(range(len(blocks)))
+    assert validate_chain(blocks, difficulty=1, now_ms=NOW) == blocks[-1].id
+    in_chain = {b.transaction.tx_id for b in blocks}
+    assert not in_chain & {tx.tx_id for tx in store.pending()}
+    store.close()
+
+
+def test_store_holds_any_chain_shape(tmp_path: Path) -> None:
+    """Blocks are stored by their encoding, so the store never alters one."""
+    s = ChainStore.open(tmp_path, D)
+    odd: list[Block] = [BASE[0], make_block(BASE[0], Transaction(b"\x00" * 16, 0, b""))]
+    for block in odd:
+        s.append(block)
+    assert s.blocks() == odd
+    s.close()
