@@ -16,13 +16,11 @@ extern "C" {
 /* How many nonces are hashed between two reads of the abort flag. At ~60 M
  * hashes/s (SHA-NI) that is ~0.5 ms and at ~10 M hashes/s (portable C) ~3 ms,
  * well inside the 10 ms stop target, while one byte load per 32768 hashes
- * costs nothing measurable. Must be a multiple of VC_SHANI_STREAMS. */
+ * costs nothing measurable. */
 #define VC_CHECK_INTERVAL 32768u
 
 /* Nonces kept in flight by the SHA-NI kernel (hides sha256rnds2 latency). */
-#ifndef VC_SHANI_STREAMS
 #define VC_SHANI_STREAMS 4
-#endif
 
 #define VC_MAX_DIFFICULTY 16
 
@@ -33,17 +31,25 @@ enum vc_result {
     VC_BAD_ARGUMENT = -2
 };
 
+/* Which kernel vc_search uses. AUTO picks the fastest this CPU supports. */
+enum vc_kernel {
+    VC_KERNEL_AUTO = 0,
+    VC_KERNEL_PORTABLE = 1,     /* plain C, any CPU */
+    VC_KERNEL_SHANI_SSE = 2,    /* SHA-NI + SSE4.1 */
+    VC_KERNEL_SHANI_AVX512 = 3  /* SHA-NI + AVX-512VL */
+};
+
 /* 1 if this CPU has SHA-NI (plus the SSE4.1/SSSE3 the kernel also uses). */
 int vc_sha_ni_available(void);
 
 /* Scan nonces first..last INCLUSIVE (so the whole 2**64 range is expressible)
  * for the first one whose hash has `difficulty` (0..16) leading zero hex
  * digits. abort_flag may be NULL; otherwise *abort_flag is re-read every
- * VC_CHECK_INTERVAL nonces and a nonzero value ends the search. portable != 0
- * forces the plain C path even where SHA-NI exists. Safe to call without the
- * Python GIL: touches no Python state. */
+ * VC_CHECK_INTERVAL nonces and a nonzero value ends the search. `kernel` is a
+ * vc_kernel; asking for one this CPU lacks is VC_BAD_ARGUMENT. Safe to call
+ * without the Python GIL: touches no Python state. */
 int vc_search(const uint8_t content[32], unsigned difficulty, uint64_t first, uint64_t last,
-              const volatile uint8_t *abort_flag, int portable, uint64_t *found);
+              const volatile uint8_t *abort_flag, int kernel, uint64_t *found);
 
 #ifdef __cplusplus
 }

@@ -155,6 +155,7 @@ def test_none_when_exhausted(backend: str) -> None:
 # --- abort -------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(10)
 def test_preset_abort_returns_none(backend: str) -> None:
     search = mining.kernel(backend)
     flag = bytearray(b"\x01")
@@ -163,6 +164,7 @@ def test_preset_abort_returns_none(backend: str) -> None:
     assert time.perf_counter() - started < 1.0
 
 
+@pytest.mark.timeout(10)  # a kernel that holds the GIL would never see the flag
 def test_abort_from_another_thread(backend: str) -> None:
     search = mining.kernel(backend)
     flag = bytearray(1)

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from votechain.mining import MinerPool
 from votechain.mining import backend as backend_mod
 from votechain.mining.pool import MinerPoolError
@@ -130,13 +130,6 @@ def test_killed_worker_is_replaced(backend: str) -> None:
         assert nonce is not None and valid(content, 2, nonce)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BrokenPipeError,
-    reason="pool.py submit(): a worker that died between jobs makes conn.send raise "
-    "BrokenPipeError, leaving the jobs already sent pending; the dead worker is only "
-    "replaced when wait() reads its EOF, which never happens for it",
-)
 def test_worker_killed_while_idle_is_replaced(backend: str) -> None:
     with MinerPool(WORKERS, backend=backend) as p:
         victim = p.pids[1]

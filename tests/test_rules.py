@@ -143,16 +143,21 @@ def test_author_key_not_rsa_or_too_small() -> None:
      ("signature", MAX_SIGNATURE_BYTES + 1), ("tx_id", 15), ("prev_hash", 33)],
 )
 def test_oversized(field: str, size: int) -> None:
-    block = GOOD
-    if field in ("data", "tx_id"):
-        block = replace(block, transaction=replace(block.transaction, **{field: b"\x01" * size}))
-    else:
-        block = replace(block, **{field: b"\x01" * size})
+    blob = b"\x01" * size
+    tx = GOOD.transaction
+    block = {
+        "data": replace(GOOD, transaction=replace(tx, data=blob)),
+        "tx_id": replace(GOOD, transaction=replace(tx, tx_id=blob)),
+        "author": replace(GOOD, author=blob),
+        "signature": replace(GOOD, signature=blob),
+        "prev_hash": replace(GOOD, prev_hash=blob),
+    }[field]
     if field not in ("signature", "prev_hash"):
         block = resign(block)
-    with pytest.raises(Oversized, match="cap|must be"):
-        validate(block, prev=GENESIS if field != "prev_hash" else replace(GENESIS,
-                                                                          hash=block.prev_hash))
+    # prev_hash is checked for linking first: hand it a parent whose hash matches.
+    prev = replace(GENESIS, hash=blob) if field == "prev_hash" else GENESIS
+    with pytest.raises(Oversized, match=r"cap|must be"):
+        validate(block, prev=prev)
 
 
 def test_errors_name_the_block_and_reason() -> None:

@@ -135,6 +135,10 @@ def test_open_readonly(tmp_path: Path) -> None:
     assert reader.blocks() == [*BASE, *more]
     reader.close()
     s.close()
+    # ... and reads the store after the writer has gone (what `votechain verify` does).
+    after = ChainStore.open_readonly(tmp_path)
+    assert after.blocks() == [*BASE, *more]
+    after.close()
 
 
 def test_corrupt_row_is_an_encoding_error(store: ChainStore, tmp_path: Path) -> None:

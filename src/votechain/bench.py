@@ -20,6 +20,7 @@ the time from abort() to wait() returning, over ABORT_TRIALS jobs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -100,10 +101,8 @@ def pool_rate(pool: mining.MinerPool, nonces: int) -> float:
 def abort_once(pool: mining.MinerPool) -> float:
     """Seconds from abort() to wait() returning, for a job that is surely running."""
     pool.submit(BENCH_CONTENT, BENCH_DIFFICULTY)
-    try:
+    with contextlib.suppress(TimeoutError):
         pool.wait(timeout=0.01)  # lets every worker get going; an impossible job never ends
-    except TimeoutError:
-        pass
     started = time.perf_counter()
     pool.abort()
     pool.wait()

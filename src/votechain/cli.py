@@ -144,9 +144,11 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(quiet: bool) -> None:
+    # A daemon's INFO lines are its record: one per block accepted, rejected or
+    # switched, one per peer registered. --quiet keeps only warnings.
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
@@ -158,7 +160,7 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_tracker(args: argparse.Namespace) -> int:
     from .tracker import TrackerServer
 
-    _setup_logging(args.verbose)
+    _setup_logging(args.quiet)
     stop = _stop_on_signals()
     server = TrackerServer(args.host, args.port)
     try:
@@ -180,7 +182,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from .peer import Node, NodeConfig
     from .store import StoreError
 
-    _setup_logging(args.verbose)
+    _setup_logging(args.quiet)
     stop = _stop_on_signals()
     config = NodeConfig(
         data_dir=Path(args.data_dir),
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tracker", cmd_tracker, "run a tracker (the peers' meeting point)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=DEFAULT_TRACKER_PORT, help="default 8000")
-    p.add_argument("-v", "--verbose", action="store_true", help="log connections")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
     p = command("peer", cmd_peer, "run a peer: keep the chain, mine votes, gossip blocks")
     p.add_argument("--tracker", type=parse_hostport, required=True, metavar="HOST:PORT")
@@ -373,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difficulty", type=_difficulty, default=4, help="leading zero hex digits")
     p.add_argument("--workers", type=_positive_int, default=None, help="miner processes")
     p.add_argument("--miner", choices=("native", "portable", "pure"), default=None)
-    p.add_argument("-v", "--verbose", action="store_true", help="log blocks and peers")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
     p = command("vote", cmd_vote, "cast a vote through a running peer and wait until it is mined")
     data_dir(p)

@@ -128,6 +128,12 @@ class MinerPool:
             raise MinerPoolError(f"unexpected first message from a miner worker: {tag!r}")
         return _Worker(process, ours)
 
+    def _replace(self, index: int) -> None:
+        dead = self._workers[index]
+        dead.conn.close()
+        dead.process.join(timeout=1)
+        self._workers[index] = self._spawn()
+
     @property
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
@@ -149,10 +155,17 @@ class MinerPool:
             self._job_id += 1
             self._abort[0] = 0
             self._job_started = time.perf_counter()
-            for index, worker in enumerate(self._workers):
+            for index in range(self.size):
                 job = (self._job_id, content, difficulty, start, stop, self.backend, index,
                        self.size)
-                worker.conn.send(job)
+                try:
+                    self._workers[index].conn.send(job)
+                except OSError:
+                    # The worker died while idle (killed from outside): replace it
+                    # before this job, so no share of the range goes unsearched.
+                    log.warning("miner worker %d died; restarting it", index)
+                    self._replace(index)
+                    self._workers[index].conn.send(job)
                 self._pending.add(index)
 
     def abort(self) -> None:
@@ -181,7 +194,7 @@ class MinerPool:
                     # A killed worker loses its share of this job only; replace it so
                     # the next job runs at full strength.
                     log.warning("miner worker %d died; restarting it", index)
-                    self._workers[index] = self._spawn()
+                    self._replace(index)
                     continue
                 if job_id != self._job_id:
                     continue

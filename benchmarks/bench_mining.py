@@ -1,0 +1,244 @@
+"""Miner and validation throughput, with the ratios that say whether the native
+kernel earns its keep.
+
+- hashlib's single-stream SHA-256 rate (compressions/s): one nonce hash is one
+  compression, so this is the bar for "as fast as the library can hash";
+- hash rates at difficulty 16 over fixed ranges (nothing found, every nonce
+  hashed): pure, native 1 worker, portable C 1 worker, MinerPool on every core;
+- the pool's abort latency (abort() to wait() returning);
+- blocks/s mined and signed at difficulty 4, and blocks/s validated
+  (`rules.check_block_alone`, public-key cache warm).
+
+Each benchmark puts hashes_per_s, x_pure and x_sha256_limit in its extra_info;
+benchmarks/conftest.py prints a summary at the end of the run. The figures come
+from this module's own clock around each round, so they are the same with
+--benchmark-disable.
+
+Run with ``make bench`` (``pytest benchmarks --benchmark-only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from votechain import bench, mining, rules
+from votechain.block import HASH_BYTES, Block, Transaction, genesis_block
+from votechain.keys import NodeKey
+from votechain.mining import backend as backend_mod
+
+ROUNDS = 3
+PURE_NONCES = 1_000_000
+NATIVE_NONCES = bench.NATIVE_NONCES
+PORTABLE_NONCES = bench.PORTABLE_NONCES
+ABORT_ROUNDS = 30
+BLOCK_DIFFICULTY = 4
+BLOCK_ROUNDS = 20
+VALIDATION_BLOCKS = 50
+
+needs_native = pytest.mark.skipif(
+    backend_mod.native_module is None,
+    reason=f"native extension unavailable: {backend_mod.native_unavailable_reason}",
+)
+
+
+class Clock:
+    """Times each call of `fn` itself, so rates do not depend on pytest-benchmark's mode."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.durations: list[float] = []
+
+    def __call__(self) -> None:
+        started = time.perf_counter()
+        self.fn()
+        self.durations.append(time.perf_counter() - started)
+
+    @property
+    def best(self) -> float:
+        return min(self.durations)
+
+
+def run_rounds(benchmark: BenchmarkFixture, clock: Clock, *, rounds: int,
+               setup: Callable[[], None] | None = None) -> None:
+    """pytest-benchmark's pedantic mode: exactly `rounds` timed calls, one each."""
+    benchmark.pedantic(clock, setup=setup, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+
+
+def baseline(rates: dict[str, float], key: str) -> float:
+    """The limit or pure rate, measured here (quickly) if its benchmark was deselected."""
+    if key not in rates:
+        rates[key] = bench.sha256_limit() if key == "limit" else bench.kernel_rate("pure", 200_000)
+    return rates[key]
+
+
+def record(benchmark: BenchmarkFixture, rates: dict[str, float], key: str, rate: float) -> None:
+    rates[key] = rate
+    benchmark.extra_info["hashes_per_s"] = rate
+    benchmark.extra_info["x_pure"] = rate / baseline(rates, "pure")
+    benchmark.extra_info["x_sha256_limit"] = rate / baseline(rates, "limit")
+
+
+def search_range(backend: str, nonces: int) -> Callable[[], object]:
+    search = mining.kernel(backend)
+    content, start, difficulty = bench.BENCH_CONTENT, bench.BENCH_START, bench.BENCH_DIFFICULTY
+    return lambda: search(content, difficulty, start, start + nonces, None)
+
+
+# --- hash rates --------------------------------------------------------------------------
+
+
+def test_sha256_single_stream_limit(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float]
+) -> None:
+    buffer = bytes(bench.LIMIT_BUFFER_BYTES)
+    clock = Clock(lambda: hashlib.sha256(buffer).digest())
+    run_rounds(benchmark, clock, rounds=ROUNDS)
+    rate = len(buffer) / clock.best / bench.SHA256_BLOCK_BYTES
+    bench_rates["limit"] = rate
+    record(benchmark, bench_rates, "limit", rate)
+
+
+def test_hashrate_pure(benchmark: BenchmarkFixture, bench_rates: dict[str, float]) -> None:
+    clock = Clock(search_range("pure", PURE_NONCES))
+    run_rounds(benchmark, clock, rounds=ROUNDS)
+    bench_rates["pure"] = PURE_NONCES / clock.best
+    record(benchmark, bench_rates, "pure", PURE_NONCES / clock.best)
+
+
+@needs_native
+def test_hashrate_native_1_worker(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float]
+) -> None:
+    clock = Clock(search_range("native", NATIVE_NONCES))
+    run_rounds(benchmark, clock, rounds=ROUNDS)
+    benchmark.extra_info["sha_ni"] = mining.sha_ni_available()
+    record(benchmark, bench_rates, "native", NATIVE_NONCES / clock.best)
+
+
+@needs_native
+def test_hashrate_portable_1_worker(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float]
+) -> None:
+    clock = Clock(search_range("portable", PORTABLE_NONCES))
+    run_rounds(benchmark, clock, rounds=ROUNDS)
+    record(benchmark, bench_rates, "portable", PORTABLE_NONCES / clock.best)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[mining.MinerPool]:
+    with mining.MinerPool(os.cpu_count() or 1, backend=bench.pool_backend()) as p:
+        yield p
+
+
+def test_hashrate_pool_every_core(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], pool: mining.MinerPool
+) -> None:
+    nonces = bench.pool_nonces(pool.backend, pool.size)
+    if pool.backend == "pure":
+        nonces = pool.size * PURE_NONCES
+
+    def job() -> None:
+        pool.submit(bench.BENCH_CONTENT, bench.BENCH_DIFFICULTY, bench.BENCH_START,
+                    bench.BENCH_START + nonces)
+        assert pool.wait() is None
+
+    clock = Clock(job)
+    run_rounds(benchmark, clock, rounds=ROUNDS)
+    bench_rates["pool_workers"] = pool.size
+    benchmark.extra_info["workers"] = pool.size
+    benchmark.extra_info["backend"] = pool.backend
+    rate = nonces / clock.best
+    record(benchmark, bench_rates, "pool", rate)
+    if "native" in bench_rates:
+        benchmark.extra_info["x_native_1"] = rate / bench_rates["native"]
+
+
+def test_pool_abort_latency(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], pool: mining.MinerPool
+) -> None:
+    def start_job() -> None:
+        pool.submit(bench.BENCH_CONTENT, bench.BENCH_DIFFICULTY)
+        with contextlib.suppress(TimeoutError):
+            pool.wait(timeout=0.01)  # every worker is hashing by now
+
+    def abort() -> None:
+        pool.abort()
+        assert pool.wait() is None
+
+    clock = Clock(abort)
+    run_rounds(benchmark, clock, rounds=ABORT_ROUNDS, setup=start_job)
+    samples = sorted(clock.durations)
+    p99 = statistics.quantiles(samples, n=100, method="inclusive")[98]
+    bench_rates["abort_p50_ms"] = statistics.median(samples) * 1e3
+    bench_rates["abort_p99_ms"] = p99 * 1e3
+    benchmark.extra_info["p50_ms"] = bench_rates["abort_p50_ms"]
+    benchmark.extra_info["p99_ms"] = bench_rates["abort_p99_ms"]
+
+
+# --- blocks ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def key() -> NodeKey:
+    return NodeKey.generate()
+
+
+def mine_and_sign(prev: Block, tx: Transaction, key: NodeKey, difficulty: int) -> Block:
+    """What a node does per block: mine the nonce, then sign the hash."""
+    template = Block(id=prev.id + 1, transaction=tx, nonce=0, prev_hash=prev.hash,
+                     hash=bytes(HASH_BYTES), signature=b"", author=key.public_der)
+    nonce = mining.search(template.content(), difficulty, backend=mining.DEFAULT_BACKEND)
+    assert nonce is not None
+    mined = template.with_nonce(nonce)
+    return replace(mined, signature=key.sign(mined.hash))
+
+
+def test_blocks_mined_and_signed_per_second(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], key: NodeKey
+) -> None:
+    counter = itertools.count()
+    genesis = genesis_block()
+
+    def one_block() -> None:
+        n = next(counter)
+        tx = Transaction(n.to_bytes(16, "big"), 1_700_000_000_000 + n, b"bench")
+        mine_and_sign(genesis, tx, key, BLOCK_DIFFICULTY)
+
+    clock = Clock(one_block)
+    run_rounds(benchmark, clock, rounds=BLOCK_ROUNDS)
+    # Mining time varies with luck; the mean over the rounds is the sustained rate.
+    bench_rates["blocks_per_s"] = len(clock.durations) / sum(clock.durations)
+    benchmark.extra_info["blocks_per_s"] = bench_rates["blocks_per_s"]
+    benchmark.extra_info["backend"] = mining.DEFAULT_BACKEND
+
+
+def test_block_validations_per_second(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], key: NodeKey
+) -> None:
+    blocks: list[Block] = []
+    prev = genesis_block()
+    for n in range(VALIDATION_BLOCKS):
+        prev = mine_and_sign(prev, Transaction(n.to_bytes(16, "big"), 1_700_000_000_000,
+                                               b"validate"), key, BLOCK_DIFFICULTY)
+        blocks.append(prev)
+    now_ms = 1_800_000_000_000
+    rules.check_block_alone(blocks[0], difficulty=BLOCK_DIFFICULTY, now_ms=now_ms)  # warm
+
+    def validate_all() -> None:
+        for block in blocks:
+            rules.check_block_alone(block, difficulty=BLOCK_DIFFICULTY, now_ms=now_ms)
+
+    clock = Clock(validate_all)
+    run_rounds(benchmark, clock, rounds=10)
+    bench_rates["validations_per_s"] = len(blocks) / clock.best
+    benchmark.extra_info["validations_per_s"] = bench_rates["validations_per_s"]

@@ -1,0 +1,61 @@
+"""Shared state of the benchmark session: the miner figures, printed as one summary.
+
+Each miner benchmark records its rate in the session's `bench_rates` dict; at the
+end of the run `pytest_terminal_summary` prints them with the ratios that matter
+(native/pure, native/limit, pool/native-1, abort p99), so the `make bench`
+output alone answers "how fast is the miner here, and against what".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+RATES_KEY = pytest.StashKey[dict[str, float]]()
+
+
+@pytest.fixture(scope="session")
+def bench_rates(request: pytest.FixtureRequest) -> dict[str, float]:
+    return request.config.stash.setdefault(RATES_KEY, {})
+
+
+def _ratio(rates: dict[str, float], num: str, den: str) -> str:
+    if num in rates and den in rates and rates[den] > 0:
+        return f"{rates[num] / rates[den]:.1f}x"
+    return "n/a"
+
+
+def _rate(rates: dict[str, float], key: str, unit: str = "M hashes/s", scale: float = 1e6) -> str:
+    return f"{rates[key] / scale:.2f} {unit}" if key in rates else "not measured"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    rates = config.stash.get(RATES_KEY, None)
+    if not rates:
+        return
+    workers = int(rates.get("pool_workers", 0))
+    lines = [
+        f"single-stream SHA-256 limit (hashlib): {_rate(rates, 'limit', 'M compressions/s')}",
+        f"pure, 1 worker:       {_rate(rates, 'pure')}",
+        f"native, 1 worker:     {_rate(rates, 'native')}   "
+        f"native/pure {_ratio(rates, 'native', 'pure')}, "
+        f"native/limit {_ratio(rates, 'native', 'limit')}",
+        f"portable C, 1 worker: {_rate(rates, 'portable')}   "
+        f"portable/pure {_ratio(rates, 'portable', 'pure')}",
+        f"MinerPool, {workers} workers: {_rate(rates, 'pool')}   "
+        f"pool/native-1 {_ratio(rates, 'pool', 'native')}, "
+        f"pool/pure {_ratio(rates, 'pool', 'pure')}",
+    ]
+    if "abort_p99_ms" in rates:
+        lines.append(f"pool abort latency: p50 {rates['abort_p50_ms']:.2f} ms, "
+                     f"p99 {rates['abort_p99_ms']:.2f} ms")
+    if "blocks_per_s" in rates:
+        lines.append(f"mine + sign at difficulty 4: {rates['blocks_per_s']:.1f} blocks/s")
+    if "validations_per_s" in rates:
+        lines.append(f"check_block_alone (key cache warm): "
+                     f"{rates['validations_per_s']:.0f} blocks/s")
+    terminalreporter.write_sep("=", "votechain miner summary")
+    for line in lines:
+        terminalreporter.write_line(line)
