@@ -152,6 +152,34 @@ def test_none_when_exhausted(backend: str) -> None:
     assert mining.search(content_of(2), 16, 0, 10_000, backend=backend) is None
 
 
+_KERNELS = ("KERNEL_PORTABLE", "KERNEL_SHANI_SSE", "KERNEL_SHANI_AVX512")
+
+
+@pytest.mark.parametrize("kernel", _KERNELS)
+def test_each_native_kernel_agrees(kernel: str) -> None:
+    """"native" runs whichever kernel the CPU supports best; the others must agree too."""
+    native = backend_mod.native_module
+    if native is None or not hasattr(native, "_search_kernel") or not hasattr(native, kernel):
+        pytest.skip(f"no explicit {kernel} selector in this build")
+    code = getattr(native, kernel)
+    content, start, stop = content_of(11), 2**32 - 2001, 2**32 + 9_001
+    try:
+        native._search_kernel(content, 0, 0, 1, code)
+    except ValueError:
+        pytest.skip(f"{kernel} is not available on this CPU")
+    for difficulty in (1, 2, 3):
+        found: list[int] = []
+        lo = start
+        while (nonce := native._search_kernel(content, difficulty, lo, stop, code)) is not None:
+            found.append(nonce)
+            lo = nonce + 1
+        assert found == hits(content, difficulty, start, stop)
+    for length in range(0, 10):
+        assert native._search_kernel(content, 1, 7, 7 + length, code) == reference(
+            content, 1, 7, 7 + length
+        )
+
+
 # --- abort -------------------------------------------------------------------------------
 
 
