@@ -22,6 +22,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from votechain import keys, mining, rules, wire
 from votechain.block import Block, Transaction, genesis_block
+from votechain.forkchoice import Tip
 from votechain.peer import Node, NodeConfig
 from votechain.tracker import TrackerServer
 
@@ -135,7 +136,7 @@ def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: N
         late.start()
         late.network_active = False  # no background resolver racing the measured fetch
         try:
-            branch = late._fetch_branch(holder)
+            branch = late._fetch_branch(holder, Tip(chain[-1].id, chain[-1].hash))
             switch = late._adopt(branch, holder)
             assert switch is not None and late.chain.height == CHAIN_LENGTH
         finally:

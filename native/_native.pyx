@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, annotation_typing=False
 """Native nonce search for votechain (built as ``votechain._native``).
 
 The hash is ``SHA-256(content || nonce.to_bytes(8, "big"))`` with a 32-byte
@@ -6,7 +6,8 @@ The hash is ``SHA-256(content || nonce.to_bytes(8, "big"))`` with a 32-byte
 plain C otherwise, chosen at run time). This module only validates arguments,
 holds the abort buffer and releases the GIL around the C loop.
 
-Public contract::
+Public contract (the annotations are documentation only; annotation_typing is
+off so that, e.g., a float difficulty is rejected rather than truncated)::
 
     search(content, difficulty, start, stop, abort=None, portable=False) -> int | None
     sha_ni_available() -> bool

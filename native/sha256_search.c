@@ -408,6 +408,42 @@ int vc_search(const uint8_t content[32], unsigned difficulty, uint64_t first, ui
         (Xa)[s] = _mm_sha256msg2_epu32(v_, (Xd)[s]);                          \
     }
 
+#if VC_KAVX512
+/* Rounds 10..VC_PRE_END-1 run on the vector ports, 16 nonces per zmm lane
+ * set, instead of on the SHA unit: sha256rnds2 (one per ~3 cycles) is the
+ * bottleneck and the vector ALUs are otherwise half idle. Rounds 10..23 are
+ * the cheap ones: W10..W15 are constants and W16..W23 are one sigma1 from
+ * precomputed constants. Each skipped sha256rnds2 is ~3 cycles per nonce. */
+#ifndef VC_PRE_END
+#define VC_PRE_END 24
+#endif
+#define ZADD _mm512_add_epi32
+#define ZROR _mm512_ror_epi32
+#define ZX3(x, y, z) _mm512_ternarylogic_epi32((x), (y), (z), 0x96)
+#define ZBSIG0(x) ZX3(ZROR((x), 2), ZROR((x), 13), ZROR((x), 22))
+#define ZBSIG1(x) ZX3(ZROR((x), 6), ZROR((x), 11), ZROR((x), 25))
+#define ZSSIG1(x) ZX3(ZROR((x), 17), ZROR((x), 19), _mm512_srli_epi32((x), 10))
+#define ZR(a, b, c, d, e, f, g, h, kw)                                                   \
+    do {                                                                                 \
+        __m512i t1_ = ZADD(ZADD((h), (kw)),                                              \
+                           ZADD(ZBSIG1(e), _mm512_ternarylogic_epi32((e), (f), (g), 0xca))); \
+        (d) = ZADD((d), t1_);                                                            \
+        (h) = ZADD(t1_, ZADD(ZBSIG0(a), _mm512_ternarylogic_epi32((a), (b), (c), 0xe8)));  \
+    } while (0)
+#define ZK(t) _mm512_set1_epi32((int)(K[t] + g->w[t]))
+/* buf[4 * j + k] = {l0, l1, l2, l3}[stream 4k + j]: 4x4 transposes inside each
+ * 128-bit lane, then plain stores; the SHA loop reloads one xmm per stream. */
+#define ZTRANSPOSE_STORE(l0, l1, l2, l3, buf)                                            \
+    do {                                                                                 \
+        __m512i u0_ = _mm512_unpacklo_epi32((l0), (l1)), u1_ = _mm512_unpacklo_epi32((l2), (l3)); \
+        __m512i u2_ = _mm512_unpackhi_epi32((l0), (l1)), u3_ = _mm512_unpackhi_epi32((l2), (l3)); \
+        _mm512_store_si512((void *)&(buf)[0], _mm512_unpacklo_epi64(u0_, u1_));           \
+        _mm512_store_si512((void *)&(buf)[4], _mm512_unpackhi_epi64(u0_, u1_));           \
+        _mm512_store_si512((void *)&(buf)[8], _mm512_unpacklo_epi64(u2_, u3_));           \
+        _mm512_store_si512((void *)&(buf)[12], _mm512_unpackhi_epi64(u2_, u3_));          \
+    } while (0)
+#endif
+
 /* Same contract as portable_scan. */
 KTARGET static int VC_KNAME(const struct segment *g, uint32_t lo, uint32_t n, uint64_t mask,
                             uint32_t *hit)
@@ -429,18 +465,76 @@ KTARGET static int VC_KNAME(const struct segment *g, uint32_t lo, uint32_t n, ui
     const __m128i step_m2 = _mm_set_epi32(0, 0, NS, 0);
     const __m128i step_c4 = _mm_set_epi32(0, 0, 0, NS);
 
+#if VC_KAVX512
+    _Alignas(64) __m128i pre_abef[16], pre_cdgh[16];
+    __m512i zw9 = ZADD(_mm512_set1_epi32((int)lo),
+                       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+    (void)abef_run; (void)step_abef; (void)cdgh9; (void)k10; (void)k12; (void)k14;
+#endif
     for (uint32_t done = 0; done < n; done += NS) {
         /* Lanes past n (last batch only) hash wrapped W9 values; harmless,
          * their results are ignored below. */
         __m128i A[NS], C[NS], X0[NS], X1[NS], X2[NS], X3[NS];
         FOR_S {
-            A[s] = _mm_add_epi32(abef_run, _mm_set_epi32(s, 0, s, 0));
-            C[s] = cdgh9;
             X2[s] = _mm_add_epi32(m2_run, _mm_set_epi32(0, 0, s, 0)); /* W8..W11 */
             X3[s] = m3;                                                /* W12..W15 */
         }
-        abef_run = _mm_add_epi32(abef_run, step_abef);
         m2_run = _mm_add_epi32(m2_run, step_m2);
+#if VC_KAVX512
+        if ((done & 15) == 0) {
+            /* Rounds 10..VC_PRE_END-1 for the next 16 nonces, lane i = W9 + i. */
+            __m512i a = ZADD(_mm512_set1_epi32((int)g->s9[0]), zw9);
+            __m512i b = _mm512_set1_epi32((int)g->s9[1]), c = _mm512_set1_epi32((int)g->s9[2]);
+            __m512i d = _mm512_set1_epi32((int)g->s9[3]);
+            __m512i e = ZADD(_mm512_set1_epi32((int)g->s9[4]), zw9);
+            __m512i f = _mm512_set1_epi32((int)g->s9[5]), gg = _mm512_set1_epi32((int)g->s9[6]);
+            __m512i h = _mm512_set1_epi32((int)g->s9[7]);
+            const __m512i w16 = ZADD(_mm512_set1_epi32((int)g->c16), zw9);
+            zw9 = ZADD(zw9, _mm512_set1_epi32(16));
+            ZR(a, b, c, d, e, f, gg, h, ZK(10));
+            ZR(h, a, b, c, d, e, f, gg, ZK(11));
+            ZR(gg, h, a, b, c, d, e, f, ZK(12));
+            ZR(f, gg, h, a, b, c, d, e, ZK(13));
+            ZR(e, f, gg, h, a, b, c, d, ZK(14));
+            ZR(d, e, f, gg, h, a, b, c, ZK(15));
+#if VC_PRE_END == 16
+            ZTRANSPOSE_STORE(h, gg, d, c, pre_abef); /* F, E, B, A */
+            ZTRANSPOSE_STORE(b, a, f, e, pre_cdgh);  /* H, G, D, C */
+#else
+            const __m512i w18 = ZADD(ZSSIG1(w16), _mm512_set1_epi32((int)g->c18));
+            ZR(c, d, e, f, gg, h, a, b, ZADD(w16, _mm512_set1_epi32((int)K[16])));
+            ZR(b, c, d, e, f, gg, h, a, _mm512_set1_epi32((int)(K[17] + g->w17)));
+            ZR(a, b, c, d, e, f, gg, h, ZADD(w18, _mm512_set1_epi32((int)K[18])));
+            ZR(h, a, b, c, d, e, f, gg, _mm512_set1_epi32((int)(K[19] + g->w19)));
+#if VC_PRE_END == 20
+            ZTRANSPOSE_STORE(d, c, h, gg, pre_abef); /* F, E, B, A */
+            ZTRANSPOSE_STORE(f, e, b, a, pre_cdgh);  /* H, G, D, C */
+#else
+            const __m512i w20 = ZADD(ZSSIG1(w18), _mm512_set1_epi32((int)g->c20));
+            const __m512i w22 = ZADD(ZSSIG1(w20), _mm512_set1_epi32((int)g->c22));
+            ZR(gg, h, a, b, c, d, e, f, ZADD(w20, _mm512_set1_epi32((int)K[20])));
+            ZR(f, gg, h, a, b, c, d, e, _mm512_set1_epi32((int)(K[21] + g->w21)));
+            ZR(e, f, gg, h, a, b, c, d, ZADD(w22, _mm512_set1_epi32((int)K[22])));
+            ZR(d, e, f, gg, h, a, b, c,
+               ZADD(w16, _mm512_set1_epi32((int)(K[23] + g->c23))));
+            ZTRANSPOSE_STORE(h, gg, d, c, pre_abef); /* F, E, B, A */
+            ZTRANSPOSE_STORE(b, a, f, e, pre_cdgh);  /* H, G, D, C */
+#endif
+#endif
+        }
+        {
+            const unsigned bi = (done >> 2) & 3; /* which 4 of the 16 */
+            FOR_S {
+                C[s] = _mm_load_si128(&pre_abef[4 * s + bi]);
+                A[s] = _mm_load_si128(&pre_cdgh[4 * s + bi]);
+            }
+        }
+#else
+        FOR_S {
+            A[s] = _mm_add_epi32(abef_run, _mm_set_epi32(s, 0, s, 0));
+            C[s] = cdgh9;
+        }
+        abef_run = _mm_add_epi32(abef_run, step_abef);
 
         /* Rounds 10-11: one rnds2, after which ABEF lives in C and CDGH in A. */
         FOR_S C[s] = _mm_sha256rnds2_epu32(C[s], A[s], k10);
@@ -449,14 +543,19 @@ KTARGET static int VC_KNAME(const struct segment *g, uint32_t lo, uint32_t n, ui
             A[s] = _mm_sha256rnds2_epu32(A[s], C[s], k12);
             C[s] = _mm_sha256rnds2_epu32(C[s], A[s], k14);
         }
+#endif
         /* W16..19: msg1(W0..3, W4..7) + W9..W12 is the precomputed c4. */
         FOR_S X0[s] = _mm_sha256msg2_epu32(_mm_add_epi32(c4_run, _mm_set_epi32(0, 0, 0, s)), m3);
         c4_run = _mm_add_epi32(c4_run, step_c4);
+#if !VC_KAVX512 || VC_PRE_END <= 16
         ROUNDS4(C, A, X0, 16);
+#endif
         /* W20..23: msg1(W4..7, W8..11) has no W9 in it: the constant c5. */
         FOR_S X1[s] = _mm_sha256msg2_epu32(_mm_add_epi32(c5, _mm_alignr_epi8(X0[s], X3[s], 4)),
                                            X0[s]);
+#if !VC_KAVX512 || VC_PRE_END <= 20
         ROUNDS4(C, A, X1, 20);
+#endif
         SCHED(X2, X3, X0, X1); ROUNDS4(C, A, X2, 24);
         SCHED(X3, X0, X1, X2); ROUNDS4(C, A, X3, 28);
         SCHED(X0, X1, X2, X3); ROUNDS4(C, A, X0, 32);

@@ -106,14 +106,17 @@ def test_search_uses_same_answer_both_ways() -> None:
 
 
 @requires_sha_ni
-def test_difficulty_8_matches_portable() -> None:
-    # Too slow for hashlib in a unit test; the two kernels check each other.
-    content = hashlib.sha256(b"d8").digest()
-    fast = _native.search(content, 8, 0, 1 << 33)
+def test_difficulty_6_matches_portable() -> None:
+    # ~16M hashes: too many for a hashlib loop here, so the digest of the
+    # answer is checked and the portable kernel confirms nothing came just
+    # before it (a bounded window keeps the test fast).
+    content = hashlib.sha256(b"d6").digest()
+    fast = _native.search(content, 6, 0, 1 << 40)
     assert fast is not None
     digest = hashlib.sha256(content + fast.to_bytes(8, "big")).hexdigest()
-    assert digest.startswith("0" * 8)
-    assert _native.search(content, 8, max(0, fast - 300_000), fast + 1, portable=True) == fast
+    assert digest.startswith("0" * 6)
+    window = max(0, fast - 1_000_000)
+    assert _native.search(content, 6, window, fast + 1, portable=True) == fast
 
 
 def test_top_of_nonce_space() -> None:

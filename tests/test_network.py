@@ -102,6 +102,23 @@ def test_forked_minority_switches_to_majority_and_keeps_its_vote(net: Network) -
         assert sorted(tx_ids) == sorted([a_vote, c_vote])
 
 
+def test_longer_minority_branch_gives_way_to_a_shorter_majority(net: Network) -> None:
+    a, b, c = (net.add_node(name) for name in "abc")
+    c.set_network_active(False)
+    c_votes = [c.submit_vote("c1"), c.submit_vote("c2")]
+    a_vote = a.submit_vote("a1")
+    assert all(c.wait_for_tx(v, DEADLINE) for v in c_votes)
+    assert a.wait_for_tx(a_vote, DEADLINE) is not None
+    wait_until(converged([a, b], 1), DEADLINE, what="a and b agree")
+    assert c.blocks()[-1].id == 2  # c is ahead, on its own branch
+
+    c.set_network_active(True)  # 2 votes for a's tip beat 1 for c's longer one
+    wait_until(converged([a, b, c], 3), DEADLINE, what="c's votes mined again on the majority")
+    for node in (a, b, c):
+        assert node.tally() == {"a1": 1, "c1": 1, "c2": 1}
+        assert node.blocks()[1].transaction.tx_id == a_vote
+
+
 def test_two_way_tie_is_broken_identically_on_both_sides(net: Network) -> None:
     a, b = net.add_node("a"), net.add_node("b")
     a.set_network_active(False)

@@ -67,6 +67,7 @@ PEER_TIMEOUT = 3.0
 # that missed a broadcast catches up without waiting for the next block.
 SYNC_INTERVAL = 3.0
 TRACKER_INTERVAL = 1.0
+MIN_RESOLVE_INTERVAL = 0.05
 # Inbound connections beyond this are closed at once: each costs a thread.
 MAX_INBOUND = 256
 # An inbound connection that sends nothing for this long is closed; honest peers
@@ -362,7 +363,10 @@ class Node:
         """Send `block` and our public key to every other peer, each in its own
         thread with a bounded timeout; returns without waiting for them."""
         for address in self.peers():
-            self._network.submit(self._send_block, address, block)
+            try:
+                self._network.submit(self._send_block, address, block)
+            except RuntimeError:  # the executor is shut down: we are stopping
+                return
 
     def _send_block(self, address: tuple[str, int], block: Block) -> None:
         try:
@@ -438,7 +442,11 @@ class Node:
             try:
                 self.resolve()
             except Exception:  # our own bug: log it loudly, keep the node serving
-                log.exception("fork resolution failed")
+                if not self._stopping.is_set():
+                    log.exception("fork resolution failed")
+            # However many fork blocks arrive, resolve at most this often: each round
+            # polls every peer, and a flood of stale blocks must not make us spin.
+            self._stopping.wait(MIN_RESOLVE_INTERVAL)
 
     def _ask_all(self, peers: Iterable[tuple[str, int]], msg: Message) -> list[
             tuple[tuple[str, int], Message]]:
@@ -465,7 +473,7 @@ class Node:
                 return None
         for holder in holders(votes, winner):
             try:
-                branch = self._fetch_branch(holder)
+                branch = self._fetch_branch(holder, winner)
             except (OSError, WireError, TimeoutError, ConnectionClosed, InvalidBlock) as exc:
                 log.warning("could not fetch the majority branch from %s: %s", holder, exc)
                 continue
@@ -473,18 +481,24 @@ class Node:
                 return self._adopt(branch, holder)
         return None
 
-    def _fetch_branch(self, holder: tuple[str, int]) -> list[Block]:
+    def _fetch_branch(self, holder: tuple[str, int], winner: Tip) -> list[Block]:
         """The holder's blocks from where its chain and ours part, up to its tip,
-        each checked on its own (hash, difficulty, signature) outside the lock."""
+        each checked on its own (hash, difficulty, signature) outside the lock.
+
+        The parting point is found by stepping back from min(our height, the
+        winner's id) in doubling steps until the holder's block there links
+        to ours: a few round trips even when the branches part far back."""
         link = self._link(holder)
         with self._lock:
             ours = self.chain.blocks()
-        start, step = max(1, len(ours) - 1), 1
+        start, step = max(1, min(len(ours) - 1, winner.id)), 1
         while True:
             batch = self._get_blocks(link, start)
-            if not batch or batch[0].prev_hash == ours[start - 1].hash:
+            if batch and batch[0].prev_hash == ours[start - 1].hash:
                 break
             if start == 1:
+                if not batch:
+                    return []  # the holder has nothing past genesis any more
                 raise InvalidBlock(batch[0], "the peer's chain shares not even our genesis")
             start, step = max(1, start - step), step * 2
         branch = list(batch)
