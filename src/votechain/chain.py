@@ -49,10 +49,12 @@ class Chain:
     def verified(cls, blocks: Sequence[Block], *, difficulty: int, now_ms: int) -> Chain:
         """A chain from stored blocks, every rule re-checked (raises at the first bad one)."""
         chain = cls()
-        for block in blocks[1:] if blocks and blocks[0].id == 0 else blocks:
+        if blocks and blocks[0].id == 0:
+            if blocks[0] != chain.genesis:
+                raise BadGenesis(blocks[0], "stored genesis differs from this network's")
+            blocks = blocks[1:]
+        for block in blocks:
             chain.append(block, difficulty=difficulty, now_ms=now_ms)
-        if blocks and blocks[0].id == 0 and blocks[0] != chain.genesis:
-            raise BadGenesis(blocks[0], "stored genesis differs from this network's")
         return chain
 
     @property
