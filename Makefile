@@ -19,7 +19,7 @@ $(STAMP): $(PY) $(SOURCES)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" tests
 
 # The miner and chain suites once more with the native extension hidden.
 test-pure: $(STAMP)
@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(VENV)/bin/votechain demo
 
 soak: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests/soak -m soak
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/soak -m soak
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info native/_native.c src/votechain/*.so

@@ -1,4 +1,4 @@
-/* votechain nonce search: one SHA-256 compression per nonce, two kernels.
+/* votechain nonce search: one SHA-256 compression per nonce.
  *
  * Layout. hash = SHA-256(content || nonce_be8) with a 32-byte content, so the
  * 40-byte message plus padding is exactly one 64-byte block:
@@ -24,12 +24,18 @@
  * Check. Difficulty d means the top 4d bits of the digest are zero; those sit
  * in H0 = a + IV0 and H1 = b + IV1, so only those two final words are formed.
  *
- * Kernels. The SHA-NI kernel keeps VC_SHANI_STREAMS nonces in flight: one
- * sha256rnds2 has a latency of several cycles but the CPU can start one per
- * cycle, so a single stream would leave the unit mostly idle. It is compiled
- * with a function-level target attribute and chosen at run time, so the same
- * build runs on CPUs without SHA-NI. The portable kernel is plain C with the
- * same precomputation and fully unrolled rounds.
+ * Kernels. The SHA-NI kernel keeps VC_SHANI_STREAMS = 4 nonces in flight.
+ * Measured on the target Sapphire Rapids VM, sha256rnds2 has ~4 cycles of
+ * latency but a new one can start every ~3 cycles, so a lone stream (what
+ * hashlib does) is latency-bound while 4 streams keep the SHA unit busy; 2 and
+ * 3 streams were slower, 6 and 8 spill registers. It is compiled with
+ * function-level target attributes and chosen at run time (see "SHA-NI
+ * kernels" below), so one build runs on any x86-64. The portable kernel is
+ * plain C with the same precomputation and fully unrolled rounds.
+ *
+ * Tried and dropped: running rounds 10..23 on AVX-512 (16 nonces per zmm) to
+ * cut sha256rnds2 per nonce from 27 to 20 gave no measurable gain, so the
+ * simpler code stays.
  *
  * Ordering. Streams hash consecutive nonces and hits are examined lowest lane
  * first, so the first qualifying nonce of the range is always the one found.
@@ -39,7 +45,8 @@
 
 #include <stddef.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+/* The SHA-NI kernels need GCC/Clang target attributes and cpu detection. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define VC_HAVE_X86 1
 #include <immintrin.h>
 #else
@@ -150,15 +157,31 @@ static void segment_init(struct segment *g, const uint32_t content_words[8], uin
 
 /* ---- portable kernel --------------------------------------------------- */
 
+/* With GCC/Clang the portable kernel hashes PLANES nonces at once using the
+ * compilers' generic vector types: still plain C, it compiles to SSE2 on any
+ * x86-64, NEON on ARM, or scalar code elsewhere, and runs ~2x faster than one
+ * nonce at a time (the rounds are long dependency chains and, without BMI2,
+ * scalar rotates cost extra copies). Other compilers get one lane. */
+#if defined(__GNUC__) && !defined(VC_SCALAR_PORTABLE) /* the knob is for testing */
+#define PLANES 4
+typedef uint32_t plane_t __attribute__((vector_size(4 * PLANES)));
+#define PLANE(x, i) ((x)[i])
+static const plane_t PLANE_IOTA = {0, 1, 2, 3};
+#else
+#define PLANES 1
+typedef uint32_t plane_t;
+#define PLANE(x, i) (x)
+#define PLANE_IOTA 0u
+#endif
+
 /* One round; writes the new e into d and the new a into h, so that calling it
- * with the names rotated by one each round avoids all register moves. */
-/* Sigma1/Sigma0 are nested (3 rotates, 2 xors, a single copy) because x86
- * without BMI2 has only destructive rotates: the flat form costs 3 copies. */
+ * with the names rotated by one each round avoids all register moves.
+ * Sigma1/Sigma0 are nested (3 rotates, 2 xors, one copy of x live). */
 #define PBSIG1(x) ROTR((x) ^ ROTR((x) ^ ROTR((x), 14), 5), 6)
 #define PBSIG0(x) ROTR((x) ^ ROTR((x) ^ ROTR((x), 9), 11), 2)
 #define PR(a, b, c, d, e, f, g, h, kw)                                    \
     do {                                                                  \
-        uint32_t t1_ = (h) + PBSIG1(e) + CH((e), (f), (g)) + (kw);        \
+        plane_t t1_ = (h) + PBSIG1(e) + CH((e), (f), (g)) + (kw);         \
         (d) += t1_;                                                       \
         (h) = t1_ + PBSIG0(a) + MAJ((a), (b), (c));                       \
     } while (0)
@@ -184,24 +207,27 @@ static int portable_scan(const struct segment *g, uint32_t lo, uint32_t n, uint6
     const uint32_t k10 = K[10] + cw[10], k11 = K[11] + cw[11], k12 = K[12] + cw[12];
     const uint32_t k13 = K[13] + cw[13], k14 = K[14] + cw[14], k15 = K[15] + cw[15];
     const uint32_t k17 = K[17] + g->w17, k19 = K[19] + g->w19, k21 = K[21] + g->w21;
-    for (uint32_t i = 0; i < n; i++) {
-        const uint32_t w9 = lo + i;
-        uint32_t a = g->s9[0] + w9, b = g->s9[1], c = g->s9[2], d = g->s9[3];
-        uint32_t e = g->s9[4] + w9, f = g->s9[5], gg = g->s9[6], h = g->s9[7];
-        uint32_t w[16];
+    const plane_t zero = {0};
+    for (uint32_t done = 0; done < n; done += PLANES) {
+        /* Lanes past n (last group only) wrap harmlessly and are ignored. */
+        const plane_t w9 = PLANE_IOTA + (lo + done);
+        plane_t a = g->s9[0] + w9, b = zero + g->s9[1], c = zero + g->s9[2];
+        plane_t d = zero + g->s9[3], e = g->s9[4] + w9, f = zero + g->s9[5];
+        plane_t gg = zero + g->s9[6], h = zero + g->s9[7];
+        plane_t w[16];
         /* Ring slot t & 15 holds W[t]; slots 0..7 get W16..W23 directly. */
         w[0] = g->c16 + w9;
-        w[1] = g->w17;
+        w[1] = zero + g->w17;
         w[2] = SSIG1(w[0]) + g->c18;
-        w[3] = g->w19;
+        w[3] = zero + g->w19;
         w[4] = SSIG1(w[2]) + g->c20;
-        w[5] = g->w21;
+        w[5] = zero + g->w21;
         w[6] = SSIG1(w[4]) + g->c22;
         w[7] = w[0] + g->c23;
-        w[8] = cw[8];
+        w[8] = zero + cw[8];
         w[9] = w9;
         for (int t = 10; t < 16; t++)
-            w[t] = cw[t];
+            w[t] = zero + cw[t];
 
         PR(a, b, c, d, e, f, gg, h, k10);
         PR(h, a, b, c, d, e, f, gg, k11);
@@ -231,11 +257,15 @@ static int portable_scan(const struct segment *g, uint32_t lo, uint32_t n, uint6
         PR(f, gg, h, a, b, c, d, e, K[61] + PW(61));
         PR(e, f, gg, h, a, b, c, d, K[62] + PW(62));
         PR(d, e, f, gg, h, a, b, c, K[63] + PW(63));
-        /* Final a is in c and final b (a of round 62) in d. */
-        const uint64_t top = ((uint64_t)(c + IV[0]) << 32) | (uint32_t)(d + IV[1]);
-        if ((top & mask) == 0) {
-            *hit = w9;
-            return 1;
+        /* Final a is in c and final b (a of round 62) in d; lanes in nonce
+         * order, so the first hit is the lowest nonce. */
+        for (uint32_t i = 0; i < PLANES && done + i < n; i++) {
+            const uint64_t top = ((uint64_t)(PLANE(c, i) + IV[0]) << 32) |
+                                 (uint32_t)(PLANE(d, i) + IV[1]);
+            if ((top & mask) == 0) {
+                *hit = lo + done + i;
+                return 1;
+            }
         }
     }
     return 0;
@@ -249,11 +279,11 @@ static int portable_scan(const struct segment *g, uint32_t lo, uint32_t n, uint6
  * target, because the best code differs:
  *   shani_scan_sse:    SHA-NI + SSE4.1, runs on every SHA-NI CPU (Goldmont,
  *                      Zen, ...); sha256msg1 does the schedule's sigma0.
- *   shani_scan_avx512: SHA-NI + AVX-512VL. sha256rnds2 is the bottleneck (one
- *                      per ~3 cycles on Sapphire Rapids) and sha256msg1 shares
- *                      its unit (~1.7 cycles each, measured), so sigma0 is
- *                      done instead with vprord/vpternlogd on the idle vector
- *                      ports; VEX/EVEX 3-operand forms also save copies.
+ *   shani_scan_avx512: SHA-NI + AVX-512VL. sha256msg1 occupies the SHA unit
+ *                      that sha256rnds2 needs (~1.7 cycles each, measured),
+ *                      so sigma0 is done instead with vprord/vpternlogd on
+ *                      the vector ports; VEX/EVEX 3-operand forms also save
+ *                      register copies.
  * Measured on Sapphire Rapids: ~35 vs ~30 M nonces/s. */
 #define VC_KERNEL_TEMPLATE 1
 #define VC_KNAME shani_scan_sse
@@ -271,14 +301,18 @@ static int portable_scan(const struct segment *g, uint32_t lo, uint32_t n, uint6
 
 static int cpu_has_avx512vl(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    }
+    return cached;
 }
 #endif /* VC_HAVE_X86 */
 
 int vc_sha_ni_available(void)
 {
-#if VC_HAVE_X86 && defined(__GNUC__)
+#if VC_HAVE_X86
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
@@ -377,13 +411,13 @@ int vc_search(const uint8_t content[32], unsigned difficulty, uint64_t first, ui
 
 #if VC_KAVX512
 /* X + sigma0(next four words), the work of sha256msg1, off the SHA unit. */
-#define MSG1(x, y)                                                                 \
-    ({                                                                             \
-        __m128i n_ = _mm_alignr_epi8((y), (x), 4);                                 \
-        _mm_add_epi32((x), _mm_ternarylogic_epi32(_mm_ror_epi32(n_, 7),            \
-                                                  _mm_ror_epi32(n_, 18),           \
-                                                  _mm_srli_epi32(n_, 3), 0x96));   \
-    })
+KTARGET static inline __m128i msg1_avx512(__m128i x, __m128i y)
+{
+    const __m128i n = _mm_alignr_epi8(y, x, 4);
+    return _mm_add_epi32(x, _mm_ternarylogic_epi32(_mm_ror_epi32(n, 7), _mm_ror_epi32(n, 18),
+                                                   _mm_srli_epi32(n, 3), 0x96));
+}
+#define MSG1(x, y) msg1_avx512((x), (y))
 #else
 #define MSG1(x, y) _mm_sha256msg1_epu32((x), (y))
 #endif
@@ -408,42 +442,6 @@ int vc_search(const uint8_t content[32], unsigned difficulty, uint64_t first, ui
         (Xa)[s] = _mm_sha256msg2_epu32(v_, (Xd)[s]);                          \
     }
 
-#if VC_KAVX512
-/* Rounds 10..VC_PRE_END-1 run on the vector ports, 16 nonces per zmm lane
- * set, instead of on the SHA unit: sha256rnds2 (one per ~3 cycles) is the
- * bottleneck and the vector ALUs are otherwise half idle. Rounds 10..23 are
- * the cheap ones: W10..W15 are constants and W16..W23 are one sigma1 from
- * precomputed constants. Each skipped sha256rnds2 is ~3 cycles per nonce. */
-#ifndef VC_PRE_END
-#define VC_PRE_END 24
-#endif
-#define ZADD _mm512_add_epi32
-#define ZROR _mm512_ror_epi32
-#define ZX3(x, y, z) _mm512_ternarylogic_epi32((x), (y), (z), 0x96)
-#define ZBSIG0(x) ZX3(ZROR((x), 2), ZROR((x), 13), ZROR((x), 22))
-#define ZBSIG1(x) ZX3(ZROR((x), 6), ZROR((x), 11), ZROR((x), 25))
-#define ZSSIG1(x) ZX3(ZROR((x), 17), ZROR((x), 19), _mm512_srli_epi32((x), 10))
-#define ZR(a, b, c, d, e, f, g, h, kw)                                                   \
-    do {                                                                                 \
-        __m512i t1_ = ZADD(ZADD((h), (kw)),                                              \
-                           ZADD(ZBSIG1(e), _mm512_ternarylogic_epi32((e), (f), (g), 0xca))); \
-        (d) = ZADD((d), t1_);                                                            \
-        (h) = ZADD(t1_, ZADD(ZBSIG0(a), _mm512_ternarylogic_epi32((a), (b), (c), 0xe8)));  \
-    } while (0)
-#define ZK(t) _mm512_set1_epi32((int)(K[t] + g->w[t]))
-/* buf[4 * j + k] = {l0, l1, l2, l3}[stream 4k + j]: 4x4 transposes inside each
- * 128-bit lane, then plain stores; the SHA loop reloads one xmm per stream. */
-#define ZTRANSPOSE_STORE(l0, l1, l2, l3, buf)                                            \
-    do {                                                                                 \
-        __m512i u0_ = _mm512_unpacklo_epi32((l0), (l1)), u1_ = _mm512_unpacklo_epi32((l2), (l3)); \
-        __m512i u2_ = _mm512_unpackhi_epi32((l0), (l1)), u3_ = _mm512_unpackhi_epi32((l2), (l3)); \
-        _mm512_store_si512((void *)&(buf)[0], _mm512_unpacklo_epi64(u0_, u1_));           \
-        _mm512_store_si512((void *)&(buf)[4], _mm512_unpackhi_epi64(u0_, u1_));           \
-        _mm512_store_si512((void *)&(buf)[8], _mm512_unpacklo_epi64(u2_, u3_));           \
-        _mm512_store_si512((void *)&(buf)[12], _mm512_unpackhi_epi64(u2_, u3_));          \
-    } while (0)
-#endif
-
 /* Same contract as portable_scan. */
 KTARGET static int VC_KNAME(const struct segment *g, uint32_t lo, uint32_t n, uint64_t mask,
                             uint32_t *hit)
@@ -465,76 +463,18 @@ KTARGET static int VC_KNAME(const struct segment *g, uint32_t lo, uint32_t n, ui
     const __m128i step_m2 = _mm_set_epi32(0, 0, NS, 0);
     const __m128i step_c4 = _mm_set_epi32(0, 0, 0, NS);
 
-#if VC_KAVX512
-    _Alignas(64) __m128i pre_abef[16], pre_cdgh[16];
-    __m512i zw9 = ZADD(_mm512_set1_epi32((int)lo),
-                       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
-    (void)abef_run; (void)step_abef; (void)cdgh9; (void)k10; (void)k12; (void)k14;
-#endif
     for (uint32_t done = 0; done < n; done += NS) {
         /* Lanes past n (last batch only) hash wrapped W9 values; harmless,
          * their results are ignored below. */
         __m128i A[NS], C[NS], X0[NS], X1[NS], X2[NS], X3[NS];
         FOR_S {
+            A[s] = _mm_add_epi32(abef_run, _mm_set_epi32(s, 0, s, 0));
+            C[s] = cdgh9;
             X2[s] = _mm_add_epi32(m2_run, _mm_set_epi32(0, 0, s, 0)); /* W8..W11 */
             X3[s] = m3;                                                /* W12..W15 */
         }
-        m2_run = _mm_add_epi32(m2_run, step_m2);
-#if VC_KAVX512
-        if ((done & 15) == 0) {
-            /* Rounds 10..VC_PRE_END-1 for the next 16 nonces, lane i = W9 + i. */
-            __m512i a = ZADD(_mm512_set1_epi32((int)g->s9[0]), zw9);
-            __m512i b = _mm512_set1_epi32((int)g->s9[1]), c = _mm512_set1_epi32((int)g->s9[2]);
-            __m512i d = _mm512_set1_epi32((int)g->s9[3]);
-            __m512i e = ZADD(_mm512_set1_epi32((int)g->s9[4]), zw9);
-            __m512i f = _mm512_set1_epi32((int)g->s9[5]), gg = _mm512_set1_epi32((int)g->s9[6]);
-            __m512i h = _mm512_set1_epi32((int)g->s9[7]);
-            const __m512i w16 = ZADD(_mm512_set1_epi32((int)g->c16), zw9);
-            zw9 = ZADD(zw9, _mm512_set1_epi32(16));
-            ZR(a, b, c, d, e, f, gg, h, ZK(10));
-            ZR(h, a, b, c, d, e, f, gg, ZK(11));
-            ZR(gg, h, a, b, c, d, e, f, ZK(12));
-            ZR(f, gg, h, a, b, c, d, e, ZK(13));
-            ZR(e, f, gg, h, a, b, c, d, ZK(14));
-            ZR(d, e, f, gg, h, a, b, c, ZK(15));
-#if VC_PRE_END == 16
-            ZTRANSPOSE_STORE(h, gg, d, c, pre_abef); /* F, E, B, A */
-            ZTRANSPOSE_STORE(b, a, f, e, pre_cdgh);  /* H, G, D, C */
-#else
-            const __m512i w18 = ZADD(ZSSIG1(w16), _mm512_set1_epi32((int)g->c18));
-            ZR(c, d, e, f, gg, h, a, b, ZADD(w16, _mm512_set1_epi32((int)K[16])));
-            ZR(b, c, d, e, f, gg, h, a, _mm512_set1_epi32((int)(K[17] + g->w17)));
-            ZR(a, b, c, d, e, f, gg, h, ZADD(w18, _mm512_set1_epi32((int)K[18])));
-            ZR(h, a, b, c, d, e, f, gg, _mm512_set1_epi32((int)(K[19] + g->w19)));
-#if VC_PRE_END == 20
-            ZTRANSPOSE_STORE(d, c, h, gg, pre_abef); /* F, E, B, A */
-            ZTRANSPOSE_STORE(f, e, b, a, pre_cdgh);  /* H, G, D, C */
-#else
-            const __m512i w20 = ZADD(ZSSIG1(w18), _mm512_set1_epi32((int)g->c20));
-            const __m512i w22 = ZADD(ZSSIG1(w20), _mm512_set1_epi32((int)g->c22));
-            ZR(gg, h, a, b, c, d, e, f, ZADD(w20, _mm512_set1_epi32((int)K[20])));
-            ZR(f, gg, h, a, b, c, d, e, _mm512_set1_epi32((int)(K[21] + g->w21)));
-            ZR(e, f, gg, h, a, b, c, d, ZADD(w22, _mm512_set1_epi32((int)K[22])));
-            ZR(d, e, f, gg, h, a, b, c,
-               ZADD(w16, _mm512_set1_epi32((int)(K[23] + g->c23))));
-            ZTRANSPOSE_STORE(h, gg, d, c, pre_abef); /* F, E, B, A */
-            ZTRANSPOSE_STORE(b, a, f, e, pre_cdgh);  /* H, G, D, C */
-#endif
-#endif
-        }
-        {
-            const unsigned bi = (done >> 2) & 3; /* which 4 of the 16 */
-            FOR_S {
-                C[s] = _mm_load_si128(&pre_abef[4 * s + bi]);
-                A[s] = _mm_load_si128(&pre_cdgh[4 * s + bi]);
-            }
-        }
-#else
-        FOR_S {
-            A[s] = _mm_add_epi32(abef_run, _mm_set_epi32(s, 0, s, 0));
-            C[s] = cdgh9;
-        }
         abef_run = _mm_add_epi32(abef_run, step_abef);
+        m2_run = _mm_add_epi32(m2_run, step_m2);
 
         /* Rounds 10-11: one rnds2, after which ABEF lives in C and CDGH in A. */
         FOR_S C[s] = _mm_sha256rnds2_epu32(C[s], A[s], k10);
@@ -543,19 +483,14 @@ KTARGET static int VC_KNAME(const struct segment *g, uint32_t lo, uint32_t n, ui
             A[s] = _mm_sha256rnds2_epu32(A[s], C[s], k12);
             C[s] = _mm_sha256rnds2_epu32(C[s], A[s], k14);
         }
-#endif
         /* W16..19: msg1(W0..3, W4..7) + W9..W12 is the precomputed c4. */
         FOR_S X0[s] = _mm_sha256msg2_epu32(_mm_add_epi32(c4_run, _mm_set_epi32(0, 0, 0, s)), m3);
         c4_run = _mm_add_epi32(c4_run, step_c4);
-#if !VC_KAVX512 || VC_PRE_END <= 16
         ROUNDS4(C, A, X0, 16);
-#endif
         /* W20..23: msg1(W4..7, W8..11) has no W9 in it: the constant c5. */
         FOR_S X1[s] = _mm_sha256msg2_epu32(_mm_add_epi32(c5, _mm_alignr_epi8(X0[s], X3[s], 4)),
                                            X0[s]);
-#if !VC_KAVX512 || VC_PRE_END <= 20
         ROUNDS4(C, A, X1, 20);
-#endif
         SCHED(X2, X3, X0, X1); ROUNDS4(C, A, X2, 24);
         SCHED(X3, X0, X1, X2); ROUNDS4(C, A, X3, 28);
         SCHED(X0, X1, X2, X3); ROUNDS4(C, A, X0, 32);

@@ -73,7 +73,9 @@ MAX_CONTROL_REPLY_BYTES = 16 * 1024 * 1024
 # flood of connections from exhausting the node's threads and descriptors.
 MAX_CONTROL_CONNECTIONS = 64
 # Why 5 s: the real client sends its cookie immediately; a connection that has
-# not authenticated by then is not the owner, and holds a thread slot.
+# not authenticated by then is not the owner, and holds a thread slot. A
+# deadline for the whole auth frame, not a read timeout: one byte every few
+# seconds would otherwise hold the slot for as long as the sender likes.
 AUTH_TIMEOUT = 5.0
 # An authenticated client that goes silent this long between requests is gone.
 IDLE_TIMEOUT = 300.0
@@ -224,9 +226,15 @@ class _Closed(Exception):
     """The other side closed the connection (cleanly between frames, or mid-frame)."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """`n` bytes; with a `deadline` (time.monotonic()), TimeoutError once it passes."""
     chunks: list[bytes] = []
     while n:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed")
+            sock.settimeout(remaining)
         chunk = sock.recv(min(n, 65536))
         if not chunk:
             raise _Closed("connection closed mid-frame" if chunks else "connection closed")
@@ -235,15 +243,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_frame(sock: socket.socket, cap: int) -> bytes:
-    """One frame's body. Raises _Closed, ControlProtocolError (over `cap`) or OSError."""
-    header = _recv_exact(sock, _HEADER_BYTES)
+def _read_frame(sock: socket.socket, cap: int, deadline: float | None = None) -> bytes:
+    """One frame's body. Raises _Closed, ControlProtocolError (over `cap`) or OSError
+    (TimeoutError if `deadline`, a time.monotonic() value, passes)."""
+    header = _recv_exact(sock, _HEADER_BYTES, deadline)
     length = int.from_bytes(header, "big")
     # Checked before reading a byte of the body: the length is the sender's word.
     if length > cap:
         raise ControlProtocolError(f"frame of {length} bytes is over the cap of {cap}")
     try:
-        return _recv_exact(sock, length)
+        return _recv_exact(sock, length, deadline)
     except _Closed as exc:
         raise ControlProtocolError("connection closed mid-frame") from exc
 
@@ -258,9 +267,12 @@ def _error(reason: str) -> dict[str, Any]:
 class ControlServer:
     """Serves `handler` on 127.0.0.1 (a free port) to whoever holds the cookie in `data_dir`."""
 
-    def __init__(self, handler: ControlHandler, data_dir: Path) -> None:
+    def __init__(
+        self, handler: ControlHandler, data_dir: Path, *, auth_timeout: float = AUTH_TIMEOUT
+    ) -> None:
         self._handler = handler
         self._data_dir = Path(data_dir)
+        self._auth_timeout = auth_timeout
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._listener: socket.socket | None = None
@@ -293,7 +305,9 @@ class ControlServer:
             try:
                 # Loopback only, by construction: there is no host parameter to get wrong.
                 listener.bind((HOST, 0))
-                listener.listen(16)
+                # A backlog as deep as the connection cap: a burst of connections
+                # queues rather than having SYNs dropped (1 s retry each).
+                listener.listen(MAX_CONTROL_CONNECTIONS)
                 self._cookie = secrets.token_bytes(COOKIE_BYTES).hex()
                 _write_private(self.cookie_path, self._cookie + "\n")
                 # The port file last: a client that finds it also finds the cookie.
@@ -372,8 +386,7 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            conn.settimeout(AUTH_TIMEOUT)
-            if not self._authenticate(conn):
+            if not self._authenticate(conn, time.monotonic() + self._auth_timeout):
                 return
             conn.settimeout(IDLE_TIMEOUT)
             while True:
@@ -393,12 +406,18 @@ class ControlServer:
                 self._connections.pop(conn, None)
                 conn.close()
 
-    def _authenticate(self, conn: socket.socket) -> bool:
+    def _authenticate(self, conn: socket.socket, deadline: float) -> bool:
         try:
-            request = parse_request(decode_body(_read_frame(conn, MAX_CONTROL_FRAME_BYTES), 4))
+            body = _read_frame(conn, MAX_CONTROL_FRAME_BYTES, deadline)
+            request = parse_request(decode_body(body, 4))
+        except TimeoutError:
+            log.info("control channel: dropped a connection that did not authenticate in time")
+            return False
         except ControlProtocolError as exc:
+            conn.settimeout(self._auth_timeout)  # the reading left what remained of the deadline
             self._send(conn, _error(f"expected auth: {exc}"))
             return False
+        conn.settimeout(self._auth_timeout)  # for the reply
         if not isinstance(request, Auth):
             self._send(conn, _error("expected auth first"))
             return False

@@ -26,6 +26,7 @@ reply is never read by the wrong request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import secrets
 import socket
@@ -42,7 +43,7 @@ from .chain import Chain, Switch
 from .forkchoice import Tip, Vote, holders, majority
 from .rules import InvalidBlock, check_block_alone, check_difficulty
 from .store import ChainStore
-from .transport import Connection, ConnectionClosed
+from .transport import FRAME_DEADLINE, Connection, ConnectionClosed
 from .wire import (
     MAX_BATCH_BLOCKS,
     PROTOCOL_VERSION,
@@ -54,6 +55,7 @@ from .wire import (
     GetLatest,
     Hello,
     Latest,
+    MalformedMessage,
     Message,
     WireError,
 )
@@ -68,11 +70,31 @@ PEER_TIMEOUT = 3.0
 SYNC_INTERVAL = 3.0
 TRACKER_INTERVAL = 1.0
 MIN_RESOLVE_INTERVAL = 0.05
-# Inbound connections beyond this are closed at once: each costs a thread.
+# Inbound connections beyond this are refused: each costs a thread. When full, a
+# new connection first evicts the oldest one still waiting for its Hello, so a
+# flood of idle connections cannot lock honest peers out (only connections
+# that completed a handshake keep their slot).
 MAX_INBOUND = 256
 # An inbound connection that sends nothing for this long is closed; honest peers
 # reconnect on demand, and this bounds what an idle attacker can hold.
 INBOUND_IDLE_TIMEOUT = 60.0
+# Why 5 s: an honest peer sends its Hello the moment it connects. Until then a
+# connection is nobody, and a slow-loris sending nothing (or its Hello a byte
+# at a time) must give its slot and thread back quickly.
+HANDSHAKE_TIMEOUT = 5.0
+# Once a request's first byte is in, the whole frame must follow within this
+# long (transport.FRAME_DEADLINE explains why); read at each new connection, so
+# tests can shorten it.
+INBOUND_FRAME_DEADLINE = FRAME_DEADLINE
+# A malformed request (bad msgpack, unknown type, wrong field) is answered with
+# an Error saying why, and the connection reads on, as docs/protocol.md says;
+# after this many on one connection the peer is dropped, so one connection
+# cannot make us write log lines without end.
+MAX_BAD_REQUESTS = 8
+# accept() errors that mean "out of resources right now" (a connection flood
+# can run us out of descriptors), not "listener gone": back off and go on.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BACKOFF = 0.1
 # Threads that broadcast blocks and poll tips; a stalled peer holds one at most
 # PEER_TIMEOUT.
 NETWORK_THREADS = 32
@@ -240,33 +262,79 @@ class Node:
     # ------------------------------------------------------------ inbound side
 
     def _accept_loop(self) -> None:
+        # Inbound connections that have not completed their handshake, oldest
+        # first (dicts keep insertion order); guarded by self._lock.
+        waiting: dict[socket.socket, None] = {}
         while not self._stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except OSError:
-                return  # the listener was shut down by stop()
+            except OSError as exc:
+                if self._stopping.is_set():
+                    return  # the listener was shut down by stop()
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    log.warning("accept failed (%s); backing off", exc)
+                    self._stopping.wait(_ACCEPT_BACKOFF)
+                    continue
+                if isinstance(exc, ConnectionAbortedError):
+                    continue  # the client gave up before we got to it
+                log.exception("accept failed; no longer accepting peers")
+                return
             with self._lock:
                 if len(self._inbound) >= MAX_INBOUND:
-                    sock.close()
-                    continue
+                    if not waiting:
+                        sock.close()
+                        continue
+                    # Shutting the oldest waiting socket down wakes its thread,
+                    # which closes it and gives its slot back.
+                    oldest = next(iter(waiting))
+                    del waiting[oldest]
+                    with contextlib.suppress(OSError):
+                        oldest.shutdown(socket.SHUT_RDWR)
                 self._inbound.add(sock)
-            threading.Thread(target=self._serve, args=(sock,), daemon=True,
-                             name="votechain-inbound").start()
+                waiting[sock] = None
+            thread = threading.Thread(target=self._serve, args=(sock, waiting), daemon=True,
+                                      name="votechain-inbound")
+            try:
+                thread.start()
+            except RuntimeError as exc:  # out of threads: refuse this one, keep accepting
+                log.warning("cannot serve a new connection: %s", exc)
+                with self._lock:
+                    waiting.pop(sock, None)
+                    self._inbound.discard(sock)
+                sock.close()
 
-    def _serve(self, sock: socket.socket) -> None:
-        conn = Connection(sock, timeout=INBOUND_IDLE_TIMEOUT)
+    def _serve(self, sock: socket.socket, waiting: dict[socket.socket, None]) -> None:
+        conn = Connection(sock, timeout=INBOUND_IDLE_TIMEOUT,
+                          frame_deadline=INBOUND_FRAME_DEADLINE)
+        bad_requests = 0
         try:
-            conn.handshake(self.hello, initiator=False)
+            conn.handshake(self.hello, initiator=False, timeout=HANDSHAKE_TIMEOUT)
+            with self._lock:
+                waiting.pop(sock, None)
             while not self._stopping.is_set():
-                conn.send(self.handle(conn.recv(), conn.peer))
+                try:
+                    msg = conn.recv()
+                except MalformedMessage as exc:
+                    # The bad frame was consumed whole: say why and read on, unless
+                    # the framing itself is lost or this peer keeps doing it.
+                    bad_requests += 1
+                    if not conn.framed:
+                        raise
+                    if bad_requests > MAX_BAD_REQUESTS:
+                        raise MalformedMessage(f"too many bad requests, the last: {exc}") from exc
+                    log.warning("bad request from %s: %s", conn.peer, exc)
+                    conn.send(Error(f"bad request: {exc.reason}"))
+                    continue
+                conn.send(self.handle(msg, conn.peer))
         except WireError as exc:
             log.warning("dropping connection from %s: %s", conn.peer, exc)
         except (ConnectionClosed, OSError, TimeoutError):
             pass
         finally:
-            conn.close()
             with self._lock:
+                waiting.pop(sock, None)
                 self._inbound.discard(sock)
+            conn.close()
 
     def handle(self, msg: Message, source: tuple[str, int]) -> Message:
         """Answer one request from another peer."""
@@ -307,9 +375,16 @@ class Node:
                 log.info("accepted block %d %s from %s", block.id, block.hash.hex()[:16], source)
                 return AddResult("added", "")
         # Same id as one we hold, or a gap: the majority decides (in the resolver thread,
-        # so this connection answers at once).
-        log.info("block %d from %s does not extend our tip %d: resolving by majority",
-                 block.id, source, tip.id)
+        # so this connection answers at once; it runs at most every MIN_RESOLVE_INTERVAL
+        # however many such blocks arrive).
+        if block.id > tip.id + 1:
+            why = f"its id leaves a gap after our tip {tip.id}"
+        elif block.id == tip.id + 1:
+            why = f"its prev_hash {block.prev_hash.hex()[:16]} is not our tip's"
+        else:
+            why = f"we hold another block {block.id}"
+        log.info("block %d from %s does not extend our chain (%s): resolving by majority",
+                 block.id, source, why)
         self._resolve_now.set()
         return AddResult("fork", "")
 

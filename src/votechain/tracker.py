@@ -6,7 +6,8 @@ The protocol itself (framing, parsing, formatting, caps) lives in
 Server, as in the seed design: the accept thread accepts, one thread per
 connection serves it, and the peer list sits behind a lock. A peer is listed
 from its ``REGISTER`` until its connection closes, so the open connection is
-the peer's liveness signal. Nothing polls: threads block in ``accept``/``recv``
+the peer's liveness signal (TCP keepalive notices a peer whose host vanished
+without closing it). Nothing polls: threads block in ``accept``/``recv``
 and ``stop()`` wakes them by shutting their sockets down.
 
 Deliberate simplifications: one thread per connection (fine for the few
@@ -54,13 +55,30 @@ MAX_CONNECTIONS = 4096
 
 # Why 10 s: a client that sends half a request and stalls (slow loris) ties up
 # a thread and a connection slot. A real client writes a whole request line in
-# one send, so ten seconds of silence mid-line means it is not a real client.
+# one send, so a line that is not whole ten seconds after its first byte is not
+# from a real client. Measured from the first byte, not from the last one: a
+# client dribbling a byte a second would otherwise never time out.
 # Registered peers are exempt: their idle connection is their registration.
 PARTIAL_LINE_TIMEOUT = 10.0
+
+# Why 30 s: a connection that has not registered is a one-shot NODES query or
+# a peer about to register; it sends at once. One that sits silent this long
+# only holds a thread and a slot, so it is dropped. Registered peers are
+# exempt: their idle connection is their registration.
+UNREGISTERED_IDLE_TIMEOUT = 30.0
 
 # Why 10 s: a client that does not read its replies fills its receive window
 # and would block our send forever, pinning the thread. Give up and drop it.
 SEND_TIMEOUT = 10.0
+
+# A registered peer's connection is idle by design, so a peer whose host
+# vanished without closing it (power cut, cable pulled: no FIN, no RST) would
+# stay listed forever. TCP keepalive probes an idle connection after
+# KEEPALIVE_IDLE s, every KEEPALIVE_INTERVAL s, and the kernel reports it dead
+# after KEEPALIVE_PROBES unanswered ones: such a peer is unlisted within ~90 s.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 3
 
 # Enough for any request line plus some pipelining; the LineBuffer cap, not
 # this, bounds what a connection can make us hold.
@@ -84,11 +102,15 @@ class TrackerServer:
         *,
         max_connections: int = MAX_CONNECTIONS,
         partial_line_timeout: float = PARTIAL_LINE_TIMEOUT,
+        idle_timeout: float = UNREGISTERED_IDLE_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self._host = host
         self._port = port
         self._max_connections = max_connections
         self._partial_line_timeout = partial_line_timeout
+        self._idle_timeout = idle_timeout
+        self._send_timeout = send_timeout
         self._lock = threading.Lock()
         # Registered peers by connection; dicts keep insertion order, which is
         # registration order. A second REGISTER keeps the peer's place.
@@ -208,7 +230,12 @@ class TrackerServer:
                         daemon=True,
                     )
                     self._connections[conn] = thread
-                    thread.start()
+                    try:
+                        thread.start()
+                    except RuntimeError as exc:  # out of threads: refuse, keep accepting
+                        log.warning("cannot serve %s:%d: %s", addr[0], addr[1], exc)
+                        del self._connections[conn]
+                        refuse = True
             if refuse:
                 self._refuse(conn, addr)
 
@@ -223,27 +250,46 @@ class TrackerServer:
         conn.close()
 
     def _serve_connection(self, conn: socket.socket, ip: str) -> None:
+        _keep_alive(conn)
         lines = LineBuffer()
+        line_started = 0.0  # when the first byte of the partial line arrived
         try:
             while True:
-                # Block indefinitely unless an unregistered client is sitting
-                # on half a line (slow loris): then give it a deadline.
+                # A registered peer may idle, even mid-line, for as long as it
+                # likes: that is its registration. Anyone else must send a
+                # line soon and finish it soon (slow loris).
                 with self._lock:
                     registered = conn in self._peers
-                if lines.has_pending_bytes and not registered:
-                    conn.settimeout(self._partial_line_timeout)
-                else:
+                if registered:
                     conn.settimeout(None)
+                elif lines.has_pending_bytes:
+                    remaining = line_started + self._partial_line_timeout - time.monotonic()
+                    if remaining <= 0:
+                        log.info("dropping %s: line not finished in time (slow loris)", ip)
+                        return
+                    conn.settimeout(remaining)
+                else:
+                    conn.settimeout(self._idle_timeout)
                 try:
                     data = conn.recv(_RECV_BYTES)
                 except TimeoutError:
-                    log.info("dropping %s: partial line and silence (slow loris)", ip)
+                    if lines.has_pending_bytes:
+                        log.info("dropping %s: line not finished in time (slow loris)", ip)
+                    else:
+                        log.info("dropping %s: silent and not registered", ip)
                     return
                 if not data:
                     return  # orderly close by the client, or stop()
+                if not lines.has_pending_bytes:
+                    line_started = time.monotonic()
                 lines.feed(data)
+                answered = False
                 while (line := lines.next_line()) is not None:
                     self._send(conn, self._handle(conn, ip, line))
+                    answered = True
+                if answered:
+                    # What is left is a new line, begun with this chunk.
+                    line_started = time.monotonic()
         except LineTooLongError as exc:
             log.info("dropping %s: %s", ip, exc.reason)
             with contextlib.suppress(OSError):
@@ -282,10 +328,23 @@ class TrackerServer:
                     peers = list(self._peers.values())
                 return encode_nodes(peers)
 
-    @staticmethod
-    def _send(conn: socket.socket, data: bytes) -> None:
-        conn.settimeout(SEND_TIMEOUT)
+    def _send(self, conn: socket.socket, data: bytes) -> None:
+        # sendall's timeout bounds the whole call, not each partial send.
+        conn.settimeout(self._send_timeout)
         conn.sendall(data)
+
+
+def _keep_alive(conn: socket.socket) -> None:
+    """Turn on TCP keepalive with our timings, where the platform has them."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ):
+            if hasattr(socket, name):
+                conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 # ================================================================ client

@@ -152,9 +152,11 @@ def _parse_port(text: str) -> int:
     # rules out int()'s extras ("+5", " 5", "5_0").
     if not (text.isascii() and text.isdigit()):
         raise TrackerProtocolError(f"port must be a decimal number, got {_echo(text)}")
-    port = int(text)
+    # Echoed through _echo like any client text: a 250-digit "port" would
+    # otherwise come back whole in the reply.
+    port = int(text) if len(text) <= len(str(MAX_PORT)) else MAX_PORT + 1
     if not MIN_PORT <= port <= MAX_PORT:
-        raise TrackerProtocolError(f"port must be {MIN_PORT}..{MAX_PORT}, got {port}")
+        raise TrackerProtocolError(f"port must be {MIN_PORT}..{MAX_PORT}, got {_echo(text)}")
     return port
 
 

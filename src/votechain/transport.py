@@ -19,7 +19,14 @@ What ends a connection:
 - `TimeoutError` (socket.timeout) from `recv`: nothing arrived in time. The
   connection stays usable, except after `request`, which closes it: a late
   reply would otherwise be taken as the answer to the next request. A send
-  that fails or times out also closes it, since part of a frame may be out.
+  that fails or times out also closes it, since part of a frame may be out;
+- `DeadlineExceeded` from `recv` or `handshake`: bytes kept coming, but too
+  slowly. The read timeout only bounds *silence*, so a peer that sends one
+  byte just before each read would times out could hold a connection (and
+  the thread serving it) forever; a frame that has started must therefore be
+  whole within `frame_deadline`, and `handshake(timeout=...)` bounds the
+  whole exchange of Hellos. The connection is closed (part of a frame may be
+  in), and the error is a `wire.RemoteProtocolError`: the peer's fault.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
+from typing import NoReturn
 
 from .wire import (
     Error,
@@ -36,6 +45,7 @@ from .wire import (
     IncompatiblePeer,
     MalformedMessage,
     Message,
+    RemoteProtocolError,
     check_hello,
     encode,
 )
@@ -44,14 +54,35 @@ from .wire import (
 # that an idle connection's read buffer is no burden.
 CHUNK_BYTES = 64 * 1024
 
+# Why 10 s: once a frame's first byte is in, the rest must follow within this
+# long, however it trickles in; otherwise a sender of one byte every few
+# seconds holds the connection forever (each read sees data, so the read
+# timeout never fires). Requests are at most a few KiB and an honest batch of
+# 256 vote blocks is about 180 KiB (820 KiB at the field caps), so 10 s asks
+# no more than 82 KB/s of an honest sender.
+FRAME_DEADLINE = 10.0
+
 
 class ConnectionClosed(Exception):
     """The other side closed (or reset) the connection, or we closed it."""
 
 
+class DeadlineExceeded(RemoteProtocolError):
+    """A frame, or the handshake, did not arrive whole in time (the peer's fault)."""
+
+
 class Connection:
-    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        timeout: float = 10.0,
+        frame_deadline: float | None = FRAME_DEADLINE,
+    ) -> None:
         self._sock = sock
+        self._timeout = timeout
+        self._frame_deadline = frame_deadline
+        # When the first byte of the frame now being received arrived (monotonic).
+        self._frame_started: float | None = None
         self._sock.settimeout(timeout)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Messages are small request/reply pairs: Nagle's algorithm would
@@ -66,14 +97,27 @@ class Connection:
         self._closed = False
 
     @classmethod
-    def open(cls, host: str, port: int, timeout: float = 5.0) -> Connection:
+    def open(
+        cls,
+        host: str,
+        port: int,
+        timeout: float = 5.0,
+        frame_deadline: float | None = FRAME_DEADLINE,
+    ) -> Connection:
         """Connect to `host:port`; `timeout` bounds the connect and every later read."""
         sock = socket.create_connection((host, port), timeout=timeout)
-        return cls(sock, timeout=timeout)
+        return cls(sock, timeout=timeout, frame_deadline=frame_deadline)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def framed(self) -> bool:
+        """True while frame boundaries are known: after a malformed payload a server
+        may reply Error and read on; after a bad length prefix, a close or a missed
+        deadline it cannot."""
+        return not self._closed and not self._decoder.failed
 
     def send(self, msg: Message) -> None:
         """Send one message whole. Encoding errors (our bug) raise wire.LocalProtocolError."""
@@ -91,14 +135,20 @@ class Connection:
                 self.close()
                 raise
 
-    def recv(self) -> Message:
-        """The next message; blocks up to the timeout (then TimeoutError)."""
+    def recv(self, deadline: float | None = None) -> Message:
+        """The next message.
+
+        Each read waits up to the timeout (then TimeoutError); once a frame has
+        started it must be whole within `frame_deadline`, and the message must
+        be in by `deadline` (a `time.monotonic()` value) if one is given:
+        otherwise DeadlineExceeded, and the connection is closed.
+        """
         with self._recv_lock:
-            while (msg := self._decoder.next_message()) is None:
+            while (msg := self._next_message()) is None:
                 if self._closed:
                     raise ConnectionClosed(f"connection to {self._name()} is closed")
                 try:
-                    data = self._sock.recv(min(CHUNK_BYTES, self._decoder.room))
+                    data = self._read(deadline)
                 except ConnectionResetError as exc:
                     self.close()
                     raise ConnectionClosed(f"{self._name()} reset the connection") from exc
@@ -111,8 +161,50 @@ class Connection:
                     if self._decoder.buffered:
                         raise MalformedMessage("connection closed mid-frame")
                     raise ConnectionClosed(f"{self._name()} closed the connection")
+                if not self._decoder.buffered:
+                    self._frame_started = time.monotonic()
                 self._decoder.feed(data)
             return msg
+
+    def _next_message(self) -> Message | None:
+        before = self._decoder.buffered
+        try:
+            return self._decoder.next_message()
+        finally:
+            if self._decoder.buffered < before:  # a frame was taken out, good or bad
+                # Bytes left over belong to the next frame, which started no later than now.
+                self._frame_started = time.monotonic() if self._decoder.buffered else None
+
+    def _read(self, deadline: float | None) -> bytes:
+        """One recv, bounded by the timeout and by the nearer of the two deadlines."""
+        size = min(CHUNK_BYTES, self._decoder.room)
+        late = "message not complete by its deadline"
+        if self._frame_started is not None and self._frame_deadline is not None:
+            frame_end = self._frame_started + self._frame_deadline
+            if deadline is None or frame_end < deadline:
+                deadline = frame_end
+                late = f"frame not complete within {self._frame_deadline:g} s"
+        if deadline is None:
+            return self._sock.recv(size)
+        remaining = deadline - time.monotonic()
+        if remaining >= self._timeout:
+            return self._sock.recv(size)  # silence would time out first
+        if remaining <= 0:
+            self._missed(late)
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv(size)
+        except TimeoutError:
+            self._missed(late)
+        finally:
+            if not self._closed:
+                with contextlib.suppress(OSError):
+                    self._sock.settimeout(self._timeout)
+
+    def _missed(self, late: str) -> NoReturn:
+        # Part of a frame may be in: the stream cannot be read on.
+        self.close()
+        raise DeadlineExceeded(late)
 
     def request(self, msg: Message) -> Message:
         """Send `msg` and return the reply; the connection is closed if none comes in time."""
@@ -124,18 +216,21 @@ class Connection:
                 self.close()
                 raise
 
-    def handshake(self, ours: Hello, initiator: bool) -> Hello:
+    def handshake(self, ours: Hello, initiator: bool, timeout: float | None = None) -> Hello:
         """Exchange Hellos (the initiator speaks first) and return the peer's.
 
         Raises wire.IncompatiblePeer (after telling the peer why, in an Error)
-        if the Hellos do not match, or if the peer refused ours; and
-        wire.MalformedMessage if its first message is not a Hello.
+        if the Hellos do not match, or if the peer refused ours;
+        wire.MalformedMessage if its first message is not a Hello; and
+        DeadlineExceeded if `timeout` is given and the peer's Hello is not in
+        within that many seconds, however its bytes trickle in.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         if initiator:
             self.send(ours)
-            theirs = self._expect_hello(self.recv())
+            theirs = self._expect_hello(self._recv_hello(deadline, timeout))
         else:
-            theirs = self._expect_hello(self.recv())
+            theirs = self._expect_hello(self._recv_hello(deadline, timeout))
             # Answer with our Hello even if theirs does not match, so the
             # initiator can see the mismatch for itself too.
             self.send(ours)
@@ -172,6 +267,14 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Connection {self._name()} {state}>"
+
+    def _recv_hello(self, deadline: float | None, timeout: float | None) -> Message:
+        try:
+            return self.recv(deadline)
+        except DeadlineExceeded as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"no hello within {timeout:g} s") from exc
+            raise
 
     def _expect_hello(self, msg: Message) -> Hello:
         if isinstance(msg, Hello):

@@ -109,7 +109,17 @@ class WireError(Exception):
 
 
 class RemoteProtocolError(WireError):
-    """The peer sent something we must refuse (the peer's fault)."""
+    """The peer sent something we must refuse (the peer's fault).
+
+    The reason may quote the peer's input (a block's unknown keys can be 16
+    strings of 2000 characters each), and it goes to our log and back to the
+    peer: it is cut to MAX_REASON_CHARS, so no peer can make our log lines long.
+    """
+
+    def __init__(self, reason: str) -> None:
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
+        super().__init__(reason)
 
 
 class FrameTooLarge(RemoteProtocolError):
@@ -449,6 +459,11 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def failed(self) -> bool:
+        """True after a bad length prefix: the stream is lost, nothing more can be read."""
+        return self._failed is not None
 
     @property
     def room(self) -> int:

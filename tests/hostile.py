@@ -1,0 +1,274 @@
+"""Attack helpers for the hostile-input tests: what anyone who can open a socket can do.
+
+- `RawPeer`: a plain socket and a `wire.FrameDecoder`, driven by hand, so a test
+  can send any bytes at all (a lying length prefix, half a frame, a map that
+  `wire.encode` would refuse) and still read the node's replies;
+- `raw_frame`, `frame`: frames built without the encoder's checks;
+- `drip`: send bytes one at a time, paced, until the other side hangs up (the
+  attacker's own pacing, not a test synchronising on a sleep);
+- `wait_closed`: read and discard until the other side closes, under a deadline;
+- `open_many`: a flood of connections, all closed on exit;
+- `wait_idle`: the process's CPU time over a short window is back near zero;
+- `check_payload`: the wire decoder's contract on one payload, shared by the
+  hypothesis tests and the atheris target (``python tests/hostile.py --atheris
+  [libFuzzer options] [corpus dir]``; only the codec's own functions
+  are instrumented).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import select
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+import msgpack
+
+from votechain import block, wire
+from votechain.wire import (
+    MAX_REASON_CHARS,
+    PREFIX_BYTES,
+    FrameDecoder,
+    Hello,
+    Message,
+    RemoteProtocolError,
+    decode_payload,
+    encode,
+)
+
+LOCAL = "127.0.0.1"
+
+# "Idle" is under this fraction of one core, measured over IDLE_WINDOW seconds.
+# A node at rest wakes a few times a second (tracker poll, resolver), costing
+# well under 5%; a spinning thread costs 100%. 20% is far from both.
+IDLE_LIMIT = 0.20
+IDLE_WINDOW = 0.5
+
+
+def frame(payload: bytes) -> bytes:
+    """`payload` behind a 4-byte big-endian length prefix, whatever it holds."""
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def raw_frame(obj: object) -> bytes:
+    """A frame carrying `obj` packed as msgpack, with none of `wire.encode`'s checks."""
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return frame(packed)
+
+
+def connect(address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+    return socket.create_connection(address, timeout=timeout)
+
+
+def is_eof(sock: socket.socket) -> bool:
+    """True if the other side has closed; never blocks (pending data is left unread)."""
+    # poll, not MSG_DONTWAIT: a socket with a timeout waits for readability
+    # before recv whatever the flags say. (poll, not select: a flood test has
+    # descriptors past select's FD_SETSIZE.)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def wait_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Read until the other side closes the connection; returns what arrived before.
+
+    Fails the test if it is still open after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"the connection was still open after {timeout} s")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue  # the loop's deadline check decides
+        except (ConnectionResetError, BrokenPipeError):
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def drip(
+    sock: socket.socket, data: bytes, interval: float, give_up_after: float = 10.0
+) -> tuple[int, float]:
+    """Send `data` one byte every `interval` s until the other side closes.
+
+    Returns (bytes sent, seconds until the close was seen). Fails the test if
+    every byte went out, or `give_up_after` s passed, with the connection open.
+    """
+    start = time.monotonic()
+    sent = 0
+    stop = threading.Event()
+    for byte in data:
+        if is_eof(sock) or time.monotonic() - start > give_up_after:
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        sent += 1
+        stop.wait(interval)  # the attacker's own pace
+    if not is_eof(sock):
+        wait_closed(sock, timeout=max(0.1, give_up_after - (time.monotonic() - start)))
+    return sent, time.monotonic() - start
+
+
+def send_and_hang_up(sock: socket.socket, data: bytes) -> None:
+    """Send `data` and shut our sending side; the other side may hang up first (a
+    bad length prefix is refused after 4 bytes), which is no failure here."""
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def open_many(address: tuple[str, int], count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections opened at once (each sends nothing); all closed on exit."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(connect(address))
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def cpu_fraction(window: float = IDLE_WINDOW) -> float:
+    """This process's CPU time (all threads) over `window` s, as a fraction of one core."""
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    threading.Event().wait(window)  # the measuring window itself
+    return (time.process_time() - cpu0) / (time.monotonic() - wall0)
+
+
+def wait_idle(timeout: float = 10.0, limit: float = IDLE_LIMIT) -> float:
+    """Return once one window shows the process under `limit` of a core; fail after `timeout`.
+
+    Several windows are allowed, so a thread finishing its last bit of work
+    (a connection being torn down) does not make the test flaky; a thread
+    that spins keeps every window busy and fails it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        used = cpu_fraction()
+        if used < limit:
+            return used
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still busy after {timeout} s: {used:.0%} of a core")
+
+
+class RawPeer:
+    """A hand-driven peer connection: send any bytes, read the replies as messages."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 5.0) -> None:
+        self.sock = connect(address, timeout)
+        self._decoder = FrameDecoder()
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, msg: Message) -> None:
+        self.sock.sendall(encode(msg))
+
+    def send_obj(self, obj: object) -> None:
+        self.sock.sendall(raw_frame(obj))
+
+    def recv(self) -> Message:
+        while (msg := self._decoder.next_message()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the node closed the connection")
+            self._decoder.feed(data)
+        return msg
+
+    def request(self, msg: Message) -> Message:
+        self.send(msg)
+        return self.recv()
+
+    def handshake(self, hello: Hello) -> Message:
+        return self.request(hello)
+
+    def wait_closed(self, timeout: float = 5.0) -> bytes:
+        return wait_closed(self.sock, timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- the decoder's contract
+
+
+def check_payload(payload: bytes) -> Message | None:
+    """Decode `payload` under the contract; the message, or None if refused.
+
+    Refusals are RemoteProtocolError only, with a bounded reason; whatever is
+    accepted, our encoder can send back unchanged (a decoder that accepted what
+    the encoder refuses would let a peer make us fail loudly)."""
+    try:
+        msg = decode_payload(payload)
+    except RemoteProtocolError as exc:
+        assert 0 < len(exc.reason) <= MAX_REASON_CHARS
+        return None
+    frame = encode(msg)  # a LocalProtocolError here: accepted what we would refuse to send
+    assert decode_payload(frame[PREFIX_BYTES:]) == msg
+    return msg
+
+
+def fuzz_one_input(data: bytes) -> None:
+    """One fuzz input, as a payload and as a stream fed in 7-byte chunks."""
+    check_payload(data)
+    decoder = FrameDecoder()
+    for i in range(0, len(data), 7):
+        decoder.feed(data[i : i + 7][: decoder.room])
+        try:
+            while decoder.next_message() is not None:
+                pass
+        except RemoteProtocolError:
+            if decoder.failed:
+                return
+
+
+def _atheris_main(argv: list[str]) -> None:
+    atheris = importlib.import_module("atheris")  # optional: not a test dependency
+    # Coverage feedback from the codec only: instrumenting every loaded module
+    # (atheris.instrument_all) takes longer than the whole fuzzing run.
+    for module in (wire, block):
+        for obj in vars(module).values():
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue
+            members = vars(obj).values() if inspect.isclass(obj) else [obj]
+            for member in members:
+                function = getattr(member, "__func__", member)  # classmethod, staticmethod
+                if inspect.isfunction(function):
+                    atheris.instrument_func(function)
+    atheris.Setup(argv, fuzz_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--atheris"]:
+    _atheris_main([sys.argv[0], *sys.argv[2:]])
