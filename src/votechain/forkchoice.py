@@ -6,10 +6,16 @@ every node, so two nodes that see the same votes always pick the same tip:
   1. the higher block id (the longer chain carries more votes);
   2. then the smaller hash, compared as bytes.
 
-A node whose own chain already contains the winning tip keeps its chain: it is
-on the majority branch and merely ahead (its extra blocks reach the others by
-broadcast or by their own periodic check). Otherwise it fetches the winner's
-branch from a peer that reported it and switches to it.
+The majority settles *forks*; it does not hold back a chain that merely
+extends the majority tip. A peer that mined while the others could not hear
+it (a partition, a restart) reports a tip longer than the majority's, on the
+same branch: outvoted, it would be ignored forever. So a node considers, in
+order (`candidates`):
+  1. each reported tip longer than the winner, longest first (then smaller
+     hash), adopted only if its chain contains the winner;
+  2. the winner itself.
+It stops at the first candidate it already holds, and otherwise fetches the
+candidate's branch from a peer that reported it and switches to it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ def majority(votes: Iterable[Vote]) -> Tip | None:
         return None
     # max over (votes, id, -hash): the hash is negated by sorting on its complement.
     return max(counts, key=lambda t: (counts[t], t.id, bytes(255 - b for b in t.hash)))
+
+
+def candidates(votes: Sequence[Vote]) -> list[Tip]:
+    """The tips worth adopting, best first (see the module docstring); the last
+    is the majority tip, the earlier ones must prove they extend it."""
+    winner = majority(votes)
+    if winner is None:
+        return []
+    longer = sorted({v.tip for v in votes if v.tip.id > winner.id}, key=lambda t: (-t.id, t.hash))
+    return [*longer, winner]
 
 
 def holders(votes: Sequence[Vote], tip: Tip) -> list[tuple[str, int]]:

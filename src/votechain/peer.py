@@ -32,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -40,7 +41,7 @@ from pathlib import Path
 from . import keys, mining, voting
 from .block import TX_ID_BYTES, Block, Transaction
 from .chain import Chain, Switch
-from .forkchoice import Tip, Vote, holders, majority
+from .forkchoice import Tip, Vote, candidates, holders
 from .rules import InvalidBlock, check_block_alone, check_difficulty
 from .store import ChainStore
 from .transport import FRAME_DEADLINE, Connection, ConnectionClosed
@@ -98,6 +99,10 @@ _ACCEPT_BACKOFF = 0.1
 # Threads that broadcast blocks and poll tips; a stalled peer holds one at most
 # PEER_TIMEOUT.
 NETWORK_THREADS = 32
+# Blocks waiting for one peer; a peer further behind than this syncs instead.
+OUTBOX_BLOCKS = 256
+# How long a peer that failed a send is skipped by broadcasts.
+PEER_BACKOFF = 2.0
 
 
 def now_ms() -> int:
@@ -116,13 +121,47 @@ class NodeConfig:
 
 
 class PeerLink:
-    """A reusable outbound connection to one peer, reconnected on demand."""
+    """A reusable outbound connection to one peer, reconnected on demand, with
+    its own outbox of blocks to send.
+
+    At most one thread drains a peer's outbox at a time, so a stalled peer ties
+    up one network thread, not one per block; and after a failed send the
+    outbox is emptied and the peer skipped for PEER_BACKOFF: it catches up by
+    its own periodic sync once it answers again."""
 
     def __init__(self, address: tuple[str, int], hello: Hello) -> None:
         self.address = address
         self._hello = hello
         self._conn: Connection | None = None
         self.lock = threading.Lock()
+        self._outbox: deque[Block] = deque(maxlen=OUTBOX_BLOCKS)
+        self._outbox_lock = threading.Lock()
+        self._draining = False
+        self._backoff_until = 0.0
+
+    def enqueue(self, block: Block) -> bool:
+        """Queue `block`; True when the caller must start a drain for this link."""
+        with self._outbox_lock:
+            if time.monotonic() < self._backoff_until:
+                return False
+            self._outbox.append(block)
+            if self._draining:
+                return False
+            self._draining = True
+            return True
+
+    def next_block(self) -> Block | None:
+        """The next block to send, or None (and the drain ends) when the outbox is empty."""
+        with self._outbox_lock:
+            if self._outbox:
+                return self._outbox.popleft()
+            self._draining = False
+            return None
+
+    def failed(self) -> None:
+        with self._outbox_lock:
+            self._outbox.clear()
+            self._backoff_until = time.monotonic() + PEER_BACKOFF
 
     def request(self, msg: Message, timeout: float = PEER_TIMEOUT) -> Message:
         """Send `msg` and return the reply; raises OSError, WireError or TimeoutError."""
@@ -178,6 +217,7 @@ class Node:
         # Like Bitcoin Core's setnetworkactive: when False the node neither sends
         # nor answers blocks, so tests (and operators) can partition it and heal it.
         self.network_active = True
+        self._resolving = threading.Lock()  # held by the resolver thread during a round
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -438,19 +478,25 @@ class Node:
         """Send `block` and our public key to every other peer, each in its own
         thread with a bounded timeout; returns without waiting for them."""
         for address in self.peers():
-            try:
-                self._network.submit(self._send_block, address, block)
-            except RuntimeError:  # the executor is shut down: we are stopping
-                return
+            link = self._link(address)
+            if link.enqueue(block):
+                try:
+                    self._network.submit(self._drain, link)
+                except RuntimeError:  # the executor is shut down: we are stopping
+                    return
 
-    def _send_block(self, address: tuple[str, int], block: Block) -> None:
-        try:
-            reply = self._link(address).request(Add(block, self.key.public_der))
-        except (OSError, WireError, TimeoutError, ConnectionClosed) as exc:
-            log.info("could not send block %d to %s: %s", block.id, address, exc)
-            return
-        if isinstance(reply, AddResult) and reply.status == "rejected":
-            log.warning("peer %s rejected our block %d: %s", address, block.id, reply.reason)
+    def _drain(self, link: PeerLink) -> None:
+        """Send `link`'s queued blocks in order, until its outbox is empty."""
+        while (block := link.next_block()) is not None:
+            try:
+                reply = link.request(Add(block, self.key.public_der))
+            except (OSError, WireError, TimeoutError, ConnectionClosed) as exc:
+                log.info("could not send block %d to %s: %s", block.id, link.address, exc)
+                link.failed()
+                continue
+            if isinstance(reply, AddResult) and reply.status == "rejected":
+                log.warning("peer %s rejected our block %d: %s", link.address, block.id,
+                            reply.reason)
 
     def _link(self, address: tuple[str, int]) -> PeerLink:
         with self._lock:
@@ -515,7 +561,8 @@ class Node:
             if self._stopping.is_set():
                 return
             try:
-                self.resolve()
+                with self._resolving:
+                    self.resolve()
             except Exception:  # our own bug: log it loudly, keep the node serving
                 if not self._stopping.is_set():
                     log.exception("fork resolution failed")
@@ -535,26 +582,42 @@ class Node:
         return replies
 
     def resolve(self) -> Switch | None:
-        """Poll every peer's latest block, take the majority, switch to it if needed."""
+        """Poll every peer's latest block, take the majority (forkchoice.py) and
+        switch to the best candidate that agrees with it, if we lack it."""
         peers = self.peers()
         with self._lock:
             votes = [Vote(Tip(self.chain.tip.id, self.chain.tip.hash), None)]
         for address, reply in self._ask_all(peers, GetLatest()):
             if isinstance(reply, Latest):
                 votes.append(Vote(Tip(reply.block.id, reply.block.hash), address))
-        winner = majority(votes)
-        with self._lock:
-            if winner is None or self.chain.has_hash(winner.hash):
-                return None
-        for holder in holders(votes, winner):
-            try:
-                branch = self._fetch_branch(holder, winner)
-            except (OSError, WireError, TimeoutError, ConnectionClosed, InvalidBlock) as exc:
-                log.warning("could not fetch the majority branch from %s: %s", holder, exc)
-                continue
-            if branch:
-                return self._adopt(branch, holder)
+        ranked = candidates(votes)
+        if not ranked:
+            return None
+        winner = ranked[-1]
+        for target in ranked:
+            with self._lock:
+                if self.chain.has_hash(target.hash):
+                    if target is winner or self.chain.has_hash(winner.hash):
+                        return None  # we hold the best candidate that agrees with the majority
+                    continue  # we hold it, but it is a minority fork: not good enough
+            for holder in holders(votes, target):
+                try:
+                    branch = self._fetch_branch(holder, target)
+                except (OSError, WireError, TimeoutError, ConnectionClosed, InvalidBlock) as exc:
+                    log.warning("could not fetch %d %s from %s: %s", target.id,
+                                target.hash.hex()[:16], holder, exc)
+                    continue
+                if branch and (target is winner or self._contains(branch, winner)):
+                    return self._adopt(branch, holder)
+                break  # this holder's chain does not extend the majority: next candidate
         return None
+
+    def _contains(self, branch: list[Block], tip: Tip) -> bool:
+        """Whether our chain up to `branch`'s parting point, plus `branch`, holds `tip`."""
+        if any(b.hash == tip.hash for b in branch):
+            return True
+        with self._lock:
+            return tip.id < branch[0].id and self.chain[tip.id].hash == tip.hash
 
     def _fetch_branch(self, holder: tuple[str, int], winner: Tip) -> list[Block]:
         """The holder's blocks from where its chain and ours part, up to its tip,
@@ -685,9 +748,14 @@ class Node:
             return self.chain.blocks()
 
     def set_network_active(self, active: bool) -> None:
+        """Switch the node's peer-to-peer traffic on or off. Switching it off waits
+        for a resolution round in flight, so none fetches anything afterwards."""
         self.network_active = active
         if active:
             self._resolve_now.set()
+        else:
+            with self._resolving:
+                pass
 
     def wait_until(self, predicate: Callable[[Chain], bool], timeout: float) -> bool:
         """Block until `predicate(chain)` holds (for tests and the demo)."""
