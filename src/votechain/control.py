@@ -92,6 +92,10 @@ class ControlError(Exception):
     """The node answered with an error, or talking to it failed; the message says which."""
 
 
+class NodeStopping(Exception):
+    """Raised by a handler whose node is shutting down while a request waits."""
+
+
 class NodeNotRunning(ControlError):
     """No node is serving the control channel for this data directory."""
 
@@ -108,7 +112,8 @@ class ControlHandler(Protocol):
         ...
 
     def wait_for_tx(self, tx_id: bytes, timeout: float) -> Block | None:
-        """The block holding `tx_id` once it is in this node's chain; None on timeout."""
+        """The block holding `tx_id` once it is in this node's chain; None on timeout.
+        Raises NodeStopping if the node shuts down first."""
         ...
 
     def status(self) -> dict[str, object]:
@@ -445,6 +450,8 @@ class ControlServer:
                 case Auth():
                     return _error("already authenticated")
         except InvalidVote as exc:
+            return _error(str(exc))
+        except NodeStopping as exc:
             return _error(str(exc))
         except Exception as exc:
             log.exception("control channel: handler failed on %r", request)

@@ -41,6 +41,7 @@ from pathlib import Path
 from . import keys, mining, voting
 from .block import TX_ID_BYTES, Block, Transaction
 from .chain import Chain, Switch
+from .control import NodeStopping
 from .forkchoice import Tip, Vote, candidates, holders
 from .rules import InvalidBlock, check_block_alone, check_difficulty
 from .store import ChainStore
@@ -233,7 +234,11 @@ class Node:
         self.pool = mining.MinerPool(self.config.workers, self.config.miner)
         self._network = ThreadPoolExecutor(NETWORK_THREADS, thread_name_prefix="votechain-net")
 
-        self._listener = socket.create_server((self.config.host, self.config.port), backlog=128)
+        # A backlog above MAX_INBOUND: a burst of connects waits in the kernel
+        # queue instead of being dropped and retried a second later.
+        self._listener = socket.create_server(
+            (self.config.host, self.config.port), backlog=2 * MAX_INBOUND
+        )
         self.address = self._listener.getsockname()[:2]
         self._self_addresses = {self.address, ("127.0.0.1", self.address[1])}
         self.tracker = TrackerClient(*self.config.tracker, timeout=PEER_TIMEOUT)
@@ -714,7 +719,13 @@ class Node:
                 lambda: self.chain.block_with_tx(tx_id) is not None or self._stopping.is_set(),
                 timeout,
             )
-            return self.chain.block_with_tx(tx_id)
+            block = self.chain.block_with_tx(tx_id)
+            if block is None and self._stopping.is_set():
+                raise NodeStopping(
+                    f"the node stopped before vote {tx_id.hex()} was mined; it stays queued "
+                    "and is mined when the node starts again"
+                )
+            return block
 
     def create(self, data: bytes, timeout: float = 60.0) -> Block:
         """The seed's create(): mine `data` into a block of our chain and broadcast it."""
