@@ -18,12 +18,16 @@ $(STAMP): $(PY) $(SOURCES)
 
 install: $(STAMP)
 
+# The miner, chain and network suites with the native extension hidden
+# (VOTECHAIN_PURE_PYTHON=1), as msgpack runs its suite twice; then everything.
 test: $(STAMP)
+	$(MAKE) --no-print-directory test-pure
 	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" tests
 
-# The miner and chain suites once more with the native extension hidden.
+PURE_SUITES := tests/test_mining.py tests/test_pool.py tests/test_block.py tests/test_chain.py \
+	tests/test_rules.py tests/test_network.py tests/test_pure_install.py
 test-pure: $(STAMP)
-	VOTECHAIN_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_mining.py tests/test_block.py tests/test_pure_install.py
+	VOTECHAIN_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_SUITES)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
