@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import msgpack
 
 from .block import Block
+from .netutil import stop_listener, wake
 from .voting import InvalidVote
 
 log = logging.getLogger("votechain.control")
@@ -339,19 +340,11 @@ class ControlServer:
         if started:
             # Files first: from now on a client sees "no running node", not a hang.
             self._remove_files()
-        if listener is not None:
-            # shutdown() wakes a thread blocked in accept(); close() alone would not.
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-        if accept_thread is not None:
-            accept_thread.join()
-        if listener is not None:
-            listener.close()
+        stop_listener(listener, accept_thread)
         with self._lock:
             connections = list(self._connections.items())
             for conn, _thread in connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+                wake(conn)
         # A thread inside handler.wait_for_tx wakes only when the handler lets
         # it; the threads are daemons, so do not let one hold up the node's exit.
         deadline = time.monotonic() + STOP_JOIN_TIMEOUT

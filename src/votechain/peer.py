@@ -25,7 +25,6 @@ reply is never read by the wrong request.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import secrets
@@ -43,6 +42,7 @@ from .block import TX_ID_BYTES, Block, Transaction
 from .chain import Chain, Switch
 from .control import NodeStopping
 from .forkchoice import Tip, Vote, candidates, holders
+from .netutil import stop_listener, wake
 from .rules import InvalidBlock, check_block_alone, check_difficulty
 from .store import ChainStore
 from .transport import FRAME_DEADLINE, Connection, ConnectionClosed
@@ -286,15 +286,12 @@ class Node:
             self.pool.abort()
             self._changed.notify_all()
         self.control.stop()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
+        stop_listener(self._listener, None)  # the accept thread is joined with the others
         self.tracker.close()
         with self._lock:
             inbound = list(self._inbound)
         for sock in inbound:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            wake(sock)
         for thread in self._threads:
             thread.join(timeout=10)
         self._network.shutdown(wait=False, cancel_futures=True)
@@ -333,8 +330,7 @@ class Node:
                     # which closes it and gives its slot back.
                     oldest = next(iter(waiting))
                     del waiting[oldest]
-                    with contextlib.suppress(OSError):
-                        oldest.shutdown(socket.SHUT_RDWR)
+                    wake(oldest)
                 self._inbound.add(sock)
                 waiting[sock] = None
             thread = threading.Thread(target=self._serve, args=(sock, waiting), daemon=True,

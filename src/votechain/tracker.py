@@ -27,7 +27,8 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
-from votechain.tracker_protocol import (
+from .netutil import stop_listener, wake
+from .tracker_protocol import (
     ErrorReply,
     LineBuffer,
     LineTooLongError,
@@ -165,23 +166,14 @@ class TrackerServer:
         with self._lock:
             self._stopping = True
             listener, accept_thread = self._listener, self._accept_thread
-        if listener is not None:
-            # On Linux, shutdown() of a listening socket wakes a thread blocked
-            # in accept(); close() alone would not.
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-        if accept_thread is not None:
-            accept_thread.join()
-        if listener is not None:
-            listener.close()
+        stop_listener(listener, accept_thread)
         # The accept thread is gone, so no connection can be added any more.
         with self._lock:
             connections = list(self._connections.items())
             for conn, _thread in connections:
                 # Wakes the thread's recv()/send(); the thread closes the socket
                 # itself, under the lock, so this never touches a reused fd.
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+                wake(conn)
         for _conn, thread in connections:
             thread.join()
         self._stopped.set()
@@ -404,8 +396,7 @@ class TrackerClient:
         if sock is not None:
             # Wake any exchange blocked in recv() first, so we need not wait
             # its whole timeout for the lock.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            wake(sock)
         with self._lock:
             self._close()
 

@@ -38,6 +38,7 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
+from .netutil import wake
 from .wire import (
     Error,
     FrameDecoder,
@@ -247,10 +248,7 @@ class Connection:
             if self._closed:
                 return
             self._closed = True
-        # shutdown first: it wakes a thread blocked in recv on this socket.
-        # OSError: already reset by the peer, or never connected.
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        wake(self._sock)
         self._sock.close()
 
     def __enter__(self) -> Connection:
