@@ -2,15 +2,17 @@
 """Native nonce search for votechain (built as ``votechain._native``).
 
 The hash is ``SHA-256(content || nonce.to_bytes(8, "big"))`` with a 32-byte
-``content``; the work is done by sha256_search.c (SHA-NI when the CPU has it,
-plain C otherwise, chosen at run time). This module only validates arguments,
-holds the abort buffer and releases the GIL around the C loop.
+``content``; the work is done by sha256_search.c (16-lane AVX-512 when the CPU
+has it, else SHA-NI, else plain C, chosen at run time; see `kernel_name`).
+This module only validates arguments, holds the abort buffer and releases the
+GIL around the C loop.
 
 Public contract (the annotations are documentation only; annotation_typing is
 off so that, e.g., a float difficulty is rejected rather than truncated)::
 
     search(content, difficulty, start, stop, abort=None, portable=False) -> int | None
     sha_ni_available() -> bool
+    kernel_name() -> str
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -26,10 +28,13 @@ cdef extern from "sha256_search.h":
         VC_KERNEL_PORTABLE
         VC_KERNEL_SHANI_SSE
         VC_KERNEL_SHANI_AVX512
+        VC_KERNEL_AVX512
+        VC_AVX512_LANES
         VC_MAX_DIFFICULTY
         VC_CHECK_INTERVAL
         VC_SHANI_STREAMS
     int vc_sha_ni_available() nogil
+    const char *vc_kernel_name(int kernel) nogil
     # The C side takes `const volatile uint8_t *`: adding volatile is implicit.
     int vc_search(const uint8_t *content, unsigned difficulty, uint64_t first,
                   uint64_t last, const uint8_t *abort_flag, int kernel,
@@ -41,6 +46,8 @@ MAX_DIFFICULTY = VC_MAX_DIFFICULTY
 CHECK_INTERVAL = VC_CHECK_INTERVAL
 #: Nonces the SHA-NI kernel keeps in flight.
 SHANI_STREAMS = VC_SHANI_STREAMS
+#: Nonces the AVX-512 kernel hashes per pass (one per 32-bit lane).
+AVX512_LANES = VC_AVX512_LANES
 NONCE_LIMIT = 1 << 64
 
 # Kernel selectors for _search_kernel (tests and benchmarks only).
@@ -48,11 +55,22 @@ KERNEL_AUTO = VC_KERNEL_AUTO
 KERNEL_PORTABLE = VC_KERNEL_PORTABLE
 KERNEL_SHANI_SSE = VC_KERNEL_SHANI_SSE
 KERNEL_SHANI_AVX512 = VC_KERNEL_SHANI_AVX512
+KERNEL_AVX512 = VC_KERNEL_AVX512
 
 
 def sha_ni_available() -> bool:
     """True when this CPU has SHA-NI (detected at run time, not build time)."""
     return vc_sha_ni_available() != 0
+
+
+def kernel_name(kernel: int = VC_KERNEL_AUTO) -> str:
+    """Name of the kernel `search` runs on this CPU ("avx512x16", "sha-ni",
+    "portable", ...); with a KERNEL_* argument, that kernel's name."""
+    if isinstance(kernel, bool) or not isinstance(kernel, int):
+        raise TypeError(f"kernel must be an int, not {type(kernel).__name__}")
+    if not 0 <= kernel <= 255:
+        return "unknown"
+    return vc_kernel_name(kernel).decode("ascii")
 
 
 cdef object _run(object content, object difficulty, object start, object stop,
@@ -119,7 +137,7 @@ def search(content: bytes, difficulty: int, start: int, stop: int,
     `difficulty` zero hex digits. Returns None when the range holds no such
     nonce, or when byte 0 of `abort` is (or becomes) nonzero; the flag is
     re-read every CHECK_INTERVAL nonces, with the GIL released throughout.
-    `portable` forces the plain C kernel even where SHA-NI exists.
+    `portable` forces the plain C kernel even where a faster one exists.
     """
     return _run(content, difficulty, start, stop, abort,
                 VC_KERNEL_PORTABLE if portable else VC_KERNEL_AUTO)

@@ -290,7 +290,10 @@ def test_describe() -> None:
         assert text.startswith("pure (hashlib)")
         assert mining.DEFAULT_BACKEND == "pure"
     else:
-        assert text == ("native (SHA-NI)" if mining.sha_ni_available() else "native (portable C)")
+        native = mining.backend.native_module
+        assert native is not None
+        assert text == f"native ({native.kernel_name()})"
+        assert native.kernel_name() in ("avx512x16", "sha-ni", "sha-ni-avx512", "portable")
         assert mining.DEFAULT_BACKEND == "native"
 
 

@@ -1,17 +1,20 @@
 """The native nonce search agrees with hashlib, down to which nonce comes first.
 
-Every kernel the CPU offers (portable C, SHA-NI, SHA-NI + AVX-512) is checked
-against a direct hashlib loop over the same range. Ranges are kept short and
-difficulties low so the whole file runs in a few seconds; the interesting
-places are the ones the kernels special-case: starts that are not a multiple
-of the stream count, the 2**32 boundary (where W8, and so every per-segment
-precomputation, changes) and the very top of the nonce space.
+Every kernel the CPU offers (portable C, SHA-NI, SHA-NI + AVX-512, 16-lane
+AVX-512) is checked against a direct hashlib loop over the same range. Ranges
+are kept short and difficulties low so the whole file runs in a few seconds;
+the interesting places are the ones the kernels special-case: starts that are
+not a multiple of the stream or lane count, ranges ending mid-pass, the 2**32
+boundary (where W8, and so every per-segment precomputation, changes) and the
+very top of the nonce space.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -45,6 +48,13 @@ KERNELS = [
         marks=pytest.mark.skipif(
             not _kernel_available(_native.KERNEL_SHANI_AVX512),
             reason="CPU lacks SHA-NI or AVX-512VL",
+        ),
+    ),
+    pytest.param(
+        _native.KERNEL_AVX512,
+        id="avx512x16",
+        marks=pytest.mark.skipif(
+            not _kernel_available(_native.KERNEL_AVX512), reason="CPU lacks AVX-512F/VL"
         ),
     ),
 ]
@@ -82,6 +92,68 @@ def test_first_hit_matches_hashlib(
     start, stop = span
     expected = reference_search(content, difficulty, start, stop)
     assert _native._search_kernel(content, difficulty, start, stop, kernel) == expected
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=40, deadline=None)
+@given(
+    content=st.binary(min_size=32, max_size=32),
+    start=st.one_of(
+        st.integers((1 << 32) - 600, (1 << 32) + 100),  # crosses the W8 change
+        st.integers(TOP - 600, TOP),  # runs up to 2**64
+        st.integers(0, TOP),
+    ),
+    length=st.integers(0, 600),
+    difficulty=st.integers(0, 8),
+)
+def test_lanes_and_boundaries_match_hashlib(
+    kernel: int, content: bytes, start: int, length: int, difficulty: int
+) -> None:
+    # Starts at any lane offset, stops mid-pass, up to difficulty 8 (the most
+    # that H0 alone decides); higher difficulties mostly find nothing here,
+    # which must also agree.
+    stop = min(start + length, TOP)
+    expected = reference_search(content, difficulty, start, stop)
+    assert _native._search_kernel(content, difficulty, start, stop, kernel) == expected
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_hit_in_every_lane_position(kernel: int) -> None:
+    # Difficulty 1 hits ~1 nonce in 16; sliding the start over 33 offsets puts
+    # the first hit in every lane of a 16-lane pass, and in a pass's last lane
+    # with the range ending right after it.
+    content = hashlib.sha256(b"lanes").digest()
+    for offset in range(33):
+        start = (1 << 32) - 40 + offset
+        for stop in (start + 1, start + 17, start + 80):
+            expected = reference_search(content, 1, start, stop)
+            assert _native._search_kernel(content, 1, start, stop, kernel) == expected
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_abort_flag_per_kernel(kernel: int) -> None:
+    flag = bytearray(1)
+    assert _native._search_kernel(bytes(32), 0, 3, 10, kernel, flag) == 3
+    flag[0] = 1
+    assert _native._search_kernel(bytes(32), 0, 3, 10, kernel, flag) is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_abort_stops_a_running_search(kernel: int) -> None:
+    # Difficulty 16 over the whole space would run for centuries; setting the
+    # flag from another thread (the GIL is released) must end it promptly.
+    flag = bytearray(1)
+    result: list[object] = []
+    worker = threading.Thread(
+        target=lambda: result.append(_native._search_kernel(bytes(32), 16, 0, TOP, kernel, flag))
+    )
+    worker.start()
+    time.sleep(0.05)
+    assert worker.is_alive()
+    flag[0] = 1
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert result == [None]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -178,3 +250,20 @@ def test_empty_abort_buffer_rejected() -> None:
 
 def test_sha_ni_available_is_bool() -> None:
     assert isinstance(_native.sha_ni_available(), bool)
+
+
+def test_kernel_name() -> None:
+    name = _native.kernel_name()
+    assert name in {"avx512x16", "sha-ni-avx512", "sha-ni", "portable"}
+    # The dispatch picks the 16-lane AVX-512 kernel wherever it runs, else
+    # SHA-NI, else portable C.
+    if _kernel_available(_native.KERNEL_AVX512):
+        assert name == "avx512x16"
+    elif _native.sha_ni_available():
+        assert name == "sha-ni"
+    else:
+        assert name == "portable"
+    assert _native.kernel_name(_native.KERNEL_AUTO) == name
+    assert _native.kernel_name(_native.KERNEL_PORTABLE) == "portable"
+    assert _native.kernel_name(_native.KERNEL_AVX512) == "avx512x16"
+    assert _native.kernel_name(99) == "unknown"

@@ -8,7 +8,7 @@ Measured in one process, in this order:
    nonce, padded) is exactly one 64-byte block, so one hash is one compression
    and this is the rate a miner that calls the library's SHA-256 could reach;
 2. the pure-Python miner, one process (the baseline of the "x pure" column);
-3. the native kernel, one process, SHA-NI where the CPU has it;
+3. the native kernel, one process, the fastest this CPU has (AVX-512 x16, SHA-NI, or C);
 4. the native kernel's portable C path, one process;
 5. the MinerPool with one worker per core.
 
@@ -37,7 +37,7 @@ from .mining import backend as backend_mod
 # each search hashes its whole range.
 BENCH_DIFFICULTY = 16
 # Nonces per measurement, for roughly one second each on a current x86-64 core
-# (SHA-NI ~35-60 M/s, portable C ~4-10 M/s, pure ~1.5-2 M/s).
+# (AVX-512 x16 ~60-66 M/s, SHA-NI ~30-35 M/s, portable C ~5-11 M/s, pure ~1.5-2 M/s).
 PURE_NONCES = 2_000_000
 NATIVE_NONCES = 50_000_000
 PORTABLE_NONCES = 5_000_000
@@ -146,7 +146,7 @@ def measure(progress: Callable[[str], None] = lambda _: None) -> BenchResult:
     if backend_mod.native_module is None:
         notes.append(f"native rows skipped: {backend_mod.native_unavailable_reason}")
     else:
-        path = "SHA-NI" if mining.sha_ni_available() else "portable C, no SHA-NI"
+        path = backend_mod.native_module.kernel_name()
         progress(f"native ({path})")
         add(f"native ({path})", 1, kernel_rate("native", NATIVE_NONCES))
         progress("portable C")

@@ -25,7 +25,6 @@ reply is never read by the wrong request.
 
 from __future__ import annotations
 
-import errno
 import logging
 import secrets
 import socket
@@ -42,7 +41,7 @@ from .block import TX_ID_BYTES, Block, Transaction
 from .chain import Chain, Switch
 from .control import NodeStopping
 from .forkchoice import Tip, Vote, candidates, holders
-from .netutil import stop_listener, wake
+from .netutil import accept_next, stop_listener, wake
 from .rules import InvalidBlock, check_block_alone, check_difficulty
 from .store import ChainStore
 from .transport import FRAME_DEADLINE, Connection, ConnectionClosed
@@ -93,10 +92,6 @@ INBOUND_FRAME_DEADLINE = FRAME_DEADLINE
 # after this many on one connection the peer is dropped, so one connection
 # cannot make us write log lines without end.
 MAX_BAD_REQUESTS = 8
-# accept() errors that mean "out of resources right now" (a connection flood
-# can run us out of descriptors), not "listener gone": back off and go on.
-_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_ACCEPT_BACKOFF = 0.1
 # Threads that broadcast blocks and poll tips; a stalled peer holds one at most
 # PEER_TIMEOUT.
 NETWORK_THREADS = 32
@@ -308,19 +303,10 @@ class Node:
         # first (dicts keep insertion order); guarded by self._lock.
         waiting: dict[socket.socket, None] = {}
         while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except OSError as exc:
-                if self._stopping.is_set():
-                    return  # the listener was shut down by stop()
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    log.warning("accept failed (%s); backing off", exc)
-                    self._stopping.wait(_ACCEPT_BACKOFF)
-                    continue
-                if isinstance(exc, ConnectionAbortedError):
-                    continue  # the client gave up before we got to it
-                log.exception("accept failed; no longer accepting peers")
+            accepted = accept_next(self._listener, self._stopping.is_set, self._stopping.wait, log)
+            if accepted is None:
                 return
+            sock, _ = accepted
             with self._lock:
                 if len(self._inbound) >= MAX_INBOUND:
                     if not waiting:

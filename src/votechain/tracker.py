@@ -19,7 +19,6 @@ reachable by the addresses the tracker hands out.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import socket
 import threading
@@ -27,7 +26,7 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
-from .netutil import stop_listener, wake
+from .netutil import accept_next, stop_listener, wake
 from .tracker_protocol import (
     ErrorReply,
     LineBuffer,
@@ -85,10 +84,6 @@ KEEPALIVE_PROBES = 3
 # this, bounds what a connection can make us hold.
 _RECV_BYTES = 4096
 
-# accept() errors that mean "out of resources right now", not "listener gone".
-# Retrying them at once would spin, so the accept loop backs off briefly.
-_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_ACCEPT_BACKOFF = 0.1
 
 _TOO_MANY = encode_response(ErrorReply("too many connections"))
 
@@ -199,19 +194,10 @@ class TrackerServer:
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while True:
-            try:
-                conn, addr = listener.accept()
-            except OSError as exc:
-                if self._stopping:
-                    return
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    log.warning("accept failed (%s); backing off", exc)
-                    self._stopped.wait(_ACCEPT_BACKOFF)
-                    continue
-                if isinstance(exc, ConnectionAbortedError):
-                    continue  # the client gave up before we got to it
-                log.exception("accept failed; tracker stops accepting")
+            accepted = accept_next(listener, lambda: self._stopping, self._stopped.wait, log)
+            if accepted is None:
                 return
+            conn, addr = accepted
             with self._lock:
                 refuse = self._stopping or len(self._connections) >= self._max_connections
                 if not refuse:

@@ -75,5 +75,5 @@ def kernel(backend: str) -> SearchFn:
 def describe() -> str:
     if native_module is None:
         return f"pure (hashlib): {native_unavailable_reason}"
-    path = "SHA-NI" if sha_ni_available() else "portable C"
+    path = native_module.kernel_name()
     return f"native ({path})"
