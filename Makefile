@@ -35,6 +35,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy benchmarks  # apart: its conftest.py would clash with tests/conftest.py
 
 demo: $(STAMP)
 	$(VENV)/bin/votechain demo

@@ -12,9 +12,10 @@ import os
 import secrets
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -22,11 +23,24 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from votechain import keys, mining, rules, wire
 from votechain.block import Block, Transaction, genesis_block
+from votechain.chain import Chain
 from votechain.forkchoice import Tip
 from votechain.peer import Node, NodeConfig
 from votechain.tracker import TrackerServer
 
 CHAIN_LENGTH = 10_000
+
+
+def run(benchmark: BenchmarkFixture, fn: Callable[..., None], **options: Any) -> None:
+    """pytest-benchmark's pedantic mode (exact rounds; the library is untyped)."""
+    benchmark.pedantic(fn, **options)  # type: ignore[no-untyped-call]
+
+
+def median(benchmark: BenchmarkFixture) -> float:
+    stats = benchmark.stats
+    assert stats is not None
+    return float(stats.stats.median)
+
 CHAIN_DIFFICULTY = 4
 CACHE = Path(__file__).resolve().parent.parent / ".benchmarks" / f"chain-{CHAIN_LENGTH}.msgpack"
 
@@ -60,7 +74,8 @@ def chain() -> list[Block]:
     return long_chain()
 
 
-def test_receive_path_validation(benchmark: BenchmarkFixture, chain: list[Block]) -> None:
+def test_receive_path_validation(benchmark: BenchmarkFixture, chain: list[Block],
+                                 bench_rates: dict[str, float]) -> None:
     """Decode an Add frame, then every stand-alone check (hash, difficulty, RSA
     signature with a warm key cache): the work a node does per received block."""
     frames = [wire.encode(wire.Add(b, b.author))[4:] for b in chain[1:2001]]
@@ -72,13 +87,15 @@ def test_receive_path_validation(benchmark: BenchmarkFixture, chain: list[Block]
             assert isinstance(msg, wire.Add)
             rules.check_block_alone(msg.block, difficulty=CHAIN_DIFFICULTY, now_ms=now)
 
-    benchmark.pedantic(validate_all, rounds=5, warmup_rounds=1)
-    per_second = len(frames) / benchmark.stats.stats.median
+    run(benchmark, validate_all, rounds=5, warmup_rounds=1)
+    per_second = len(frames) / median(benchmark)
     benchmark.extra_info["blocks_per_s"] = round(per_second)
+    bench_rates["receive_per_s"] = per_second
     print(f"\nreceive path: {per_second:,.0f} blocks/s validated on one core (target >= 20,000)")
 
 
-def test_rsa_verify_alone(benchmark: BenchmarkFixture, chain: list[Block]) -> None:
+def test_rsa_verify_alone(benchmark: BenchmarkFixture, chain: list[Block],
+                          bench_rates: dict[str, float]) -> None:
     """The floor under the receive path: RSA-2048 verification alone."""
     sample = chain[1:2001]
 
@@ -86,9 +103,10 @@ def test_rsa_verify_alone(benchmark: BenchmarkFixture, chain: list[Block]) -> No
         for b in sample:
             keys.verify(b.author, b.signature, b.hash)
 
-    benchmark.pedantic(verify_all, rounds=5, warmup_rounds=1)
-    per_second = len(sample) / benchmark.stats.stats.median
+    run(benchmark, verify_all, rounds=5, warmup_rounds=1)
+    per_second = len(sample) / median(benchmark)
     benchmark.extra_info["verifies_per_s"] = round(per_second)
+    bench_rates["rsa_verify_per_s"] = per_second
     print(f"\nRSA-2048 verify alone: {per_second:,.0f}/s")
 
 
@@ -122,6 +140,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
 
 
 def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: Net,
+                         bench_rates: dict[str, float],
                          tmp_path: Path) -> None:
     """A fresh peer catches up on a 10,000-block chain from a peer that has it."""
     source = net.add("source")
@@ -146,17 +165,19 @@ def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: N
         assert switch is not None and late.chain.height == CHAIN_LENGTH
 
     try:
-        benchmark.pedantic(sync, setup=fresh_node, rounds=3, warmup_rounds=0)
+        run(benchmark, sync, setup=fresh_node, rounds=3, warmup_rounds=0)
     finally:
         for node in started:
             node.stop()
-    per_second = CHAIN_LENGTH / benchmark.stats.stats.median
+    per_second = CHAIN_LENGTH / median(benchmark)
     benchmark.extra_info["blocks_per_s"] = round(per_second)
+    bench_rates["sync_per_s"] = per_second
     print(f"\nsync: {per_second:,.0f} blocks/s for a {CHAIN_LENGTH}-block chain "
           "(fetch, verify, switch, store; target >= 10,000)")
 
 
-def test_propagation_five_peers(benchmark: BenchmarkFixture, net: Net) -> None:
+def test_propagation_five_peers(benchmark: BenchmarkFixture, net: Net,
+                                bench_rates: dict[str, float]) -> None:
     """From a block appended at one peer to the last of 5 peers holding it."""
     nodes = [net.add(f"p{i}") for i in range(5)]
     deadline = time.monotonic() + 20
@@ -171,12 +192,18 @@ def test_propagation_five_peers(benchmark: BenchmarkFixture, net: Net) -> None:
         block = origin.wait_for_tx(tx, 30)
         assert block is not None
         appended = time.perf_counter()
+        block_hash = block.hash
+
+        def holds_it(chain: Chain) -> bool:
+            return chain.has_hash(block_hash)
+
         for node in nodes:
-            assert node.wait_until(lambda c, h=block.hash: c.has_hash(h), 30)
+            assert node.wait_until(holds_it, 30)
         samples.append(time.perf_counter() - appended)
 
-    benchmark.pedantic(one_block, rounds=40, warmup_rounds=2)
+    run(benchmark, one_block, rounds=40, warmup_rounds=2)
     p50 = statistics.median(samples) * 1000
     benchmark.extra_info["p50_ms"] = round(p50, 2)
+    bench_rates["propagation_p50_ms"] = p50
     print(f"\npropagation to the last of 5 peers: p50 {p50:.2f} ms (target <= 10 ms), "
           f"cpu count {os.cpu_count()}")

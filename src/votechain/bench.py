@@ -61,8 +61,14 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class AbortLatency:
+    """Two clocks: `stop_*` from the flag being set to the last worker's search
+    loop ending (what restart-on-new-block waits for); `p50/p99` from abort() to
+    wait() returning, which adds the pipe round trip and the scheduler."""
+
     p50_ms: float
     p99_ms: float
+    stop_p50_ms: float
+    stop_p99_ms: float
     trials: int
 
 
@@ -99,21 +105,31 @@ def pool_rate(pool: mining.MinerPool, nonces: int) -> float:
     return nonces / elapsed
 
 
-def abort_once(pool: mining.MinerPool) -> float:
-    """Seconds from abort() to wait() returning, for a job that is surely running."""
+def abort_once(pool: mining.MinerPool) -> tuple[float, float]:
+    """Seconds from abort() to wait() returning, and from abort() to the last
+    worker stopping, for a job that is surely running."""
     pool.submit(BENCH_CONTENT, BENCH_DIFFICULTY)
     with contextlib.suppress(TimeoutError):
         pool.wait(timeout=0.01)  # lets every worker get going; an impossible job never ends
     started = time.perf_counter()
     pool.abort()
     pool.wait()
-    return time.perf_counter() - started
+    returned = time.perf_counter() - started
+    assert pool.last_stop_latency is not None
+    return returned, pool.last_stop_latency
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) of `samples` seconds, in milliseconds."""
+    ordered = sorted(samples)
+    p99 = statistics.quantiles(ordered, n=100, method="inclusive")[98] if len(ordered) > 1 \
+        else ordered[0]
+    return statistics.median(ordered) * 1e3, p99 * 1e3
 
 
 def abort_latency(pool: mining.MinerPool, trials: int = ABORT_TRIALS) -> AbortLatency:
-    samples = sorted(abort_once(pool) for _ in range(trials))
-    p99 = statistics.quantiles(samples, n=100, method="inclusive")[98] if trials > 1 else samples[0]
-    return AbortLatency(statistics.median(samples) * 1e3, p99 * 1e3, trials)
+    returned, stopped = zip(*(abort_once(pool) for _ in range(trials)), strict=True)
+    return AbortLatency(*percentiles_ms(list(returned)), *percentiles_ms(list(stopped)), trials)
 
 
 def pool_backend() -> str:
@@ -176,7 +192,9 @@ def format_table(result: BenchResult) -> str:
     out.extend(f"note: {note}" for note in result.notes)
     if result.abort is not None:
         a = result.abort
-        out.append(f"pool abort latency (abort() to wait() returning, {a.trials} trials): "
+        out.append(f"pool abort, flag to every worker stopped ({a.trials} trials): "
+                   f"p50 {a.stop_p50_ms:.2f} ms, p99 {a.stop_p99_ms:.2f} ms")
+        out.append(f"pool abort, abort() to wait() returning: "
                    f"p50 {a.p50_ms:.2f} ms, p99 {a.p99_ms:.2f} ms")
     out.append(f"difficulty {BENCH_DIFFICULTY} (nothing found, every nonce hashed); "
                f"miner: {mining.describe()}")
@@ -189,6 +207,8 @@ def to_json(result: BenchResult) -> str:
         # The latency belongs to the pool: attach it to the pool's row.
         rows[-1]["abort_p50_ms"] = result.abort.p50_ms
         rows[-1]["abort_p99_ms"] = result.abort.p99_ms
+        rows[-1]["abort_stop_p50_ms"] = result.abort.stop_p50_ms
+        rows[-1]["abort_stop_p99_ms"] = result.abort.stop_p99_ms
     return json.dumps(rows, indent=2)
 
 

@@ -14,7 +14,12 @@ unlinked at creation, so no segment can outlive the pool whatever kills it.
 
 Protocol between the pool and a worker (one Pipe each):
   pool -> worker: (job_id, content, difficulty, start, stop, backend) or None (exit)
-  worker -> pool: ("ready", pid) once at start, then (job_id, nonce | None, hashes) per job
+  worker -> pool: ("ready", pid) once at start, then
+                  (job_id, nonce | None, hashes, stopped_at) per job, where stopped_at
+                  is time.monotonic() (one clock for every process on Linux) when
+                  the worker's search loop ended: the abort latency is measured
+                  from the flag to the last worker stopping, not to the pool
+                  hearing about it.
 """
 
 from __future__ import annotations
@@ -77,9 +82,10 @@ def _worker_main(conn: Connection, abort: Any) -> None:
                     hashes += hi - lo
                 lo = hi
             chunk_start += workers * CHUNK
+        stopped_at = time.monotonic()
         if found is not None:
             abort[0] = 1  # tell the others: this job is done
-        conn.send((job_id, found, hashes))
+        conn.send((job_id, found, hashes, stopped_at))
 
 
 @dataclass
@@ -109,7 +115,12 @@ class MinerPool:
         self._hashes = 0
         self._busy_seconds = 0.0
         self._job_started = 0.0
+        self._job_started_mono = 0.0
         self.last_hashrate = 0.0
+        self._aborted_at = 0.0
+        # Seconds from abort() to the last worker's search loop ending, for the
+        # last job that abort() stopped (None if the last job ended by itself).
+        self.last_stop_latency: float | None = None
         for _ in range(self.size):
             self._workers.append(self._spawn())
 
@@ -155,6 +166,7 @@ class MinerPool:
             self._job_id += 1
             self._abort[0] = 0
             self._job_started = time.perf_counter()
+            self._job_started_mono = time.monotonic()
             for index in range(self.size):
                 job = (self._job_id, content, difficulty, start, stop, self.backend, index,
                        self.size)
@@ -170,6 +182,7 @@ class MinerPool:
 
     def abort(self) -> None:
         """Stop the current job, if any, from any thread. wait() then returns None."""
+        self._aborted_at = time.monotonic()
         self._abort[0] = 1
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -179,6 +192,7 @@ class MinerPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         best: int | None = None
         hashes = 0
+        last_stop = 0.0
         while self._pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             conns = {self._workers[i].conn: i for i in self._pending}
@@ -189,7 +203,7 @@ class MinerPool:
                 index = conns[conn]
                 self._pending.discard(index)
                 try:
-                    job_id, nonce, worker_hashes = conn.recv()
+                    job_id, nonce, worker_hashes, stopped_at = conn.recv()
                 except (EOFError, OSError):
                     # A killed worker loses its share of this job only; replace it so
                     # the next job runs at full strength.
@@ -199,8 +213,13 @@ class MinerPool:
                 if job_id != self._job_id:
                     continue
                 hashes += worker_hashes
+                last_stop = max(last_stop, stopped_at)
                 if nonce is not None and (best is None or nonce < best):
                     best = nonce
+        aborted_at = self._aborted_at
+        self.last_stop_latency = (
+            last_stop - aborted_at if best is None and aborted_at > self._job_started_mono else None
+        )
         elapsed = time.perf_counter() - self._job_started
         self._hashes += hashes
         self._busy_seconds += elapsed
