@@ -122,7 +122,9 @@ class Block:
 
 _BLOCK_KEYS = ("id", "transaction", "nonce", "prev_hash", "hash", "signature", "author")
 _TX_KEYS = ("tx_id", "timestamp", "data")
-_KEY_SETS = {keys: frozenset(keys) for keys in (_BLOCK_KEYS, _TX_KEYS)}
+_KEY_SETS: dict[tuple[str, ...], frozenset[str]] = {
+    keys: frozenset(keys) for keys in (_BLOCK_KEYS, _TX_KEYS)
+}
 
 
 def pack(obj: object) -> bytes:
