@@ -83,6 +83,16 @@ def test_three_peers_converge_on_one_chain(net: Network) -> None:
         assert node.tally() == {"red": 2, "blue": 1, "green": 1}
 
 
+def test_create_mines_any_data_and_broadcasts_it(net: Network) -> None:
+    """The seed's create(): mine the data into our chain, then send it to every peer."""
+    a, b = net.add_node("a"), net.add_node("b")
+    wait_until(lambda: a.status()["peers"] == 1, 10, what="a sees b")
+    block = a.create(b"\xff\xfe binary", timeout=DEADLINE)
+    assert block.id == 1 and block.transaction.data == b"\xff\xfe binary"
+    wait_until(converged([a, b], 1), DEADLINE, what="b holds the block")
+    assert b.tally() == {}  # data that is not UTF-8 text is no vote
+
+
 def test_forked_minority_switches_to_majority_and_keeps_its_vote(net: Network) -> None:
     a, b, c = (net.add_node(name) for name in "abc")
     c.set_network_active(False)  # partition c away

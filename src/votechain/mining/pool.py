@@ -116,7 +116,6 @@ class MinerPool:
         self._busy_seconds = 0.0
         self._job_started = 0.0
         self._job_started_mono = 0.0
-        self.last_hashrate = 0.0
         self._aborted_at = 0.0
         # Seconds from abort() to the last worker's search loop ending, for the
         # last job that abort() stopped (None if the last job ended by itself).
@@ -223,8 +222,6 @@ class MinerPool:
         elapsed = time.perf_counter() - self._job_started
         self._hashes += hashes
         self._busy_seconds += elapsed
-        if elapsed > 0:
-            self.last_hashrate = hashes / elapsed
         return best
 
     def mine(
