@@ -166,14 +166,7 @@ def cmd_tracker(args: argparse.Namespace) -> int:
         server.start()
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
-    try:
-        host, port = server.address
-        _out(f"votechain tracker listening on {host}:{port}")
-        # Event.wait() in the main thread returns when a signal handler sets the event.
-        stop.wait()
-    finally:
-        server.stop()
-    return 0
+    return _serve_until_signalled("tracker", lambda: server.address, stop, server.stop)
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
@@ -199,12 +192,24 @@ def cmd_peer(args: argparse.Namespace) -> int:
         # Expected trouble (port taken, no native miner, a data directory made for
         # another difficulty): one line. Anything else is a bug and keeps its traceback.
         raise CliError(f"cannot start the peer: {exc}") from exc
+    return _serve_until_signalled("peer", lambda: node.address, stop, node.stop)
+
+
+def _serve_until_signalled(
+    kind: str,
+    address: Callable[[], tuple[str, int]],
+    stop: threading.Event,
+    shutdown: Callable[[], None],
+) -> int:
+    """Print the listening line (what scripts and the demo wait for), block until
+    SIGINT or SIGTERM, then shut down, whatever happens in between."""
     try:
-        host, port = node.address
-        _out(f"votechain peer listening on {host}:{port}")
+        host, port = address()
+        _out(f"votechain {kind} listening on {host}:{port}")
+        # Event.wait() in the main thread returns when a signal handler sets the event.
         stop.wait()
     finally:
-        node.stop()
+        shutdown()
     return 0
 
 
