@@ -42,7 +42,8 @@ from faults import (
     wait_for,
 )
 from votechain.control import ControlError
-from votechain.peer import PEER_TIMEOUT, SYNC_INTERVAL
+from votechain.outbound import PEER_TIMEOUT
+from votechain.peer import SYNC_INTERVAL
 from votechain.tracker import fetch_nodes
 
 pytestmark = pytest.mark.slow
