@@ -8,6 +8,7 @@ and process is stopped by the fixtures. Conditions are awaited under deadlines.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -187,3 +188,27 @@ def test_dead_peer_does_not_stall_the_others(net: Network) -> None:
             assert a.wait_for_tx(a.submit_vote(f"v{i}"), DEADLINE) is not None
         wait_until(converged([a, b], 3), DEADLINE, what="b got every block")
     silent.close()
+
+
+def test_stop_is_not_held_up_by_a_request_to_a_silent_peer(net: Network) -> None:
+    """stop() wakes requests in flight instead of waiting out their PEER_TIMEOUT."""
+    from votechain.outbound import PEER_TIMEOUT
+    from votechain.tracker import TrackerClient
+
+    a = net.add_node("a")
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(DEADLINE)
+    with TrackerClient(*net.tracker.address) as ghost:
+        ghost.connect()
+        ghost.register(silent.getsockname()[1])
+        wait_until(lambda: a.status()["peers"] == 1, 10, what="a sees the silent peer")
+        assert a.wait_for_tx(a.submit_vote("x"), DEADLINE) is not None
+        conn, _ = silent.accept()  # a's broadcast is now stuck in its handshake
+        started = time.monotonic()
+        net.stop_node(a)
+        # The bound is the behaviour, not a speed: without the wake-up, stop()
+        # waits out PEER_TIMEOUT or more; with it, it takes milliseconds.
+        assert time.monotonic() - started < PEER_TIMEOUT
+    conn.close()
+    silent.close()
+

@@ -44,6 +44,7 @@ class PeerLink:
         self._outbox_lock = threading.Lock()
         self._draining = False
         self._backoff_until = 0.0
+        self._closed = False
 
     def enqueue(self, block: Block) -> bool:
         """Queue `block`; True when the caller must start a drain for this link."""
@@ -74,25 +75,35 @@ class PeerLink:
         if not self.lock.acquire(timeout=timeout):
             raise TimeoutError(f"peer {self.address} is busy")
         try:
+            if self._closed:
+                raise ConnectionAbortedError(f"the link to {self.address} is closed")
+            fresh = self._conn is None
             if self._conn is None:
-                conn = Connection.open(*self.address, timeout=timeout)
-                try:
-                    conn.handshake(self._hello, initiator=True)
-                except BaseException:
-                    conn.close()
-                    raise
-                self._conn = conn
+                # Stored before the handshake, so close() can wake that too.
+                self._conn = Connection.open(*self.address, timeout=timeout)
+            conn = self._conn
             try:
-                return self._conn.request(msg)
+                if fresh:
+                    conn.handshake(self._hello, initiator=True)
+                return conn.request(msg)
             except BaseException:
                 # After any failure the stream may hold half a reply: start afresh.
-                self._conn.close()
+                conn.close()
                 self._conn = None
                 raise
         finally:
             self.lock.release()
 
     def close(self) -> None:
+        """Close the connection, first without the lock: a request in flight to a
+        stalled peer is woken at once instead of holding stop() for its timeout."""
+        self._closed = True  # no new connection from here on
+        with self._outbox_lock:
+            self._outbox.clear()
+            self._backoff_until = float("inf")  # closed for good: queue nothing more
+        conn = self._conn
+        if conn is not None:
+            conn.close()  # thread-safe and idempotent; wakes a blocked recv
         with self.lock:
             if self._conn is not None:
                 self._conn.close()

@@ -147,13 +147,17 @@ class Node:
         self._pending = [t for t in self.store.pending() if not self.chain.block_with_tx(t.tx_id)]
         self.hello = Hello(PROTOCOL_VERSION, self.chain.genesis.hash, self.difficulty)
         self.pool = mining.MinerPool(self.config.workers, self.config.miner)
+        try:
+            # A backlog above MAX_INBOUND: a burst of connects waits in the kernel
+            # queue instead of being dropped and retried a second later.
+            self._listener = socket.create_server(
+                (self.config.host, self.config.port), backlog=2 * MAX_INBOUND
+            )
+        except BaseException:  # e.g. the port is taken: leave no worker process behind
+            self.pool.close()
+            self.store.close()
+            raise
         self._network = ThreadPoolExecutor(NETWORK_THREADS, thread_name_prefix="votechain-net")
-
-        # A backlog above MAX_INBOUND: a burst of connects waits in the kernel
-        # queue instead of being dropped and retried a second later.
-        self._listener = socket.create_server(
-            (self.config.host, self.config.port), backlog=2 * MAX_INBOUND
-        )
         self.address = self._listener.getsockname()[:2]
         self._self_addresses = {self.address, ("127.0.0.1", self.address[1])}
         self.tracker = TrackerClient(*self.config.tracker, timeout=PEER_TIMEOUT)
@@ -205,13 +209,17 @@ class Node:
         self.tracker.close()
         with self._lock:
             inbound = list(self._inbound)
+            links = list(self._links.values())
         for sock in inbound:
             wake(sock)
+        # Closing the links wakes every request in flight (a broadcast to a stalled
+        # peer, the resolver's polls), so the threads below end now, not after
+        # PEER_TIMEOUT.
+        for link in links:
+            link.close()
+        self._network.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=10)
-        self._network.shutdown(wait=False, cancel_futures=True)
-        for link in list(self._links.values()):
-            link.close()
         self.pool.close()
         self.store.close()
         log.info("peer %s:%d stopped", *self.address)
@@ -410,6 +418,8 @@ class Node:
             link = self._links.get(address)
             if link is None:
                 link = self._links[address] = PeerLink(address, self.hello)
+                if self._stopping.is_set():
+                    link.close()  # stop() closed the others already: refuse requests
             return link
 
     # ---------------------------------------------------------- tracker, peers

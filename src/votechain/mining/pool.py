@@ -133,7 +133,15 @@ class MinerPool:
         if not ours.poll(START_TIMEOUT):
             process.kill()
             raise MinerPoolError("a miner worker did not start")
-        tag, _pid = ours.recv()
+        try:
+            tag, _pid = ours.recv()
+        except EOFError:
+            process.join(timeout=1)
+            raise MinerPoolError(
+                f"a miner worker exited at start (status {process.exitcode}); a script that "
+                "starts a MinerPool or a Node must guard its entry point with "
+                "`if __name__ == '__main__':` (workers are spawned, and re-import it)"
+            ) from None
         if tag != "ready":
             raise MinerPoolError(f"unexpected first message from a miner worker: {tag!r}")
         return _Worker(process, ours)
