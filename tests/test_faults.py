@@ -22,6 +22,7 @@ heal anything: a peer keeps the tracker address it was started with.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -96,6 +97,21 @@ def check_final(peers: list[Peer], votes: list[str]) -> None:
 # ================================================================ kill -9
 
 
+@contextlib.contextmanager
+def partitioned_trackers(cluster: Cluster) -> Iterator[tuple[tuple[str, int], TcpProxy]]:
+    """Tracker 1's address (group 1's), and a TcpProxy that stands for group 2's
+    tracker: it relays to tracker 2 until `proxy.retarget(home)` heals the split
+    (see the module docstring). The proxy is closed on the way out."""
+    tracker1 = cluster.tracker(name="tracker1")
+    tracker2 = cluster.tracker(name="tracker2")
+    assert tracker1.address is not None and tracker2.address is not None
+    proxy = TcpProxy(tracker2.address)
+    try:
+        yield tracker1.address, proxy
+    finally:
+        proxy.close()
+
+
 def test_kill9_while_mining_keeps_the_accepted_vote(cluster: Cluster) -> None:
     _, (a, b) = start_network(cluster, "ab")
     before = unique_category("before")
@@ -147,12 +163,8 @@ def test_kill9_during_a_broadcast(cluster: Cluster) -> None:
 
 
 def test_kill9_during_a_chain_switch(cluster: Cluster) -> None:
-    tracker1 = cluster.tracker(name="tracker1")
-    tracker2 = cluster.tracker(name="tracker2")
-    assert tracker1.address is not None and tracker2.address is not None
-    proxy = TcpProxy(tracker2.address)
-    try:
-        a, b = cluster.add_peers("ab", tracker1.address)
+    with partitioned_trackers(cluster) as (home, proxy):
+        a, b = cluster.add_peers("ab", home)
         (c,) = cluster.add_peers("c", proxy.address)
         wait_for(lambda: a.status()["peers"] == 1 and b.status()["peers"] == 1, 15, "a, b paired")
         majority = [unique_category("maj") for _ in range(2)]
@@ -165,7 +177,7 @@ def test_kill9_during_a_chain_switch(cluster: Cluster) -> None:
         switched_before = c.log_text().count("switched to the majority chain")
         registered = c.log_text().count("registered with tracker")
 
-        proxy.retarget(tracker1.address)  # heal: c is outvoted 2 to 1 and must switch
+        proxy.retarget(home)  # heal: c is outvoted 2 to 1 and must switch
         # Kill c the moment it re-registers (its resolver starts right then) or, at
         # the latest, the moment it logs the switch (it is then re-mining its votes).
         wait_for(lambda: c.log_text().count("registered with tracker") > registered
@@ -184,8 +196,6 @@ def test_kill9_during_a_chain_switch(cluster: Cluster) -> None:
         votes = [*majority, *minority, nudge]
         cluster.wait_converged([a, b, c], votes, CONVERGE)
         check_final([a, b, c], votes)
-    finally:
-        proxy.close()
 
 
 # ================================================================ SIGSTOP
@@ -260,12 +270,8 @@ def test_tracker_killed_and_restarted_on_its_port(cluster: Cluster) -> None:
 
 
 def test_partition_then_heal_converges_with_every_vote_once(cluster: Cluster) -> None:
-    tracker1 = cluster.tracker(name="tracker1")
-    tracker2 = cluster.tracker(name="tracker2")
-    assert tracker1.address is not None and tracker2.address is not None
-    proxy = TcpProxy(tracker2.address)  # group 2's tracker, see the module docstring
-    try:
-        group1 = cluster.add_peers(["a", "b"], tracker1.address)
+    with partitioned_trackers(cluster) as (home, proxy):
+        group1 = cluster.add_peers(["a", "b"], home)
         group2 = cluster.add_peers(["c", "d"], proxy.address)
         everyone = group1 + group2
         wait_for(lambda: all(p.status()["peers"] == 1 for p in everyone), 15, "two pairs")
@@ -281,29 +287,21 @@ def test_partition_then_heal_converges_with_every_vote_once(cluster: Cluster) ->
         cluster.wait_converged(group2, side2, CONVERGE)
         assert cluster.tips(group1).isdisjoint(cluster.tips(group2))  # really apart
 
-        proxy.retarget(tracker1.address)  # heal
-        cluster.wait_peers_listed(tracker1.address, everyone, 15)
+        proxy.retarget(home)  # heal
+        cluster.wait_peers_listed(home, everyone, 15)
         cluster.wait_converged(everyone, side1 + side2, CONVERGE)
         check_final(everyone, side1 + side2)
         assert sum(int(str(p.status()["forks_resolved"])) for p in everyone) >= 2
-    finally:
-        proxy.close()
 
 
 def test_blocks_mined_alone_reach_the_others_after_healing(cluster: Cluster) -> None:
-    tracker1 = cluster.tracker(name="tracker1")
-    tracker2 = cluster.tracker(name="tracker2")
-    assert tracker1.address is not None and tracker2.address is not None
-    proxy = TcpProxy(tracker2.address)
-    try:
-        a, b = cluster.add_peers("ab", tracker1.address)
+    with partitioned_trackers(cluster) as (home, proxy):
+        a, b = cluster.add_peers("ab", home)
         (c,) = cluster.add_peers("c", proxy.address)
         alone = [unique_category("alone") for _ in range(2)]
         for vote in alone:
             c.vote(vote, VOTE_TIMEOUT)
-        proxy.retarget(tracker1.address)
-        cluster.wait_peers_listed(tracker1.address, [a, b, c], 15)
+        proxy.retarget(home)
+        cluster.wait_peers_listed(home, [a, b, c], 15)
         # No other votes: nothing else will ever carry c's blocks to a and b.
         cluster.wait_converged([a, b, c], alone, 3 * SYNC_INTERVAL)
-    finally:
-        proxy.close()
