@@ -30,9 +30,11 @@ from dataclasses import replace
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from votechain import bench, mining, rules
-from votechain.block import HASH_BYTES, Block, Transaction, genesis_block
-from votechain.keys import NodeKey
+from votechain import mining
+from votechain.app import bench
+from votechain.core import rules
+from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block
+from votechain.core.keys import NodeKey
 from votechain.mining import backend as backend_mod
 
 ROUNDS = 3

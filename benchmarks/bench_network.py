@@ -21,12 +21,14 @@ import msgpack
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from votechain import keys, mining, rules, wire
-from votechain.block import Block, Transaction, genesis_block
-from votechain.chain import Chain
-from votechain.forkchoice import Tip
-from votechain.peer import Node, NodeConfig
-from votechain.tracker import TrackerServer
+from votechain import mining
+from votechain.core import keys, rules
+from votechain.core.block import Block, Transaction, genesis_block
+from votechain.core.chain import Chain
+from votechain.core.forkchoice import Tip
+from votechain.net.tracker import TrackerServer
+from votechain.node.runtime import Node, NodeConfig
+from votechain.protocol import wire
 
 CHAIN_LENGTH = 10_000
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from votechain.tracker import TrackerClient, TrackerServer
+from votechain.net.tracker import TrackerClient, TrackerServer
 
 PEERS = 1000
 TARGET_SECONDS = 0.020

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from votechain.block import HASH_BYTES, Block, Transaction, genesis_block
-from votechain.keys import NodeKey
+from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block
+from votechain.core.keys import NodeKey
 from votechain.mining import pure
 
 KEY_FILE = Path(__file__).resolve().parent / "vectors" / "block_key.pem"

@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from procs import ChildProcess, run
-from votechain.control import ControlClient, ControlError
-from votechain.demo import START_TIMEOUT, stop_all
-from votechain.store import DB_FILE, ChainStore
-from votechain.tracker import TrackerError, fetch_nodes
+from votechain.app.demo import START_TIMEOUT, stop_all
+from votechain.net.control import ControlClient, ControlError
+from votechain.net.tracker import TrackerError, fetch_nodes
+from votechain.node.store import DB_FILE, ChainStore
 
 Address = tuple[str, int]
 

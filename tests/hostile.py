@@ -30,8 +30,9 @@ from types import TracebackType
 
 import msgpack
 
-from votechain import block, wire
-from votechain.wire import (
+from votechain.core import block
+from votechain.protocol import wire
+from votechain.protocol.wire import (
     MAX_REASON_CHARS,
     PREFIX_BYTES,
     FrameDecoder,

@@ -6,7 +6,7 @@
   `stop_all()` (call it from a fixture finalizer) SIGTERMs every one of them,
   then SIGKILLs whatever is left after a grace period.
 
-Children run the votechain this test imports (see `votechain.demo.child_env`),
+Children run the votechain this test imports (see `votechain.app.demo.child_env`),
 with their stderr in a log file whose tail is shown when a start fails.
 """
 
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from votechain.demo import START_TIMEOUT, STOP_GRACE, ChildProcess, child_env, stop_all
+from votechain.app.demo import START_TIMEOUT, STOP_GRACE, ChildProcess, child_env, stop_all
 
 __all__ = ["ChildProcess", "Processes", "run"]
 

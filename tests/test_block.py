@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blockkit import make_chain
-from votechain.block import (
+from votechain.core.block import (
     GENESIS_DATA,
     HASH_BYTES,
     MAX_AUTHOR_BYTES,

@@ -12,8 +12,8 @@ import pytest
 from procs import Processes, run
 from test_control import FakeNode
 from votechain import __version__
-from votechain.cli import format_hashrate, format_tally, parse_hostport
-from votechain.control import ControlServer
+from votechain.app.cli import format_hashrate, format_tally, parse_hostport
+from votechain.net.control import ControlServer
 
 
 def one_line(text: str) -> str:

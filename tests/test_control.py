@@ -13,8 +13,9 @@ import msgpack
 import pytest
 
 from conftest import wait_until
-from votechain.block import HASH_BYTES, Block, genesis_block
-from votechain.control import (
+from votechain.core.block import HASH_BYTES, Block, genesis_block
+from votechain.core.voting import category_of, tally, vote_transaction
+from votechain.net.control import (
     COOKIE_FILE,
     MAX_CONTROL_FRAME_BYTES,
     PORT_FILE,
@@ -31,7 +32,6 @@ from votechain.control import (
     encode_request,
     parse_request,
 )
-from votechain.voting import category_of, tally, vote_transaction
 
 
 class FakeNode:

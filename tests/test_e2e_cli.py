@@ -20,12 +20,9 @@ import pytest
 
 from conftest import wait_until
 from procs import ChildProcess, Processes, run
-from votechain.block import Block
-from votechain.control import ControlClient, ControlError
-from votechain.demo import child_env
-
-pytest.importorskip("votechain.peer", reason="votechain.peer (the node) is not written yet")
-pytest.importorskip("votechain.store", reason="votechain.store (SQLite) is not written yet")
+from votechain.app.demo import child_env
+from votechain.core.block import Block
+from votechain.net.control import ControlClient, ControlError
 
 pytestmark = pytest.mark.slow
 

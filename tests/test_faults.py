@@ -42,10 +42,10 @@ from faults import (
     verify,
     wait_for,
 )
-from votechain.control import ControlError
-from votechain.outbound import PEER_TIMEOUT
-from votechain.peer import SYNC_INTERVAL
-from votechain.tracker import fetch_nodes
+from votechain.net.control import ControlError
+from votechain.net.tracker import fetch_nodes
+from votechain.node.outbound import PEER_TIMEOUT
+from votechain.node.runtime import SYNC_INTERVAL
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from votechain.forkchoice import Tip, Vote, holders, majority
+from votechain.core.forkchoice import Tip, Vote, holders, majority
 
 
 def tip(block_id: int, first_byte: int) -> Tip:

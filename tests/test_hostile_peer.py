@@ -1,4 +1,4 @@
-"""A real peer (votechain.peer.Node, in process, real sockets on 127.0.0.1) under attack
+"""A real peer (votechain.node.runtime.Node, in process, real sockets on 127.0.0.1) under attack
 from anyone who can open a socket: bad frames, slow and idle connections, floods, bad
 blocks, another network, and its control channel.
 
@@ -34,19 +34,19 @@ from hostile import (
     wait_closed,
     wait_idle,
 )
-from votechain import peer
-from votechain.block import HASH_BYTES, MAX_DATA_BYTES, Block, meets_difficulty
-from votechain.control import (
+from votechain.core.block import HASH_BYTES, MAX_DATA_BYTES, Block, meets_difficulty
+from votechain.net.connection import Connection
+from votechain.net.control import (
     MAX_CONTROL_CONNECTIONS,
     ControlClient,
     ControlError,
     ControlServer,
     encode_frame,
 )
-from votechain.peer import Node, NodeConfig
-from votechain.tracker import TrackerServer
-from votechain.transport import Connection
-from votechain.wire import (
+from votechain.net.tracker import TrackerServer
+from votechain.node import runtime as peer
+from votechain.node.runtime import Node, NodeConfig
+from votechain.protocol.wire import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Add,

@@ -32,9 +32,9 @@ from hostile import (
     wait_closed,
     wait_idle,
 )
-from votechain import tracker as tracker_module
-from votechain.tracker import TrackerClient, TrackerServer
-from votechain.tracker_protocol import MAX_LINE_BYTES
+from votechain.net import tracker as tracker_module
+from votechain.net.tracker import TrackerClient, TrackerServer
+from votechain.protocol.tracker_lines import MAX_LINE_BYTES
 
 SHORT = 0.5  # every tracker timeout, in these tests
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import hostile
 from hostile import check_payload
-from votechain.wire import (
+from votechain.protocol.wire import (
     MAX_FRAME_BYTES,
     MAX_REASON_CHARS,
     PREFIX_BYTES,

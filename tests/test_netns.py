@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from faults import verify, wait_for
-from votechain.demo import START_TIMEOUT, ChildProcess, child_env, stop_all
+from votechain.app.demo import START_TIMEOUT, ChildProcess, child_env, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def in_ns(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def nodes_seen_from(ns: str, tracker: str) -> list[str]:
-    code = ("from votechain.tracker import fetch_nodes; "
+    code = ("from votechain.net.tracker import fetch_nodes; "
             f"print(' '.join(f'{{h}},{{p}}' for h, p in fetch_nodes('{tracker}', {TRACKER_PORT})))")
     result = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code],
                             capture_output=True, text=True, timeout=30, env=child_env(),

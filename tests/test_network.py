@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from votechain.peer import Node, NodeConfig
-from votechain.tracker import TrackerServer
+from votechain.net.tracker import TrackerServer
+from votechain.node.runtime import Node, NodeConfig
 
 DIFFICULTY = 3
 DEADLINE = 30.0
@@ -178,7 +178,7 @@ def test_dead_peer_does_not_stall_the_others(net: Network) -> None:
     a, b = net.add_node("a"), net.add_node("b")
     # A "peer" that registers, accepts connections and never answers them.
     silent = socket.create_server(("127.0.0.1", 0))
-    from votechain.tracker import TrackerClient
+    from votechain.net.tracker import TrackerClient
 
     with TrackerClient(*net.tracker.address) as ghost:
         ghost.connect()
@@ -192,8 +192,8 @@ def test_dead_peer_does_not_stall_the_others(net: Network) -> None:
 
 def test_stop_is_not_held_up_by_a_request_to_a_silent_peer(net: Network) -> None:
     """stop() wakes requests in flight instead of waiting out their PEER_TIMEOUT."""
-    from votechain.outbound import PEER_TIMEOUT
-    from votechain.tracker import TrackerClient
+    from votechain.net.tracker import TrackerClient
+    from votechain.node.outbound import PEER_TIMEOUT
 
     a = net.add_node("a")
     silent = socket.create_server(("127.0.0.1", 0))

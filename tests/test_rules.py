@@ -9,8 +9,13 @@ from dataclasses import replace
 import pytest
 
 from blockkit import NOW, T0, extend, fixed_key, make_block, make_chain, other_key, resign, tx_for
-from votechain.block import MAX_AUTHOR_BYTES, MAX_DATA_BYTES, MAX_SIGNATURE_BYTES, genesis_block
-from votechain.rules import (
+from votechain.core.block import (
+    MAX_AUTHOR_BYTES,
+    MAX_DATA_BYTES,
+    MAX_SIGNATURE_BYTES,
+    genesis_block,
+)
+from votechain.core.rules import (
     MAX_DIFFICULTY,
     MAX_FUTURE_MS,
     BadGenesis,

@@ -15,9 +15,9 @@ import pytest
 
 import votechain
 from blockkit import NOW, extend, make_block, make_chain, tx_for
-from votechain.block import Block, Transaction, genesis_block
-from votechain.rules import validate_chain
-from votechain.store import DB_FILE, ChainStore, StoreError
+from votechain.core.block import Block, Transaction, genesis_block
+from votechain.core.rules import validate_chain
+from votechain.node.store import DB_FILE, ChainStore, StoreError
 
 D = 1
 BASE = make_chain(4)
@@ -142,7 +142,7 @@ def test_open_readonly(tmp_path: Path) -> None:
 
 
 def test_corrupt_row_is_an_encoding_error(store: ChainStore, tmp_path: Path) -> None:
-    from votechain.block import EncodingError
+    from votechain.core.block import EncodingError
 
     conn = sqlite3.connect(tmp_path / DB_FILE)
     with conn:
@@ -159,8 +159,8 @@ _WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     from blockkit import make_block, tx_for
-    from votechain.block import genesis_block
-    from votechain.store import ChainStore
+    from votechain.core.block import genesis_block
+    from votechain.node.store import ChainStore
 
     store = ChainStore.open(Path(sys.argv[1]), 1)
     tip = genesis_block()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from votechain.tracker_protocol import (
+from votechain.protocol.tracker_lines import (
     MAX_LINE_BYTES,
     ErrorReply,
     LineBuffer,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conftest import wait_until
-from votechain.block import (
+from votechain.core.block import (
     HASH_BYTES,
     MAX_AUTHOR_BYTES,
     MAX_DATA_BYTES,
@@ -21,8 +21,8 @@ from votechain.block import (
     genesis_block,
     pack,
 )
-from votechain.transport import Connection, ConnectionClosed
-from votechain.wire import (
+from votechain.net.connection import Connection, ConnectionClosed
+from votechain.protocol.wire import (
     MAX_BATCH_BLOCKS,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,

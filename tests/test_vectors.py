@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from votechain import keys
-from votechain.block import Block, Transaction, genesis_block, meets_difficulty
-from votechain.keys import NodeKey
+from votechain.core import keys
+from votechain.core.block import Block, Transaction, genesis_block, meets_difficulty
+from votechain.core.keys import NodeKey
+from votechain.core.rules import validate_chain
 from votechain.mining import pure
-from votechain.rules import validate_chain
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 DOC: dict[str, Any] = json.loads((VECTORS / "blocks.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from votechain.block import (
+from votechain.core.block import (
     HASH_BYTES,
     MAX_DATA_BYTES,
     TX_ID_BYTES,
@@ -14,7 +14,7 @@ from votechain.block import (
     Transaction,
     genesis_block,
 )
-from votechain.voting import (
+from votechain.core.voting import (
     MAX_CATEGORY_CHARS,
     InvalidVote,
     category_of,

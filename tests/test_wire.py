@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from votechain import rules, wire
-from votechain.block import (
+from votechain.core import rules
+from votechain.core.block import (
     HASH_BYTES,
     MAX_AUTHOR_BYTES,
     MAX_DATA_BYTES,
@@ -35,8 +35,9 @@ from votechain.block import (
     genesis_block,
     pack,
 )
-from votechain.keys import NodeKey
-from votechain.wire import (
+from votechain.core.keys import NodeKey
+from votechain.protocol import wire
+from votechain.protocol.wire import (
     MAX_BATCH_BLOCKS,
     MAX_FRAME_BYTES,
     MAX_REASON_CHARS,

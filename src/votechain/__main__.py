@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from votechain.cli import main
+from votechain.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

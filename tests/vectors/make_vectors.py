@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from votechain.block import Block, Transaction, block_hash, content_digest, genesis_block
-from votechain.keys import NodeKey
+from votechain.core.block import Block, Transaction, block_hash, content_digest, genesis_block
+from votechain.core.keys import NodeKey
 from votechain.mining import pure
 
 HERE = Path(__file__).resolve().parent

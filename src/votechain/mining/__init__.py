@@ -12,8 +12,8 @@ None when the range is exhausted. Identical arguments give identical results.
 
 from __future__ import annotations
 
-from ..rules import check_difficulty
-from .backend import (
+from votechain.core.rules import check_difficulty
+from votechain.mining.backend import (
     BACKENDS,
     DEFAULT_BACKEND,
     Backend,
@@ -23,7 +23,7 @@ from .backend import (
     pure_python_requested,
     sha_ni_available,
 )
-from .pool import MinerPool
+from votechain.mining.pool import MinerPool
 
 NONCE_SPACE = 2**64
 

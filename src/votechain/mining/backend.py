@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Literal
 
-from . import pure
+from votechain.mining import pure
 
 Backend = Literal["native", "pure", "portable"]
 BACKENDS: tuple[Backend, ...] = ("native", "portable", "pure")
@@ -29,7 +29,7 @@ def _load_native() -> tuple[ModuleType | None, str | None]:
     if pure_python_requested():
         return None, f"{PURE_ENV}=1 is set"
     try:
-        from .. import _native  # type: ignore[attr-defined,unused-ignore]
+        from votechain import _native  # type: ignore[attr-defined,unused-ignore]
     except ImportError as exc:
         return None, f"votechain._native is not built ({exc})"
     return _native, None

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .backend import DEFAULT_BACKEND, kernel
+from votechain.mining.backend import DEFAULT_BACKEND, kernel
 
 log = logging.getLogger("votechain.mining")
 
@@ -162,7 +162,7 @@ class MinerPool:
 
     def submit(self, content: bytes, difficulty: int, start: int = 0, stop: int = 2**64) -> None:
         """Start searching [start, stop) on every worker; returns immediately."""
-        from . import check_search_args
+        from votechain.mining import check_search_args
 
         check_search_args(content, difficulty, start, stop)
         with self._lock:

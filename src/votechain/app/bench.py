@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from . import mining
-from .mining import backend as backend_mod
+from votechain import mining
+from votechain.mining import backend as backend_mod
 
 # 16 zero hex digits (64 zero bits): never met within a few billion nonces, so
 # each search hashes its whole range.

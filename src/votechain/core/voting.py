@@ -17,7 +17,7 @@ import secrets
 import unicodedata
 from collections.abc import Iterable
 
-from .block import TX_ID_BYTES, Block, Transaction, genesis_block
+from votechain.core.block import TX_ID_BYTES, Block, Transaction, genesis_block
 
 # Long enough for any sensible ballot option, short enough that the worst case
 # (64 four-byte UTF-8 characters = 256 bytes) sits far below block.MAX_DATA_BYTES.

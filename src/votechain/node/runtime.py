@@ -35,17 +35,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import keys, mining, voting
-from .block import TX_ID_BYTES, Block, Transaction
-from .chain import Chain, Switch
-from .control import NodeStopping
-from .forkchoice import Tip, Vote, candidates, holders
-from .netutil import accept_next, stop_listener, wake
-from .outbound import PEER_TIMEOUT, PeerLink, fetch_branch
-from .rules import InvalidBlock, check_block_alone, check_difficulty
-from .store import ChainStore
-from .transport import FRAME_DEADLINE, Connection, ConnectionClosed
-from .wire import (
+from votechain import mining
+from votechain.core import keys, voting
+from votechain.core.block import TX_ID_BYTES, Block, Transaction
+from votechain.core.chain import Chain, Switch
+from votechain.core.forkchoice import Tip, Vote, candidates, holders
+from votechain.core.rules import InvalidBlock, check_block_alone, check_difficulty
+from votechain.net.connection import FRAME_DEADLINE, Connection, ConnectionClosed
+from votechain.net.control import NodeStopping
+from votechain.net.sockets import accept_next, stop_listener, wake
+from votechain.node.outbound import PEER_TIMEOUT, PeerLink, fetch_branch
+from votechain.node.store import ChainStore
+from votechain.protocol.wire import (
     MAX_BATCH_BLOCKS,
     PROTOCOL_VERSION,
     Add,
@@ -138,8 +139,8 @@ class Node:
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        from .control import ControlServer
-        from .tracker import TrackerClient
+        from votechain.net.control import ControlServer
+        from votechain.net.tracker import TrackerClient
 
         self.key = keys.load_or_create(self.data_dir)
         self.store = ChainStore.open(self.data_dir, self.difficulty)
@@ -425,7 +426,7 @@ class Node:
     # ---------------------------------------------------------- tracker, peers
 
     def _tracker_loop(self) -> None:
-        from .tracker import TrackerError
+        from votechain.net.tracker import TrackerError
 
         while not self._stopping.is_set():
             try:
@@ -455,7 +456,7 @@ class Node:
     def peers(self) -> list[tuple[str, int]]:
         """The other peers, fresh from the tracker (the seed asks for the list each
         time), or the last list seen if the tracker is unreachable."""
-        from .tracker import TrackerError
+        from votechain.net.tracker import TrackerError
 
         if not self.network_active:
             return []

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import msgpack
 
-from .block import (
+from votechain.core.block import (
     HASH_BYTES,
     MAX_AUTHOR_BYTES,
     MAX_BLOCK_BYTES,

@@ -48,9 +48,9 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .block import Block
-from .netutil import stop_listener, wake
-from .voting import InvalidVote
+from votechain.core.block import Block
+from votechain.core.voting import InvalidVote
+from votechain.net.sockets import stop_listener, wake
 
 log = logging.getLogger("votechain.control")
 

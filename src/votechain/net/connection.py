@@ -38,8 +38,8 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
-from .netutil import wake
-from .wire import (
+from votechain.net.sockets import wake
+from votechain.protocol.wire import (
     Error,
     FrameDecoder,
     Hello,

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from .block import Block, Transaction, genesis_block
+from votechain.core.block import Block, Transaction, genesis_block
 
 DB_FILE = "chain.sqlite3"
 

@@ -26,8 +26,8 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
-from .netutil import accept_next, stop_listener, wake
-from .tracker_protocol import (
+from votechain.net.sockets import accept_next, stop_listener, wake
+from votechain.protocol.tracker_lines import (
     ErrorReply,
     LineBuffer,
     LineTooLongError,

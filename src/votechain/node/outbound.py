@@ -11,11 +11,11 @@ import threading
 import time
 from collections import deque
 
-from .block import Block
-from .forkchoice import Tip
-from .rules import InvalidBlock, check_block_alone
-from .transport import Connection
-from .wire import MAX_BATCH_BLOCKS, Blocks, GetBlocks, Hello, Message, WireError
+from votechain.core.block import Block
+from votechain.core.forkchoice import Tip
+from votechain.core.rules import InvalidBlock, check_block_alone
+from votechain.net.connection import Connection
+from votechain.protocol.wire import MAX_BATCH_BLOCKS, Blocks, GetBlocks, Hello, Message, WireError
 
 # A request to another peer that takes longer than this is abandoned: a dead or
 # stalled peer costs at most this long, in a thread of its own.

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from . import keys
-from .block import (
+from votechain.core import keys
+from votechain.core.block import (
     HASH_BYTES,
     MAX_AUTHOR_BYTES,
     MAX_DATA_BYTES,

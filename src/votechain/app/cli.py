@@ -25,11 +25,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from . import __version__
-from .voting import InvalidVote, validate_category
+from votechain import __version__
+from votechain.core.voting import InvalidVote, validate_category
 
 if TYPE_CHECKING:
-    from .control import ControlClient
+    from votechain.net.control import ControlClient
 
 PROG = "votechain"
 DEFAULT_DATA_DIR = Path("votechain-data")
@@ -78,7 +78,7 @@ def _positive_int(text: str) -> int:
 
 
 def _difficulty(text: str) -> int:
-    from .rules import MAX_DIFFICULTY
+    from votechain.core.rules import MAX_DIFFICULTY
 
     if not text.isdigit() or int(text) > MAX_DIFFICULTY:
         raise argparse.ArgumentTypeError(f"expected a difficulty 0..{MAX_DIFFICULTY}, got {text!r}")
@@ -157,7 +157,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def cmd_tracker(args: argparse.Namespace) -> int:
-    from .tracker import TrackerServer
+    from votechain.net.tracker import TrackerServer
 
     _setup_logging(args.quiet)
     stop = _stop_on_signals()
@@ -170,9 +170,9 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
-    from . import mining
-    from .peer import Node, NodeConfig
-    from .store import StoreError
+    from votechain import mining
+    from votechain.node.runtime import Node, NodeConfig
+    from votechain.node.store import StoreError
 
     _setup_logging(args.quiet)
     stop = _stop_on_signals()
@@ -214,7 +214,7 @@ def _serve_until_signalled(
 
 
 def _client(data_dir: Path) -> ControlClient:
-    from .control import ControlClient
+    from votechain.net.control import ControlClient
 
     return ControlClient.from_data_dir(data_dir)
 
@@ -254,11 +254,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .block import EncodingError
-    from .chain import Chain
-    from .rules import InvalidBlock
-    from .store import ChainStore, StoreError
-    from .voting import tally
+    from votechain.core.block import EncodingError
+    from votechain.core.chain import Chain
+    from votechain.core.rules import InvalidBlock
+    from votechain.core.voting import tally
+    from votechain.node.store import ChainStore, StoreError
 
     try:
         store = ChainStore.open_readonly(args.data_dir)
@@ -289,7 +289,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from votechain.app.demo import run_demo
 
     return run_demo(
         peers=args.peers,
@@ -301,13 +301,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from votechain.app.bench import run_bench
 
     return run_bench(args.json)
 
 
 def _info_lines() -> list[str]:
-    from . import mining
+    from votechain import mining
 
     return [
         f"votechain {__version__}",
@@ -319,7 +319,7 @@ def _info_lines() -> list[str]:
 def cmd_info(_args: argparse.Namespace) -> int:
     import platform
 
-    from . import mining
+    from votechain import mining
 
     lines = _info_lines()
     lines += [
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .control import ControlError
+    from votechain.net.control import ControlError
 
     parser = build_parser()
     prog = PROG

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .block import Block, genesis_block
-from .rules import BadGenesis, BadLink, InvalidBlock, check_block_alone, check_link
+from votechain.core.block import Block, genesis_block
+from votechain.core.rules import BadGenesis, BadLink, InvalidBlock, check_block_alone, check_link
 
 
 class DuplicateTransaction(InvalidBlock):

@@ -34,8 +34,7 @@ from types import FrameType
 from typing import IO, TypeVar
 
 import votechain
-
-from .control import ControlClient, ControlError
+from votechain.net.control import ControlClient, ControlError
 
 # Why 30 s: a peer generates its RSA key and spawns its miner processes before
 # it listens; on a loaded machine that takes seconds, not minutes.
@@ -207,7 +206,7 @@ def _converged(
 
 
 def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: int | None) -> int:
-    from .cli import format_hashrate, format_tally
+    from votechain.app.cli import format_hashrate, format_tally
 
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="votechain-demo-"))
