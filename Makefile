@@ -36,6 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy benchmarks  # apart: its conftest.py would clash with tests/conftest.py
+	$(VENV)/bin/lint-imports  # the layers contract in pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/votechain demo
@@ -44,4 +45,4 @@ soak: $(STAMP)
 	$(PY) -m pytest -q -s -p no:cacheprovider tests/soak -m soak
 
 clean:
-	rm -rf build $(VENV) src/*.egg-info native/_native.c src/votechain/*.so
+	rm -rf build $(VENV) src/*.egg-info native/_native.c src/votechain/*.so .import_linter_cache

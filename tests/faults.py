@@ -31,8 +31,9 @@ from pathlib import Path
 
 from procs import ChildProcess, run
 from votechain.app.demo import START_TIMEOUT, stop_all
-from votechain.net.control import ControlClient, ControlError
-from votechain.net.tracker import TrackerError, fetch_nodes
+from votechain.errors import ControlError, TrackerError
+from votechain.net.control import ControlClient
+from votechain.net.tracker import fetch_nodes
 from votechain.node.store import DB_FILE, ChainStore
 
 Address = tuple[str, int]

@@ -31,14 +31,13 @@ from types import TracebackType
 import msgpack
 
 from votechain.core import block
+from votechain.errors import MAX_REASON_CHARS, RemoteProtocolError
 from votechain.protocol import wire
 from votechain.protocol.wire import (
-    MAX_REASON_CHARS,
     PREFIX_BYTES,
     FrameDecoder,
     Hello,
     Message,
-    RemoteProtocolError,
     decode_payload,
     encode,
 )

@@ -24,7 +24,6 @@ from votechain.core.block import (
     MAX_SIGNATURE_BYTES,
     TX_ID_BYTES,
     Block,
-    EncodingError,
     Transaction,
     block_hash,
     content_digest,
@@ -32,6 +31,7 @@ from votechain.core.block import (
     leading_zero_hex_digits,
     meets_difficulty,
 )
+from votechain.errors import EncodingError
 
 CHAIN = make_chain(2)
 BLOCK = CHAIN[2]

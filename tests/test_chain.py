@@ -9,8 +9,8 @@ import pytest
 
 from blockkit import NOW, extend, make_block, make_chain, other_key, tx_for
 from votechain.core.block import genesis_block
-from votechain.core.chain import Chain, DuplicateTransaction, Switch
-from votechain.core.rules import BadGenesis, BadHash, BadLink, BadSignature
+from votechain.core.chain import Chain, Switch
+from votechain.errors import BadGenesis, BadHash, BadLink, BadSignature, DuplicateTransaction
 
 D = 1
 BASE = make_chain(4)  # genesis, v0..v3

@@ -12,7 +12,8 @@ import pytest
 from procs import Processes, run
 from test_control import FakeNode
 from votechain import __version__
-from votechain.app.cli import format_hashrate, format_tally, parse_hostport
+from votechain.app.cli import parse_hostport
+from votechain.app.render import format_hashrate, format_tally
 from votechain.net.control import ControlServer
 
 

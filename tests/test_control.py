@@ -15,16 +15,14 @@ import pytest
 from conftest import wait_until
 from votechain.core.block import HASH_BYTES, Block, genesis_block
 from votechain.core.voting import category_of, tally, vote_transaction
+from votechain.errors import ControlError, ControlProtocolError, NodeNotRunning
 from votechain.net.control import (
     COOKIE_FILE,
     MAX_CONTROL_FRAME_BYTES,
     PORT_FILE,
     Auth,
     ControlClient,
-    ControlError,
-    ControlProtocolError,
     ControlServer,
-    NodeNotRunning,
     StatusRequest,
     TallyRequest,
     VoteRequest,

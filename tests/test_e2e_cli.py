@@ -22,7 +22,8 @@ from conftest import wait_until
 from procs import ChildProcess, Processes, run
 from votechain.app.demo import child_env
 from votechain.core.block import Block
-from votechain.net.control import ControlClient, ControlError
+from votechain.errors import ControlError
+from votechain.net.control import ControlClient
 
 pytestmark = pytest.mark.slow
 

@@ -42,7 +42,7 @@ from faults import (
     verify,
     wait_for,
 )
-from votechain.net.control import ControlError
+from votechain.errors import ControlError
 from votechain.net.tracker import fetch_nodes
 from votechain.node.outbound import PEER_TIMEOUT
 from votechain.node.runtime import SYNC_INTERVAL

@@ -35,11 +35,11 @@ from hostile import (
     wait_idle,
 )
 from votechain.core.block import HASH_BYTES, MAX_DATA_BYTES, Block, meets_difficulty
+from votechain.errors import ControlError
 from votechain.net.connection import Connection
 from votechain.net.control import (
     MAX_CONTROL_CONNECTIONS,
     ControlClient,
-    ControlError,
     ControlServer,
     encode_frame,
 )

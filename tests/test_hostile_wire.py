@@ -2,7 +2,7 @@
 fuzzing does not already cover.
 
 The contract under test, for any bytes at all:
-- `decode_payload` and `FrameDecoder` raise nothing but `wire.RemoteProtocolError`
+- `decode_payload` and `FrameDecoder` raise nothing but `errors.RemoteProtocolError`
   (the peer's fault), with a reason no longer than MAX_REASON_CHARS;
 - whatever they accept, our own encoder can send back unchanged (a decoder that
   accepted what the encoder refuses would let a peer make us fail loudly);
@@ -30,13 +30,12 @@ from hypothesis import strategies as st
 
 import hostile
 from hostile import check_payload
+from votechain.errors import MAX_REASON_CHARS, RemoteProtocolError
 from votechain.protocol.wire import (
     MAX_FRAME_BYTES,
-    MAX_REASON_CHARS,
     PREFIX_BYTES,
     FrameDecoder,
     Message,
-    RemoteProtocolError,
     decode_payload,
 )
 

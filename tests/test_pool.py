@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
+from votechain import errors
+from votechain.errors import MinerPoolError
 from votechain.mining import MinerPool
 from votechain.mining import backend as backend_mod
-from votechain.mining.pool import MinerPoolError
 
 WORKERS = 2
 # An impossible job: 16 zero hex digits over the whole nonce space never ends by itself.
@@ -156,5 +157,5 @@ def test_close_leaves_no_process_and_is_idempotent(backend: str) -> None:
 def test_unavailable_backend_fails_in_the_caller() -> None:
     if backend_mod.native_module is not None:
         pytest.skip("the native extension is available here")
-    with pytest.raises(backend_mod.BackendUnavailable):
+    with pytest.raises(errors.BackendUnavailable):
         MinerPool(1, backend="native")

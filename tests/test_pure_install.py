@@ -18,7 +18,8 @@ import votechain
 _PROBE = """
 import json
 from votechain import mining
-from votechain.mining import BackendUnavailable, MinerPool
+from votechain.mining import MinerPool
+from votechain.errors import BackendUnavailable
 
 report = {"default": mining.DEFAULT_BACKEND, "describe": mining.describe(),
           "sha_ni": mining.sha_ni_available()}

@@ -18,6 +18,11 @@ from votechain.core.block import (
 from votechain.core.rules import (
     MAX_DIFFICULTY,
     MAX_FUTURE_MS,
+    check_difficulty,
+    validate_block,
+    validate_chain,
+)
+from votechain.errors import (
     BadGenesis,
     BadHash,
     BadLink,
@@ -26,9 +31,6 @@ from votechain.core.rules import (
     FutureTimestamp,
     InvalidBlock,
     Oversized,
-    check_difficulty,
-    validate_block,
-    validate_chain,
 )
 
 GENESIS = genesis_block()

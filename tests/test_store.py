@@ -17,7 +17,8 @@ import votechain
 from blockkit import NOW, extend, make_block, make_chain, tx_for
 from votechain.core.block import Block, Transaction, genesis_block
 from votechain.core.rules import validate_chain
-from votechain.node.store import DB_FILE, ChainStore, StoreError
+from votechain.errors import StoreError
+from votechain.node.store import DB_FILE, ChainStore
 
 D = 1
 BASE = make_chain(4)
@@ -142,7 +143,7 @@ def test_open_readonly(tmp_path: Path) -> None:
 
 
 def test_corrupt_row_is_an_encoding_error(store: ChainStore, tmp_path: Path) -> None:
-    from votechain.core.block import EncodingError
+    from votechain.errors import EncodingError
 
     conn = sqlite3.connect(tmp_path / DB_FILE)
     with conn:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conftest import wait_until
-from votechain.net.tracker import TrackerClient, TrackerError, TrackerServer, fetch_nodes
+from votechain.errors import TrackerError
+from votechain.net.tracker import TrackerClient, TrackerServer, fetch_nodes
 from votechain.protocol.tracker_lines import MAX_LINE_BYTES
 
 LOCAL = "127.0.0.1"

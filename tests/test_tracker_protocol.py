@@ -8,18 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from votechain.errors import LineTooLongError, TrackerProtocolError, TrackerReplyError
 from votechain.protocol.tracker_lines import (
     MAX_LINE_BYTES,
     ErrorReply,
     LineBuffer,
-    LineTooLongError,
     Nodes,
     NodesReply,
     Ok,
     Register,
     ResponseDecoder,
-    TrackerProtocolError,
-    TrackerReplyError,
     encode_nodes,
     encode_request,
     encode_response,

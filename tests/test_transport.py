@@ -21,22 +21,25 @@ from votechain.core.block import (
     genesis_block,
     pack,
 )
-from votechain.net.connection import Connection, ConnectionClosed
+from votechain.errors import (
+    ConnectionClosed,
+    FrameTooLarge,
+    IncompatiblePeer,
+    LocalProtocolError,
+    MalformedMessage,
+    UnknownMessageType,
+)
+from votechain.net.connection import Connection
 from votechain.protocol.wire import (
     MAX_BATCH_BLOCKS,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Blocks,
     Error,
-    FrameTooLarge,
     GetBlocks,
     GetLatest,
     Hello,
-    IncompatiblePeer,
     Latest,
-    LocalProtocolError,
-    MalformedMessage,
-    UnknownMessageType,
     encode,
 )
 

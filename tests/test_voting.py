@@ -16,12 +16,12 @@ from votechain.core.block import (
 )
 from votechain.core.voting import (
     MAX_CATEGORY_CHARS,
-    InvalidVote,
     category_of,
     tally,
     validate_category,
     vote_transaction,
 )
+from votechain.errors import InvalidVote
 
 
 def chain_of(*txs: Transaction) -> list[Block]:

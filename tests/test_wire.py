@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from votechain import errors
 from votechain.core import rules
 from votechain.core.block import (
     HASH_BYTES,
@@ -36,28 +37,30 @@ from votechain.core.block import (
     pack,
 )
 from votechain.core.keys import NodeKey
+from votechain.errors import (
+    MAX_REASON_CHARS,
+    FrameTooLarge,
+    IncompatiblePeer,
+    LocalProtocolError,
+    MalformedMessage,
+    RemoteProtocolError,
+    UnknownMessageType,
+)
 from votechain.protocol import wire
 from votechain.protocol.wire import (
     MAX_BATCH_BLOCKS,
     MAX_FRAME_BYTES,
-    MAX_REASON_CHARS,
     PROTOCOL_VERSION,
     Add,
     AddResult,
     Blocks,
     Error,
     FrameDecoder,
-    FrameTooLarge,
     GetBlocks,
     GetLatest,
     Hello,
-    IncompatiblePeer,
     Latest,
-    LocalProtocolError,
-    MalformedMessage,
     Message,
-    RemoteProtocolError,
-    UnknownMessageType,
     check_hello,
     decode_payload,
     encode,
@@ -547,8 +550,9 @@ def test_error_classes_say_whose_fault() -> None:
     for remote in (FrameTooLarge, MalformedMessage, UnknownMessageType, IncompatiblePeer):
         assert issubclass(remote, RemoteProtocolError)
     assert not issubclass(LocalProtocolError, RemoteProtocolError)
-    assert issubclass(LocalProtocolError, wire.WireError)
-    assert issubclass(RemoteProtocolError, wire.WireError)
+    assert issubclass(LocalProtocolError, errors.OurBug)
+    assert issubclass(RemoteProtocolError, errors.BadInput)
+    assert not issubclass(LocalProtocolError, errors.BadInput)
 
 
 # ---------------------------------------------------------------- properties and fuzzing

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from faults import Cluster, Peer, unique_category, verify, wait_for
-from votechain.net.control import ControlError
+from votechain.errors import ControlError
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 KILL_EVERY = float(os.environ.get("SOAK_KILL_EVERY", "15"))

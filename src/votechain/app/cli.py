@@ -26,7 +26,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from votechain import __version__
-from votechain.core.voting import InvalidVote, validate_category
+from votechain.app.render import format_hashrate, format_tally
+from votechain.core.voting import validate_category
+from votechain.errors import CliError, InvalidVote
 
 if TYPE_CHECKING:
     from votechain.net.control import ControlClient
@@ -34,15 +36,6 @@ if TYPE_CHECKING:
 PROG = "votechain"
 DEFAULT_DATA_DIR = Path("votechain-data")
 DEFAULT_TRACKER_PORT = 8000
-BAR_WIDTH = 40
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr, with an exit code (1 unless said)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,31 +95,6 @@ def _out(text: str = "") -> None:
     print(text, flush=True)
 
 
-def format_hashrate(rate: float) -> str:
-    for unit, scale in (("GH/s", 1e9), ("MH/s", 1e6), ("kH/s", 1e3)):
-        if rate >= scale:
-            return f"{rate / scale:.2f} {unit}"
-    return f"{rate:.0f} H/s"
-
-
-def format_tally(counts: dict[str, int], *, bars: bool = False) -> str:
-    """A table of categories and votes; with `bars`, a bar of █ scaled to the largest count."""
-    if not counts:
-        return "no votes yet"
-    width = max(len("category"), *(len(c) for c in counts))
-    count_width = max(len("votes"), *(len(str(n)) for n in counts.values()))
-    top = max(counts.values())
-    lines = [f"{'category':<{width}}  {'votes':>{count_width}}"]
-    for category, count in counts.items():
-        line = f"{category:<{width}}  {count:>{count_width}}"
-        if bars:
-            # At least one block, so a single vote is still visible next to thousands.
-            line += "  " + "█" * max(1, round(BAR_WIDTH * count / top))
-        lines.append(line)
-    lines.append(f"{'total':<{width}}  {sum(counts.values()):>{count_width}}")
-    return "\n".join(lines)
-
-
 def _stop_on_signals() -> threading.Event:
     """An event that SIGINT or SIGTERM sets (the way a tracker or peer is told to stop).
 
@@ -171,8 +139,8 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 def cmd_peer(args: argparse.Namespace) -> int:
     from votechain import mining
+    from votechain.errors import StoreError
     from votechain.node.runtime import Node, NodeConfig
-    from votechain.node.store import StoreError
 
     _setup_logging(args.quiet)
     stop = _stop_on_signals()
@@ -254,11 +222,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from votechain.core.block import EncodingError
     from votechain.core.chain import Chain
-    from votechain.core.rules import InvalidBlock
     from votechain.core.voting import tally
-    from votechain.node.store import ChainStore, StoreError
+    from votechain.errors import EncodingError, InvalidBlock, StoreError
+    from votechain.node.store import ChainStore
 
     try:
         store = ChainStore.open_readonly(args.data_dir)
@@ -411,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from votechain.net.control import ControlError
+    from votechain.errors import ControlError
 
     parser = build_parser()
     prog = PROG

@@ -34,7 +34,9 @@ from types import FrameType
 from typing import IO, TypeVar
 
 import votechain
-from votechain.net.control import ControlClient, ControlError
+from votechain.app.render import format_hashrate, format_tally
+from votechain.errors import ControlError, DemoError
+from votechain.net.control import ControlClient
 
 # Why 30 s: a peer generates its RSA key and spawns its miner processes before
 # it listens; on a loaded machine that takes seconds, not minutes.
@@ -47,10 +49,6 @@ WEIGHTS = (5, 4, 3, 2, 1)
 
 _LISTENING = re.compile(rb"^votechain (\w+) listening on (.+):(\d+)$")
 T = TypeVar("T")
-
-
-class DemoError(Exception):
-    """The demo could not go on; the message says why."""
 
 
 def child_env() -> dict[str, str]:
@@ -206,7 +204,6 @@ def _converged(
 
 
 def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: int | None) -> int:
-    from votechain.app.cli import format_hashrate, format_tally
 
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="votechain-demo-"))

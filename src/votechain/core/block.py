@@ -21,6 +21,8 @@ from typing import Any
 
 import msgpack
 
+from votechain.errors import EncodingError
+
 HASH_BYTES = 32
 TX_ID_BYTES = 16
 NONCE_BYTES = 8
@@ -37,10 +39,6 @@ MAX_SIGNATURE_BYTES = 1024
 MAX_BLOCK_BYTES = 8 * 1024
 
 GENESIS_DATA = b"votechain genesis"
-
-
-class EncodingError(ValueError):
-    """Bytes that do not decode to a well-formed block (the sender's fault)."""
 
 
 @dataclass(frozen=True, slots=True)

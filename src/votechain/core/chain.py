@@ -15,11 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from votechain.core.block import Block, genesis_block
-from votechain.core.rules import BadGenesis, BadLink, InvalidBlock, check_block_alone, check_link
-
-
-class DuplicateTransaction(InvalidBlock):
-    reason = "transaction already in the chain"
+from votechain.core.rules import check_block_alone, check_link
+from votechain.errors import BadGenesis, BadLink, DuplicateTransaction
 
 
 @dataclass(frozen=True, slots=True)

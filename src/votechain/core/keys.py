@@ -16,6 +16,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from votechain.errors import SignatureError
+
 KEY_BITS = 2048
 KEY_FILE = "node_key.pem"
 # Parsing a DER public key costs about a third of a verification; the receive
@@ -24,10 +26,6 @@ PUBLIC_KEY_CACHE_SIZE = 4096
 
 _PADDING = padding.PKCS1v15()
 _HASH = hashes.SHA256()
-
-
-class SignatureError(ValueError):
-    """A signature or public key that does not verify (the sender's fault)."""
 
 
 class NodeKey:

@@ -28,51 +28,22 @@ from votechain.core.block import (
     genesis_block,
     meets_difficulty,
 )
+from votechain.errors import (
+    BadGenesis,
+    BadHash,
+    BadLink,
+    BadSignature,
+    DifficultyNotMet,
+    FutureTimestamp,
+    Oversized,
+    SignatureError,
+)
 
 DEFAULT_DIFFICULTY = 4
 MAX_DIFFICULTY = 16
 # Clocks on different machines disagree by seconds, not hours: two minutes of
 # slack accepts honest skew while refusing blocks stamped far in the future.
 MAX_FUTURE_MS = 2 * 60 * 1000
-
-
-class InvalidBlock(ValueError):
-    """A block that breaks a chain rule (the sender's fault)."""
-
-    reason = "invalid block"
-
-    def __init__(self, block: Block, detail: str) -> None:
-        super().__init__(f"block {block.id} {block.hash.hex()[:16]}: {self.reason}: {detail}")
-        self.block = block
-        self.detail = detail
-
-
-class BadLink(InvalidBlock):
-    reason = "does not link to its predecessor"
-
-
-class FutureTimestamp(InvalidBlock):
-    reason = "timestamp too far in the future"
-
-
-class BadHash(InvalidBlock):
-    reason = "hash does not match its contents"
-
-
-class DifficultyNotMet(InvalidBlock):
-    reason = "hash does not meet the difficulty"
-
-
-class BadSignature(InvalidBlock):
-    reason = "bad signature"
-
-
-class Oversized(InvalidBlock):
-    reason = "over a size cap"
-
-
-class BadGenesis(InvalidBlock):
-    reason = "not this network's genesis block"
 
 
 def check_difficulty(difficulty: int) -> int:
@@ -124,7 +95,7 @@ def check_block_alone(block: Block, *, difficulty: int, now_ms: int) -> None:
         raise DifficultyNotMet(block, f"needs {difficulty} leading zero hex digits")
     try:
         keys.verify(block.author, block.signature, block.hash)
-    except keys.SignatureError as exc:
+    except SignatureError as exc:
         raise BadSignature(block, str(exc)) from exc
 
 

@@ -18,6 +18,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from votechain.core.block import TX_ID_BYTES, Block, Transaction, genesis_block
+from votechain.errors import InvalidVote
 
 # Long enough for any sensible ballot option, short enough that the worst case
 # (64 four-byte UTF-8 characters = 256 bytes) sits far below block.MAX_DATA_BYTES.
@@ -26,10 +27,6 @@ MAX_CATEGORY_CHARS = 64
 # The genesis transaction's data happens to be valid category text; it must
 # still never count as a vote.
 _GENESIS_TX = genesis_block().transaction
-
-
-class InvalidVote(ValueError):
-    """A category that breaks the rules of `validate_category` (the caller's fault)."""
 
 
 def validate_category(text: str) -> str:

@@ -13,11 +13,11 @@ None when the range is exhausted. Identical arguments give identical results.
 from __future__ import annotations
 
 from votechain.core.rules import check_difficulty
+from votechain.errors import BackendUnavailable
 from votechain.mining.backend import (
     BACKENDS,
     DEFAULT_BACKEND,
     Backend,
-    BackendUnavailable,
     describe,
     kernel,
     pure_python_requested,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Literal
 
+from votechain.errors import BackendUnavailable
 from votechain.mining import pure
 
 Backend = Literal["native", "pure", "portable"]
@@ -38,10 +39,6 @@ def _load_native() -> tuple[ModuleType | None, str | None]:
 native_module, native_unavailable_reason = _load_native()
 
 DEFAULT_BACKEND: Backend = "native" if native_module is not None else "pure"
-
-
-class BackendUnavailable(RuntimeError):
-    pass
 
 
 def sha_ni_available() -> bool:

@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from votechain.errors import MinerPoolError
 from votechain.mining.backend import DEFAULT_BACKEND, kernel
 
 log = logging.getLogger("votechain.mining")
@@ -47,10 +48,6 @@ CHUNK = 1 << 20
 STEP = 1 << 16
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
-
-
-class MinerPoolError(RuntimeError):
-    """The pool itself failed (our fault): a worker would not start or a job was misused."""
 
 
 def _worker_main(conn: Connection, abort: Any) -> None:

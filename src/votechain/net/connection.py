@@ -38,18 +38,14 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
-from votechain.net.sockets import wake
-from votechain.protocol.wire import (
-    Error,
-    FrameDecoder,
-    Hello,
+from votechain.errors import (
+    ConnectionClosed,
+    DeadlineExceeded,
     IncompatiblePeer,
     MalformedMessage,
-    Message,
-    RemoteProtocolError,
-    check_hello,
-    encode,
 )
+from votechain.net.sockets import wake
+from votechain.protocol.wire import Error, FrameDecoder, Hello, Message, check_hello, encode
 
 # Large enough that a 2 MiB Blocks reply takes a few dozen reads, small enough
 # that an idle connection's read buffer is no burden.
@@ -62,14 +58,6 @@ CHUNK_BYTES = 64 * 1024
 # 256 vote blocks is about 180 KiB (820 KiB at the field caps), so 10 s asks
 # no more than 82 KB/s of an honest sender.
 FRAME_DEADLINE = 10.0
-
-
-class ConnectionClosed(Exception):
-    """The other side closed (or reset) the connection, or we closed it."""
-
-
-class DeadlineExceeded(RemoteProtocolError):
-    """A frame, or the handshake, did not arrive whole in time (the peer's fault)."""
 
 
 class Connection:

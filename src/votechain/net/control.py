@@ -49,7 +49,13 @@ from typing import Any, Protocol
 import msgpack
 
 from votechain.core.block import Block
-from votechain.core.voting import InvalidVote
+from votechain.errors import (
+    ControlError,
+    ControlProtocolError,
+    InvalidVote,
+    NodeNotRunning,
+    NodeStopping,
+)
 from votechain.net.sockets import stop_listener, wake
 
 log = logging.getLogger("votechain.control")
@@ -87,22 +93,6 @@ DEFAULT_VOTE_TIMEOUT = 120.0
 STOP_JOIN_TIMEOUT = 5.0
 
 _HEADER_BYTES = 4
-
-
-class ControlError(Exception):
-    """The node answered with an error, or talking to it failed; the message says which."""
-
-
-class NodeStopping(Exception):
-    """Raised by a handler whose node is shutting down while a request waits."""
-
-
-class NodeNotRunning(ControlError):
-    """No node is serving the control channel for this data directory."""
-
-
-class ControlProtocolError(Exception):
-    """A client sent something that is not a valid control request (the client's fault)."""
 
 
 class ControlHandler(Protocol):

@@ -26,11 +26,11 @@ import time
 from types import TracebackType
 from typing import NoReturn
 
+from votechain.errors import LineTooLongError, TrackerError, TrackerProtocolError, TrackerReplyError
 from votechain.net.sockets import accept_next, stop_listener, wake
 from votechain.protocol.tracker_lines import (
     ErrorReply,
     LineBuffer,
-    LineTooLongError,
     Nodes,
     NodesReply,
     Ok,
@@ -38,8 +38,6 @@ from votechain.protocol.tracker_lines import (
     Request,
     Response,
     ResponseDecoder,
-    TrackerProtocolError,
-    TrackerReplyError,
     encode_nodes,
     encode_request,
     encode_response,
@@ -326,10 +324,6 @@ def _keep_alive(conn: socket.socket) -> None:
 
 
 # ================================================================ client
-
-
-class TrackerError(Exception):
-    """Talking to the tracker failed; the message says how."""
 
 
 class TrackerClient:

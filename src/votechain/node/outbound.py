@@ -13,9 +13,10 @@ from collections import deque
 
 from votechain.core.block import Block
 from votechain.core.forkchoice import Tip
-from votechain.core.rules import InvalidBlock, check_block_alone
+from votechain.core.rules import check_block_alone
+from votechain.errors import InvalidBlock, RemoteProtocolError
 from votechain.net.connection import Connection
-from votechain.protocol.wire import MAX_BATCH_BLOCKS, Blocks, GetBlocks, Hello, Message, WireError
+from votechain.protocol.wire import MAX_BATCH_BLOCKS, Blocks, GetBlocks, Hello, Message
 
 # A request to another peer that takes longer than this is abandoned: a dead or
 # stalled peer costs at most this long, in a thread of its own.
@@ -71,7 +72,8 @@ class PeerLink:
             self._backoff_until = time.monotonic() + PEER_BACKOFF
 
     def request(self, msg: Message, timeout: float = PEER_TIMEOUT) -> Message:
-        """Send `msg` and return the reply; raises OSError, WireError or TimeoutError."""
+        """Send `msg` and return the reply; raises OSError (TimeoutError included),
+        RemoteProtocolError or ConnectionClosed."""
         if not self.lock.acquire(timeout=timeout):
             raise TimeoutError(f"peer {self.address} is busy")
         try:
@@ -145,7 +147,7 @@ def fetch_branch(
 def _get_blocks(link: PeerLink, from_id: int) -> tuple[Block, ...]:
     reply = link.request(GetBlocks(from_id, MAX_BATCH_BLOCKS))
     if not isinstance(reply, Blocks):
-        raise WireError(f"expected Blocks, got {type(reply).__name__}")
+        raise RemoteProtocolError(f"expected Blocks, got {type(reply).__name__}")
     if reply.blocks and reply.blocks[0].id != from_id:
-        raise WireError(f"asked for blocks from {from_id}, got {reply.blocks[0].id}")
+        raise RemoteProtocolError(f"asked for blocks from {from_id}, got {reply.blocks[0].id}")
     return reply.blocks

@@ -40,9 +40,15 @@ from votechain.core import keys, voting
 from votechain.core.block import TX_ID_BYTES, Block, Transaction
 from votechain.core.chain import Chain, Switch
 from votechain.core.forkchoice import Tip, Vote, candidates, holders
-from votechain.core.rules import InvalidBlock, check_block_alone, check_difficulty
-from votechain.net.connection import FRAME_DEADLINE, Connection, ConnectionClosed
-from votechain.net.control import NodeStopping
+from votechain.core.rules import check_block_alone, check_difficulty
+from votechain.errors import (
+    ConnectionClosed,
+    InvalidBlock,
+    MalformedMessage,
+    NodeStopping,
+    RemoteProtocolError,
+)
+from votechain.net.connection import FRAME_DEADLINE, Connection
 from votechain.net.sockets import accept_next, stop_listener, wake
 from votechain.node.outbound import PEER_TIMEOUT, PeerLink, fetch_branch
 from votechain.node.store import ChainStore
@@ -57,9 +63,7 @@ from votechain.protocol.wire import (
     GetLatest,
     Hello,
     Latest,
-    MalformedMessage,
     Message,
-    WireError,
 )
 
 log = logging.getLogger("votechain.peer")
@@ -282,7 +286,7 @@ class Node:
                     conn.send(Error(f"bad request: {exc.reason}"))
                     continue
                 conn.send(self.handle(msg, conn.peer))
-        except WireError as exc:
+        except RemoteProtocolError as exc:
             log.warning("dropping connection from %s: %s", conn.peer, exc)
         except (ConnectionClosed, OSError, TimeoutError):
             pass
@@ -406,7 +410,7 @@ class Node:
         while (block := link.next_block()) is not None:
             try:
                 reply = link.request(Add(block, self.key.public_der))
-            except (OSError, WireError, TimeoutError, ConnectionClosed) as exc:
+            except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
                 log.info("could not send block %d to %s: %s", block.id, link.address, exc)
                 link.failed()
                 continue
@@ -426,7 +430,7 @@ class Node:
     # ---------------------------------------------------------- tracker, peers
 
     def _tracker_loop(self) -> None:
-        from votechain.net.tracker import TrackerError
+        from votechain.errors import TrackerError
 
         while not self._stopping.is_set():
             try:
@@ -456,7 +460,7 @@ class Node:
     def peers(self) -> list[tuple[str, int]]:
         """The other peers, fresh from the tracker (the seed asks for the list each
         time), or the last list seen if the tracker is unreachable."""
-        from votechain.net.tracker import TrackerError
+        from votechain.errors import TrackerError
 
         if not self.network_active:
             return []
@@ -521,7 +525,7 @@ class Node:
             for holder in holders(votes, target):
                 try:
                     branch = self._fetch_branch(holder, target)
-                except (OSError, WireError, TimeoutError, ConnectionClosed, InvalidBlock) as exc:
+                except (OSError, RemoteProtocolError, ConnectionClosed, InvalidBlock) as exc:
                     log.warning("could not fetch %d %s from %s: %s", target.id,
                                 target.hash.hex()[:16], holder, exc)
                     continue

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from votechain.core.block import Block, Transaction, genesis_block
+from votechain.errors import StoreError
 
 DB_FILE = "chain.sqlite3"
 
@@ -37,10 +38,6 @@ CREATE TABLE IF NOT EXISTS pending (
     data BLOB NOT NULL
 );
 """
-
-
-class StoreError(RuntimeError):
-    """The database is unusable (missing, another network's, or corrupt)."""
 
 
 class ChainStore:

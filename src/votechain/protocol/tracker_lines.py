@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from votechain.errors import LineTooLongError, TrackerProtocolError, TrackerReplyError
+
 # Why 256: the longest valid request is "REGISTER 65535" (14 bytes). A quarter
 # of a KiB leaves room for "\r\n" and sloppy clients while bounding what one
 # connection can make us buffer: at MAX_CONNECTIONS (4096) connections that is
@@ -54,26 +56,6 @@ _MAX_ECHOED_CHARS = 32
 
 # Characters of an IPv6 zone (interface name or number) in "fe80::1%eth0".
 _ZONE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-class TrackerProtocolError(Exception):
-    """A client sent the tracker a request it cannot accept (the client's fault)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class LineTooLongError(TrackerProtocolError):
-    """A line exceeded its cap; the stream cannot be resynchronised."""
-
-
-class TrackerReplyError(Exception):
-    """The tracker sent a client a reply it cannot accept (the tracker's fault)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # ---------------------------------------------------------------- framing

@@ -52,8 +52,17 @@ from votechain.core.block import (
     MAX_BLOCK_BYTES,
     MAX_NONCE,
     Block,
-    EncodingError,
     pack,
+)
+from votechain.errors import (
+    MAX_REASON_CHARS,
+    EncodingError,
+    FrameTooLarge,
+    IncompatiblePeer,
+    LocalProtocolError,
+    MalformedMessage,
+    RemoteProtocolError,
+    UnknownMessageType,
 )
 
 PROTOCOL_VERSION = 1
@@ -70,10 +79,6 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 # (at most 2 MiB) is a few round trips per thousand blocks while keeping one
 # reply, and so one frame, well under MAX_FRAME_BYTES.
 MAX_BATCH_BLOCKS = 256
-
-# An Error or AddResult reason is for a human reading a log. Five hundred
-# characters say what went wrong; more would let a peer fill our logs.
-MAX_REASON_CHARS = 500
 
 ADD_STATUSES = ("added", "known", "fork", "rejected")
 
@@ -96,50 +101,6 @@ _MAX_STR_LEN = 4 * MAX_REASON_CHARS
 # Error messages quote a peer's bad tag or key; keep the quote short.
 _MAX_QUOTED_CHARS = 40
 
-
-# ---------------------------------------------------------------- errors
-
-
-class WireError(Exception):
-    """Base of every error this module raises."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class RemoteProtocolError(WireError):
-    """The peer sent something we must refuse (the peer's fault).
-
-    The reason may quote the peer's input (a block's unknown keys can be 16
-    strings of 2000 characters each), and it goes to our log and back to the
-    peer: it is cut to MAX_REASON_CHARS, so no peer can make our log lines long.
-    """
-
-    def __init__(self, reason: str) -> None:
-        if len(reason) > MAX_REASON_CHARS:
-            reason = reason[: MAX_REASON_CHARS - 1] + "…"
-        super().__init__(reason)
-
-
-class FrameTooLarge(RemoteProtocolError):
-    """A length prefix over MAX_FRAME_BYTES; the stream cannot be resynchronised."""
-
-
-class MalformedMessage(RemoteProtocolError):
-    """A frame that is not a well-formed message: bad msgpack, fields, types or values."""
-
-
-class UnknownMessageType(MalformedMessage):
-    """A well-formed map whose ``type`` tag we do not know."""
-
-
-class IncompatiblePeer(RemoteProtocolError):
-    """The peer's Hello shows it is on another protocol version, chain or difficulty."""
-
-
-class LocalProtocolError(WireError):
-    """We tried to send a message the peer would have to refuse (our bug)."""
 
 
 # ---------------------------------------------------------------- messages
