@@ -4,8 +4,9 @@ The extension is required: a compiler error fails the install loudly. The only
 way to install without it is the explicit opt-out VOTECHAIN_PURE_PYTHON=1, in
 which case the package runs the pure-Python (hashlib) miner and says so.
 
-No -march flag is passed: the SHA-NI kernel is compiled with a function-level
-target attribute and chosen at run time, so one build runs on any x86-64 CPU.
+No -march flag is passed: the SHA-NI and AVX-512 kernels are compiled with
+function-level target attributes and chosen at run time (native/dispatch.c),
+so one build runs on any x86-64 CPU. Each kernel is one native/kernel_*.c.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ def native_extensions() -> list[Extension]:
 
     ext = Extension(
         "votechain._native",
-        sources=["native/_native.pyx", "native/sha256_search.c"],
+        sources=[
+            "native/_native.pyx",
+            "native/dispatch.c",
+            "native/kernel_portable.c",
+            "native/kernel_shani.c",
+            "native/kernel_avx512.c",
+        ],
         include_dirs=["native"],
         extra_compile_args=["-O3", "-fno-strict-aliasing"],
     )

@@ -2,8 +2,9 @@
 """Native nonce search for votechain (built as ``votechain._native``).
 
 The hash is ``SHA-256(content || nonce.to_bytes(8, "big"))`` with a 32-byte
-``content``; the work is done by sha256_search.c (16-lane AVX-512 when the CPU
-has it, else SHA-NI, else plain C, chosen at run time; see `kernel_name`).
+``content``; the work is done by the C kernels beside this file (16-lane
+AVX-512 when the CPU has it, else SHA-NI, else plain C, chosen at run time by
+dispatch.c; see `kernel_name`).
 This module only validates arguments, holds the abort buffer and releases the
 GIL around the C loop.
 
@@ -27,7 +28,6 @@ cdef extern from "sha256_search.h":
         VC_KERNEL_AUTO
         VC_KERNEL_PORTABLE
         VC_KERNEL_SHANI_SSE
-        VC_KERNEL_SHANI_AVX512
         VC_KERNEL_AVX512
         VC_AVX512_LANES
         VC_MAX_DIFFICULTY
@@ -54,7 +54,6 @@ NONCE_LIMIT = 1 << 64
 KERNEL_AUTO = VC_KERNEL_AUTO
 KERNEL_PORTABLE = VC_KERNEL_PORTABLE
 KERNEL_SHANI_SSE = VC_KERNEL_SHANI_SSE
-KERNEL_SHANI_AVX512 = VC_KERNEL_SHANI_AVX512
 KERNEL_AVX512 = VC_KERNEL_AVX512
 
 

@@ -1,8 +1,9 @@
 /* Nonce search for votechain: hash = SHA-256(content[32] || nonce as 8 big-endian bytes).
  *
  * The search scans nonces in increasing order and reports the first whose
- * digest starts with `difficulty` zero hex digits. See sha256_search.c for the
- * block layout and the precomputations that make it fast.
+ * digest starts with `difficulty` zero hex digits. See kernel.h for the
+ * block layout and the precomputations that make it fast, dispatch.c for
+ * which kernel runs where, and kernel_*.c for the kernels.
  */
 #ifndef VOTECHAIN_SHA256_SEARCH_H
 #define VOTECHAIN_SHA256_SEARCH_H
@@ -37,7 +38,8 @@ enum vc_kernel {
     VC_KERNEL_AUTO = 0,
     VC_KERNEL_PORTABLE = 1,     /* plain C, any CPU */
     VC_KERNEL_SHANI_SSE = 2,    /* SHA-NI + SSE4.1 */
-    VC_KERNEL_SHANI_AVX512 = 3, /* SHA-NI + AVX-512VL */
+    /* 3 was SHA-NI + AVX-512VL, removed (see kernel_shani.c); now invalid.
+     * The other values stay as they were. */
     VC_KERNEL_AVX512 = 4        /* AVX-512F/VL, 16 nonces per zmm, no SHA-NI */
 };
 
@@ -45,8 +47,8 @@ enum vc_kernel {
 #define VC_AVX512_LANES 16
 
 /* Short name of the kernel vc_search runs for `kernel` (VC_KERNEL_AUTO gives
- * the one picked for this CPU): "avx512x16", "sha-ni-avx512", "sha-ni",
- * "portable"; "unknown" for an invalid value. Static string. */
+ * the one picked for this CPU): "avx512x16", "sha-ni", "portable";
+ * "unknown" for an invalid value. Static string. */
 const char *vc_kernel_name(int kernel);
 
 /* 1 if this CPU has SHA-NI (plus the SSE4.1/SSSE3 the kernel also uses). */
