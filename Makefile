@@ -18,16 +18,17 @@ $(STAMP): $(PY) $(SOURCES)
 
 install: $(STAMP)
 
-# The miner, chain and network suites with the native extension hidden
-# (VOTECHAIN_PURE_PYTHON=1), as msgpack runs its suite twice; then everything.
+# The whole suite twice, as msgpack's runs: with the native extension, then pure
+# (VOTECHAIN_PURE_PYTHON=1 hides it), where only what tests the extension itself
+# skips, each skip saying why (tests/framework/backends.py). Soak tests run in
+# `make soak` only.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -m "not soak"
 test: $(STAMP)
+	$(PYTEST) tests
 	$(MAKE) --no-print-directory test-pure
-	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" tests
 
-PURE_SUITES := tests/test_mining.py tests/test_pool.py tests/test_block.py tests/test_chain.py \
-	tests/test_rules.py tests/test_network.py tests/test_pure_install.py
 test-pure: $(STAMP)
-	VOTECHAIN_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_SUITES)
+	VOTECHAIN_PURE_PYTHON=1 $(PYTEST) tests
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
@@ -35,7 +36,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy benchmarks  # apart: its conftest.py would clash with tests/conftest.py
+	MYPYPATH=tests $(VENV)/bin/mypy benchmarks  # apart: its conftest.py would clash with tests/conftest.py; tests/ for tests/framework
 	$(VENV)/bin/lint-imports  # the layers contract in pyproject.toml
 
 demo: $(STAMP)

@@ -2,6 +2,8 @@
 propagation across 5 peers on loopback.
 
 Run with `make bench` (or `pytest benchmarks/bench_network.py --benchmark-only`).
+The nodes are tests/framework/network.py's in-process harness, the one the
+network tests use (benchmarks/conftest.py puts tests/ on the import path).
 A long signed chain costs ~1.5 ms of RSA signing per block to build, so it is
 built once and cached under .benchmarks/ (ignored by git).
 """
@@ -21,14 +23,14 @@ import msgpack
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from framework.network import Network
 from votechain import mining
 from votechain.core import keys, rules
 from votechain.core.block import Block, Transaction, genesis_block
 from votechain.core.chain import Chain
 from votechain.core.forkchoice import Tip
-from votechain.net.tracker import TrackerServer
-from votechain.node.runtime import Node, NodeConfig
-from votechain.protocol import wire
+from votechain.node.runtime import Node
+from votechain.protocol import peer
 
 CHAIN_LENGTH = 10_000
 
@@ -80,13 +82,13 @@ def test_receive_path_validation(benchmark: BenchmarkFixture, chain: list[Block]
                                  bench_rates: dict[str, float]) -> None:
     """Decode an Add frame, then every stand-alone check (hash, difficulty, RSA
     signature with a warm key cache): the work a node does per received block."""
-    frames = [wire.encode(wire.Add(b, b.author))[4:] for b in chain[1:2001]]
+    frames = [peer.encode(peer.Add(b, b.author))[4:] for b in chain[1:2001]]
     now = int(time.time() * 1000) + 10**9
 
     def validate_all() -> None:
         for payload in frames:
-            msg = wire.decode_payload(payload)
-            assert isinstance(msg, wire.Add)
+            msg = peer.decode_payload(payload)
+            assert isinstance(msg, peer.Add)
             rules.check_block_alone(msg.block, difficulty=CHAIN_DIFFICULTY, now_ms=now)
 
     run(benchmark, validate_all, rounds=5, warmup_rounds=1)
@@ -112,53 +114,27 @@ def test_rsa_verify_alone(benchmark: BenchmarkFixture, chain: list[Block],
     print(f"\nRSA-2048 verify alone: {per_second:,.0f}/s")
 
 
-class Net:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tracker = TrackerServer("127.0.0.1", 0)
-        self.tracker.start()
-        self.nodes: list[Node] = []
-
-    def add(self, name: str) -> Node:
-        node = Node(NodeConfig(self.root / name, self.tracker.address,
-                               difficulty=CHAIN_DIFFICULTY, workers=1))
-        node.start()
-        self.nodes.append(node)
-        return node
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.stop()
-        self.tracker.stop()
-
-
 @pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = Net(tmp_path)
-    try:
-        yield n
-    finally:
-        n.close()
+def net(tmp_path: Path) -> Iterator[Network]:
+    with Network(tmp_path, difficulty=CHAIN_DIFFICULTY) as network:
+        yield network
 
 
-def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: Net,
-                         bench_rates: dict[str, float],
-                         tmp_path: Path) -> None:
+def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: Network,
+                         bench_rates: dict[str, float]) -> None:
     """A fresh peer catches up on a 10,000-block chain from a peer that has it."""
-    source = net.add("source")
+    source = net.add_node("source")
     with source._changed:  # seed the source directly: it is the fetch we measure
         source.chain.switch(chain[1:], difficulty=CHAIN_DIFFICULTY, now_ms=0, prechecked=True)
     holder = source.address
     winner = Tip(chain[-1].id, chain[-1].hash)
     runs = iter(range(100))
-    started: list[Node] = []
 
     def fresh_node() -> tuple[tuple[Node], dict[str, object]]:
-        late = Node(NodeConfig(tmp_path / f"late{next(runs)}", net.tracker.address,
-                               difficulty=CHAIN_DIFFICULTY, workers=1))
-        late.start()
-        late.network_active = False  # no background resolver racing the measured fetch
-        started.append(late)
+        # Stopped with the network. Not waiting for it to register, and at once
+        # inactive: its background resolver must not sync before the measured fetch.
+        late = net.add_node(f"late{next(runs)}", register=False)
+        late.network_active = False
         return (late,), {}
 
     def sync(late: Node) -> None:
@@ -166,11 +142,7 @@ def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: N
         switch = late._adopt(branch, holder)
         assert switch is not None and late.chain.height == CHAIN_LENGTH
 
-    try:
-        run(benchmark, sync, setup=fresh_node, rounds=3, warmup_rounds=0)
-    finally:
-        for node in started:
-            node.stop()
+    run(benchmark, sync, setup=fresh_node, rounds=3, warmup_rounds=0)
     per_second = CHAIN_LENGTH / median(benchmark)
     benchmark.extra_info["blocks_per_s"] = round(per_second)
     bench_rates["sync_per_s"] = per_second
@@ -178,14 +150,11 @@ def test_sync_long_chain(benchmark: BenchmarkFixture, chain: list[Block], net: N
           "(fetch, verify, switch, store; target >= 10,000)")
 
 
-def test_propagation_five_peers(benchmark: BenchmarkFixture, net: Net,
+def test_propagation_five_peers(benchmark: BenchmarkFixture, net: Network,
                                 bench_rates: dict[str, float]) -> None:
     """From a block appended at one peer to the last of 5 peers holding it."""
-    nodes = [net.add(f"p{i}") for i in range(5)]
-    deadline = time.monotonic() + 20
-    while any(n.status()["peers"] != 4 for n in nodes):
-        assert time.monotonic() < deadline, "peers did not see each other"
-        time.sleep(0.01)
+    nodes = net.add_nodes(f"p{i}" for i in range(5))
+    net.wait_connected(nodes)
     samples: list[float] = []
 
     def one_block() -> None:

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from votechain.net.tracker import TrackerClient, TrackerServer
+from votechain.net.tracker_client import TrackerClient
+from votechain.net.tracker_server import TrackerServer
 
 PEERS = 1000
 TARGET_SECONDS = 0.020

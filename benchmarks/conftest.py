@@ -4,11 +4,23 @@ Each miner benchmark records its rate in the session's `bench_rates` dict; at th
 end of the run `pytest_terminal_summary` prints them with the ratios that matter
 (native/pure, native/limit, pool/native-1, abort p99), so the `make bench`
 output alone answers "how fast is the miner here, and against what".
+
+The network benchmarks run on the tests' own harness (tests/framework/), so
+tests/ goes on the import path here, as pytest puts it there for the tests
+themselves (tests/ has no __init__.py: its conftest's directory is prepended to
+sys.path); `make lint` type-checks benchmarks with MYPYPATH=tests to match.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+TESTS_DIR = str(Path(__file__).resolve().parent.parent / "tests")
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
 
 RATES_KEY = pytest.StashKey[dict[str, float]]()
 

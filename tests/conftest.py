@@ -1,21 +1,13 @@
-"""Shared test helpers.
+"""Shared test configuration; the helpers themselves live in `tests/framework/`.
 
-``wait_until`` is how tests synchronise with threads and sockets: wait for a
-condition under a deadline, never a bare sleep that guesses how long is enough.
+`wait_until` is re-exported from `framework.waiting` so that the tests' usual
+`from conftest import wait_until` keeps working: it is the one way tests wait
+for a condition (under a deadline, never a bare sleep that guesses how long is
+enough).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from framework.waiting import wait_until
 
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = 2.0, *, what: str = "condition"
-) -> None:
-    """Return as soon as ``predicate()`` is true; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
+__all__ = ["wait_until"]

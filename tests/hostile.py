@@ -1,15 +1,15 @@
 """Attack helpers for the hostile-input tests: what anyone who can open a socket can do.
 
-- `RawPeer`: a plain socket and a `wire.FrameDecoder`, driven by hand, so a test
-  can send any bytes at all (a lying length prefix, half a frame, a map that
-  `wire.encode` would refuse) and still read the node's replies;
+- `RawPeer`: a plain socket and the peer protocol's FrameDecoder, driven by hand,
+  so a test can send any bytes at all (a lying length prefix, half a frame, a
+  map that `peer.encode` would refuse) and still read the node's replies;
 - `raw_frame`, `frame`: frames built without the encoder's checks;
 - `drip`: send bytes one at a time, paced, until the other side hangs up (the
   attacker's own pacing, not a test synchronising on a sleep);
 - `wait_closed`: read and discard until the other side closes, under a deadline;
 - `open_many`: a flood of connections, all closed on exit;
 - `wait_idle`: the process's CPU time over a short window is back near zero;
-- `check_payload`: the wire decoder's contract on one payload, shared by the
+- `check_payload`: the peer decoder's contract on one payload, shared by the
   hypothesis tests and the atheris target (``python tests/hostile.py --atheris
   [libFuzzer options] [corpus dir]``; only the codec's own functions
   are instrumented).
@@ -26,21 +26,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from types import TracebackType
 
 import msgpack
 
-from votechain.core import block
+from votechain.core import block, codec
 from votechain.errors import MAX_REASON_CHARS, RemoteProtocolError
-from votechain.protocol import wire
-from votechain.protocol.wire import (
-    PREFIX_BYTES,
-    FrameDecoder,
-    Hello,
-    Message,
-    decode_payload,
-    encode,
-)
+from votechain.protocol import framing, messages, peer
+from votechain.protocol.framing import PREFIX_BYTES
+from votechain.protocol.peer import PEER, Hello, Message, decode_payload, encode
 
 LOCAL = "127.0.0.1"
 
@@ -57,7 +50,7 @@ def frame(payload: bytes) -> bytes:
 
 
 def raw_frame(obj: object) -> bytes:
-    """A frame carrying `obj` packed as msgpack, with none of `wire.encode`'s checks."""
+    """A frame carrying `obj` packed as msgpack, with none of `encode`'s checks."""
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return frame(packed)
 
@@ -176,7 +169,7 @@ class RawPeer:
 
     def __init__(self, address: tuple[str, int], timeout: float = 5.0) -> None:
         self.sock = connect(address, timeout)
-        self._decoder = FrameDecoder()
+        self._decoder = PEER.decoder()
 
     def send_bytes(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -211,12 +204,7 @@ class RawPeer:
     def __enter__(self) -> RawPeer:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -242,7 +230,7 @@ def check_payload(payload: bytes) -> Message | None:
 def fuzz_one_input(data: bytes) -> None:
     """One fuzz input, as a payload and as a stream fed in 7-byte chunks."""
     check_payload(data)
-    decoder = FrameDecoder()
+    decoder = PEER.decoder()
     for i in range(0, len(data), 7):
         decoder.feed(data[i : i + 7][: decoder.room])
         try:
@@ -257,7 +245,7 @@ def _atheris_main(argv: list[str]) -> None:
     atheris = importlib.import_module("atheris")  # optional: not a test dependency
     # Coverage feedback from the codec only: instrumenting every loaded module
     # (atheris.instrument_all) takes longer than the whole fuzzing run.
-    for module in (wire, block):
+    for module in (peer, messages, framing, codec, block):
         for obj in vars(module).values():
             if getattr(obj, "__module__", None) != module.__name__:
                 continue

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from procs import Processes, run
-from test_control import FakeNode
+from framework.fakes import FakeNode
+from framework.processes import Processes, run
 from votechain import __version__
 from votechain.app.cli import parse_hostport
 from votechain.app.render import format_hashrate, format_tally
-from votechain.net.control import ControlServer
+from votechain.net.control_server import ControlServer
 
 
 def one_line(text: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import socket
 import stat
 import threading
@@ -13,86 +15,44 @@ import msgpack
 import pytest
 
 from conftest import wait_until
-from votechain.core.block import HASH_BYTES, Block, genesis_block
-from votechain.core.voting import category_of, tally, vote_transaction
-from votechain.errors import ControlError, ControlProtocolError, NodeNotRunning
-from votechain.net.control import (
-    COOKIE_FILE,
-    MAX_CONTROL_FRAME_BYTES,
-    PORT_FILE,
+from framework.fakes import FakeNode
+from hostile import raw_frame
+from votechain.core.block import HASH_BYTES, TX_ID_BYTES
+from votechain.core.codec import pack
+from votechain.core.voting import category_of
+from votechain.errors import (
+    ControlError,
+    ControlProtocolError,
+    ControlRefused,
+    ControlReplyError,
+    ControlUnavailable,
+    LocalProtocolError,
+    MalformedMessage,
+    NodeNotRunning,
+    UnknownMessageType,
+)
+from votechain.net.control_client import ControlClient
+from votechain.net.control_server import COOKIE_FILE, PORT_FILE, ControlServer
+from votechain.protocol.control import (
+    CONTROL_REPLIES,
+    CONTROL_REQUESTS,
+    MAX_CONTROL_REQUEST_BYTES,
     Auth,
-    ControlClient,
-    ControlServer,
+    AuthOk,
+    ErrorReply,
+    NodeStatus,
+    Reply,
+    StatusReply,
     StatusRequest,
+    TallyReply,
     TallyRequest,
     VoteRequest,
-    encode_frame,
-    encode_request,
-    parse_request,
+    VoteResult,
 )
 
-
-class FakeNode:
-    """A ControlHandler whose 'miner' is the test: `mine_all()` puts queued votes in blocks."""
-
-    def __init__(self) -> None:
-        self.chain: list[Block] = [genesis_block()]
-        self.queue: list[bytes] = []
-        self._txs: dict[bytes, object] = {}
-        self._changed = threading.Condition()
-        self.auto_mine = True
-        self.fail_status = False
-
-    def submit_vote(self, category: str) -> bytes:
-        tx = vote_transaction(category, now_ms=1_000)
-        with self._changed:
-            self._txs[tx.tx_id] = tx
-            self.queue.append(tx.tx_id)
-        if self.auto_mine:
-            self.mine_all()
-        return tx.tx_id
-
-    def mine_all(self) -> None:
-        with self._changed:
-            for tx_id in self.queue:
-                tx = self._txs[tx_id]
-                prev = self.chain[-1]
-                block = Block(
-                    id=prev.id + 1,
-                    transaction=tx,  # type: ignore[arg-type]
-                    nonce=0,
-                    prev_hash=prev.hash,
-                    hash=bytes([len(self.chain)]) * HASH_BYTES,
-                    signature=b"",
-                    author=b"",
-                )
-                self.chain.append(block)
-            self.queue.clear()
-            self._changed.notify_all()
-
-    def wait_for_tx(self, tx_id: bytes, timeout: float) -> Block | None:
-        def find() -> Block | None:
-            return next((b for b in self.chain if b.transaction.tx_id == tx_id), None)
-
-        with self._changed:
-            self._changed.wait_for(lambda: find() is not None, timeout)
-            return find()
-
-    def status(self) -> dict[str, object]:
-        if self.fail_status:
-            raise RuntimeError("the node broke")
-        tip = self.chain[-1]
-        return {
-            "height": tip.id,
-            "tip": tip.hash.hex(),
-            "peers": 2,
-            "pending": len(self.queue),
-            "backend": "pure",
-            "hashrate": 1234.5,
-        }
-
-    def tally(self) -> dict[str, int]:
-        return tally(self.chain)
+PROTOCOL_DOC = Path(__file__).parent.parent / "docs" / "protocol.md"
+STATUS = NodeStatus(height=3, tip="ab" * 32, peers=2, pending=0, backend="native x2",
+                    hashrate=1234.5, forks_resolved=1, address="127.0.0.1:9000")
 
 
 @pytest.fixture
@@ -114,12 +74,13 @@ def connect(server: ControlServer) -> socket.socket:
 
 
 def send(sock: socket.socket, obj: object) -> None:
-    sock.sendall(encode_frame(obj))
+    """`obj` as a request frame, unchecked: the test may send what the client never would."""
+    sock.sendall(raw_frame(obj))
 
 
-def recv(sock: socket.socket) -> object:
+def recv(sock: socket.socket) -> Reply:
     header = recv_exact(sock, 4)
-    return msgpack.unpackb(recv_exact(sock, int.from_bytes(header, "big")), raw=False)
+    return CONTROL_REPLIES.decode_payload(recv_exact(sock, int.from_bytes(header, "big")))
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -141,7 +102,7 @@ def is_closed(sock: socket.socket) -> bool:
 def authed(server: ControlServer, tmp_path: Path) -> socket.socket:
     sock = connect(server)
     send(sock, {"type": "auth", "cookie": (tmp_path / COOKIE_FILE).read_text().strip()})
-    assert recv(sock) == {"ok": True}
+    assert recv(sock) == AuthOk()
     return sock
 
 
@@ -152,8 +113,38 @@ def authed(server: ControlServer, tmp_path: Path) -> socket.socket:
     "request_",
     [Auth("ab" * 32), VoteRequest("alice", 2.5), StatusRequest(), TallyRequest()],
 )
-def test_requests_round_trip(request_: object) -> None:
-    assert parse_request(encode_request(request_)) == request_  # type: ignore[arg-type]
+def test_requests_round_trip(request_: Auth | VoteRequest | StatusRequest | TallyRequest) -> None:
+    frame = CONTROL_REQUESTS.encode(request_)
+    assert CONTROL_REQUESTS.decode_payload(frame[4:]) == request_
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        AuthOk(),
+        VoteResult(block_id=7, hash=b"h" * HASH_BYTES, tx_id=b"t" * TX_ID_BYTES),
+        StatusReply(STATUS),
+        TallyReply({"alice": 2, "bob": 1}),
+        ErrorReply("bad cookie", "refused"),
+        ErrorReply("not mined in time", "unavailable"),
+    ],
+)
+def test_replies_round_trip(reply: Reply) -> None:
+    assert CONTROL_REPLIES.decode_payload(CONTROL_REPLIES.encode(reply)[4:]) == reply
+
+
+def test_status_reply_carries_exactly_the_node_status_fields() -> None:
+    fields = set(StatusReply(STATUS).to_wire()) - {"type"}
+    assert fields == {"height", "tip", "peers", "pending", "backend", "hashrate",
+                      "forks_resolved", "address"}
+
+
+def test_docs_list_the_status_fields_as_node_status_has_them() -> None:
+    doc = PROTOCOL_DOC.read_text()
+    table = doc[doc.index("`status_reply` carries exactly these fields"):]
+    table = table[: table.index("\n\n", table.index("| field |"))]
+    listed = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert listed == [field.name for field in dataclasses.fields(NodeStatus)]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +152,7 @@ def test_requests_round_trip(request_: object) -> None:
     [
         ([1, 2], "must be a map"),
         ({"type": "mine"}, "unknown request type"),
-        ({}, "unknown request type"),
+        ({}, "request type must be a string"),
         ({"type": "vote", "category": "a"}, "missing timeout"),
         ({"type": "vote", "category": 5, "timeout": 1.0}, "category must be a string"),
         ({"type": "vote", "category": "a", "timeout": True}, "timeout must be a number"),
@@ -172,7 +163,33 @@ def test_requests_round_trip(request_: object) -> None:
 )
 def test_bad_requests_are_rejected(obj: object, reason: str) -> None:
     with pytest.raises(ControlProtocolError, match=reason):
-        parse_request(obj)
+        CONTROL_REQUESTS.from_wire(obj)
+
+
+@pytest.mark.parametrize(
+    ("obj", "error", "reason"),
+    [
+        ({"type": "ok"}, UnknownMessageType, "unknown reply type 'ok'"),
+        ({"type": "error", "reason": "x", "kind": "maybe"}, MalformedMessage, "not one of"),
+        ({"type": "vote_result", "block_id": 1, "hash": "ab", "tx_id": b"t" * 16},
+         MalformedMessage, "vote_result.hash must be bytes"),
+        ({"type": "tally_reply", "counts": {"alice": -1}}, MalformedMessage, "out of range"),
+        ({"type": "tally_reply", "counts": {"x" * 65: 1}}, MalformedMessage, "over 64"),
+        ({**StatusReply(STATUS).to_wire(), "hashrate": float("nan")}, MalformedMessage,
+         "not a rate"),
+    ],
+)
+def test_bad_replies_are_rejected(obj: object, error: type[Exception], reason: str) -> None:
+    with pytest.raises(error, match=reason):
+        CONTROL_REPLIES.decode_payload(pack(obj))
+
+
+def test_requests_are_capped_before_decoding() -> None:
+    big = VoteRequest("x" * 1025, 1.0)
+    with pytest.raises(LocalProtocolError, match=r"vote\.category is 1025 characters"):
+        CONTROL_REQUESTS.encode(big)
+    with pytest.raises(ControlProtocolError, match="malformed msgpack"):
+        CONTROL_REQUESTS.decode_payload(pack({"type": "tally", "x": list(range(10))}))
 
 
 # ---------------------------------------------------------------- files and binding
@@ -256,7 +273,9 @@ def test_client_votes_and_reads_status_and_tally(server: ControlServer, tmp_path
     assert client.tally() == {"alice": 2, "bob": 1}
     status = client.status()
     assert status["height"] == 3
-    assert set(status) == {"height", "tip", "peers", "pending", "backend", "hashrate"}
+    assert set(status) == {"height", "tip", "peers", "pending", "backend", "hashrate",
+                           "forks_resolved", "address"}
+    assert client.node_status() == NodeStatus(**status)  # type: ignore[arg-type]
 
 
 def test_wrong_cookie_is_refused_and_closed(
@@ -264,10 +283,10 @@ def test_wrong_cookie_is_refused_and_closed(
 ) -> None:
     sock = connect(server)
     send(sock, {"type": "auth", "cookie": "00" * 32})
-    assert recv(sock) == {"ok": False, "error": "bad cookie"}
+    assert recv(sock) == ErrorReply("bad cookie", "refused")
     assert is_closed(sock)
     sock.close()
-    with pytest.raises(ControlError, match="bad cookie"):
+    with pytest.raises(ControlRefused, match="bad cookie"):
         ControlClient(server.address[1], "11" * 32).vote("alice")
     assert node.tally() == {}
 
@@ -276,7 +295,7 @@ def test_requests_before_auth_are_refused(server: ControlServer, node: FakeNode)
     sock = connect(server)
     send(sock, {"type": "vote", "category": "alice", "timeout": 1.0})
     reply = recv(sock)
-    assert reply == {"ok": False, "error": "expected auth first"}
+    assert reply == ErrorReply("expected auth first", "refused")
     assert is_closed(sock)
     sock.close()
     assert node.tally() == {}
@@ -289,23 +308,32 @@ def test_malformed_requests_get_an_error_and_the_connection_keeps_working(
     server: ControlServer, tmp_path: Path
 ) -> None:
     sock = authed(server, tmp_path)
-    for junk in (b"", b"\xc1", b"\x81\xa1a", msgpack.packb({"type": "x"}) + b"\x00"):
+    for junk in (b"\xc1", b"\x81\xa1a", msgpack.packb({"type": "x"}) + b"\x00"):
         sock.sendall(len(junk).to_bytes(4, "big") + junk)
         reply = recv(sock)
-        assert isinstance(reply, dict)
-        assert reply["ok"] is False
+        assert isinstance(reply, ErrorReply)
+        assert reply.kind == "refused"
     send(sock, {"type": "status"})
     reply = recv(sock)
-    assert isinstance(reply, dict)
-    assert reply["ok"] is True
+    assert isinstance(reply, StatusReply)
+    sock.close()
+
+
+def test_zero_length_frame_gets_an_error_and_a_close(server: ControlServer, tmp_path: Path) -> None:
+    """As in the peer protocol, a zero length is a bad prefix: the stream is lost."""
+    sock = authed(server, tmp_path)
+    sock.sendall(bytes(4))
+    reply = recv(sock)
+    assert isinstance(reply, ErrorReply) and "zero-length frame" in reply.reason
+    assert is_closed(sock)
     sock.close()
 
 
 def test_invalid_category_is_an_error_reply(server: ControlServer, tmp_path: Path) -> None:
     client = ControlClient.from_data_dir(tmp_path)
-    with pytest.raises(ControlError, match="must not be empty"):
+    with pytest.raises(ControlRefused, match="must not be empty"):
         client.vote("   ")
-    with pytest.raises(ControlError, match="at most 64"):
+    with pytest.raises(ControlRefused, match="at most 64"):
         client.vote("x" * 65)
 
 
@@ -314,10 +342,10 @@ def test_oversized_frame_is_refused_before_reading_it(
 ) -> None:
     sock = connect(server)
     # Only the length prefix is sent: the server must answer without waiting for the body.
-    sock.sendall((MAX_CONTROL_FRAME_BYTES + 1).to_bytes(4, "big"))
+    sock.sendall((MAX_CONTROL_REQUEST_BYTES + 1).to_bytes(4, "big"))
     reply = recv(sock)
-    assert isinstance(reply, dict)
-    assert "over the cap" in reply["error"]
+    assert isinstance(reply, ErrorReply)
+    assert "over the cap" in reply.reason
     assert is_closed(sock)
     sock.close()
     assert ControlClient.from_data_dir(tmp_path).tally() == {}
@@ -337,7 +365,7 @@ def test_a_handler_bug_is_an_error_reply_not_a_crash(
 ) -> None:
     node.fail_status = True
     client = ControlClient.from_data_dir(tmp_path)
-    with pytest.raises(ControlError, match="internal error: the node broke"):
+    with pytest.raises(ControlUnavailable, match="internal error: the node broke"):
         client.status()
     node.fail_status = False
     assert client.status()["height"] == 0
@@ -348,7 +376,7 @@ def test_vote_timeout_is_an_error_saying_the_vote_stays_queued(
 ) -> None:
     node.auto_mine = False
     client = ControlClient.from_data_dir(tmp_path)
-    with pytest.raises(ControlError, match=r"not mined within 0\.05 s"):
+    with pytest.raises(ControlUnavailable, match=r"not mined within 0\.05 s"):
         client.vote("alice", timeout=0.05)
     node.mine_all()
     assert node.tally() == {"alice": 1}
@@ -389,3 +417,41 @@ def test_cookie_mode_does_not_depend_on_the_umask(tmp_path: Path) -> None:
             srv.stop()
     finally:
         os.umask(old)
+
+
+# ---------------------------------------------------------------- the client's side
+
+
+def test_every_client_error_is_a_control_error() -> None:
+    for error in (ControlRefused, ControlUnavailable, ControlReplyError, NodeNotRunning):
+        assert issubclass(error, ControlError)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "words"),
+    [
+        (raw_frame({"type": "auth_ok", "extra": 1}), ControlReplyError, "unknown fields extra"),
+        (raw_frame({"ok": True}), ControlReplyError, "reply type must be a string"),
+        ((1 << 30).to_bytes(4, "big"), ControlReplyError, "over MAX_CONTROL_REPLY_BYTES"),
+        (CONTROL_REPLIES.encode(TallyReply({})), ControlReplyError, "expected auth_ok"),
+        (CONTROL_REPLIES.encode(ErrorReply("busy", "unavailable")), ControlUnavailable, "busy"),
+        (b"", ControlUnavailable, "closed the connection"),
+    ],
+)
+def test_client_classifies_what_the_node_answers(
+    answer: bytes, error: type[ControlError], words: str
+) -> None:
+    """A fake node that answers the auth with `answer`, then hangs up."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(answer)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        client = ControlClient(listener.getsockname()[1], "00" * 32, timeout=5.0)
+        with pytest.raises(error, match=words):
+            client.tally()
+        server.join(5)

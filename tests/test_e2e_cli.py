@@ -18,19 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
-from procs import ChildProcess, Processes, run
+from framework.processes import ChildProcess, Processes, run
+from framework.waiting import wait_until
 from votechain.app.demo import child_env
 from votechain.core.block import Block
 from votechain.errors import ControlError
-from votechain.net.control import ControlClient
+from votechain.net.control_client import ControlClient
 
 pytestmark = pytest.mark.slow
 
 PEERS = 3
 DIFFICULTY = 3
 VOTES = ["alice", "bob", "alice", "carol", "alice", "bob"]
-# Generous: forks from concurrent votes resolve within a sync interval or two.
+# Generous: forks from concurrent votes resolve within a sync interval or two
+# (about 3 s here natively, a little more mining pure); 60 s is for a loaded machine.
 CONVERGE_TIMEOUT = 60.0
 
 

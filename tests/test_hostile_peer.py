@@ -5,7 +5,8 @@ blocks, another network, and its control channel.
 After each attack the node must still answer a normal request, hold the same chain,
 and be back to idle CPU (`Target.assert_unharmed`). One node serves the whole module
 (no attack may change its chain, and each test checks that it did not); timeouts are
-shortened per test through the module constants the inbound side reads.
+shortened per test by setting the node's NodeConfig fields, which the inbound side
+reads at each new connection.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ from votechain.net.control import (
     encode_frame,
 )
 from votechain.net.tracker import TrackerServer
-from votechain.node import runtime as peer
-from votechain.node.runtime import Node, NodeConfig
+from votechain.node.runtime import Node, NodeConfig, now_ms
 from votechain.protocol.wire import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -198,7 +198,7 @@ def test_frame_cut_off_halfway_then_closed(
 def test_frame_cut_off_halfway_then_silence(
     target: Target, peer_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(peer, "INBOUND_FRAME_DEADLINE", 0.3)
+    monkeypatch.setattr(target.node.config, "inbound_frame_deadline", 0.3)
     whole = encode(GetBlocks(0, 10))
     with target.raw() as raw:
         raw.send_bytes(whole[: len(whole) // 2])
@@ -314,7 +314,7 @@ def test_a_peer_that_keeps_sending_bad_requests_is_dropped(
     target: Target, peer_log: pytest.LogCaptureFixture
 ) -> None:
     with target.raw() as raw:
-        for _ in range(peer.MAX_BAD_REQUESTS):
+        for _ in range(target.node.config.max_bad_requests):
             raw.send_obj({"type": "ping"})
             assert isinstance(raw.recv(), Error)
         raw.send_obj({"type": "ping"})
@@ -337,7 +337,7 @@ def test_unexpected_messages_get_an_error(target: Target) -> None:
 def test_a_connection_that_sends_nothing_is_closed(
     target: Target, peer_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(peer, "HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr(target.node.config, "handshake_timeout", 0.3)
     with connect(target.address) as loris:
         wait_closed(loris, timeout=3.0)
     logged(peer_log, "no hello within 0.3 s")
@@ -347,7 +347,7 @@ def test_a_connection_that_sends_nothing_is_closed(
 def test_a_hello_sent_a_byte_at_a_time_is_cut_off(
     target: Target, peer_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(peer, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(target.node.config, "handshake_timeout", 0.5)
     hello = encode(target.node.hello)
     with connect(target.address) as loris:
         sent, seconds = drip(loris, hello, interval=0.05)
@@ -360,7 +360,7 @@ def test_a_hello_sent_a_byte_at_a_time_is_cut_off(
 def test_a_request_sent_a_byte_at_a_time_is_cut_off(
     target: Target, peer_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(peer, "INBOUND_FRAME_DEADLINE", 0.5)
+    monkeypatch.setattr(target.node.config, "inbound_frame_deadline", 0.5)
     endless = (1000).to_bytes(4, "big") + b"\xc0" * 1000  # a frame that takes 50 s at this pace
     with target.raw() as raw:
         assert raw.request(GetLatest()) == Latest(target.tip)  # an honest start
@@ -373,25 +373,27 @@ def test_a_request_sent_a_byte_at_a_time_is_cut_off(
 def test_an_idle_connection_after_the_handshake_is_closed(
     target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(peer, "INBOUND_IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(target.node.config, "inbound_idle_timeout", 0.3)
     with target.raw() as raw:
         raw.wait_closed(timeout=3.0)
     target.assert_unharmed()
 
 
 def test_hundreds_of_connections_at_once_do_not_lock_out_an_honest_peer(target: Target) -> None:
-    count = peer.MAX_INBOUND + 50
+    cap = target.node.config.max_inbound
+    count = cap + 50
     with open_many(target.address, count) as flood:
         # Over the cap, each newcomer evicted the oldest connection still without a
         # Hello; the honest peer's is the newest, so it is served at once.
         with target.connection() as conn:
             assert conn.request(GetLatest()) == Latest(target.tip)
-        wait_until(lambda: sum(map(is_eof, flood)) >= count - peer.MAX_INBOUND + 1, 10.0,
+        wait_until(lambda: sum(map(is_eof, flood)) >= count - cap + 1, 10.0,
                    what="the oldest flood connections to be evicted")
         # (An evicted connection keeps its slot until its thread has closed it.)
-        wait_until(lambda: len(target.node._inbound) <= peer.MAX_INBOUND, 5.0,
+        wait_until(lambda: target.node.inbound.connections <= cap, 5.0,
                    what="no more than MAX_INBOUND connections")
-    wait_until(lambda: not target.node._inbound, 10.0, what="every slot to be given back")
+    wait_until(lambda: target.node.inbound.connections == 0, 10.0,
+               what="every slot to be given back")
     target.assert_unharmed()
 
 
@@ -410,7 +412,7 @@ def _mined_without_difficulty(prev: Block, label: str) -> Block:
 def _bad_blocks(tip: Block) -> dict[str, tuple[Block, bytes | None, str]]:
     """name -> (block, public key sent or None for the block's author, words of the reason)."""
     good = make_block(tip, tx_for("attack"), difficulty=DIFFICULTY)
-    future = make_block(tip, tx_for("future", timestamp=peer.now_ms() + 3_600_000),
+    future = make_block(tip, tx_for("future", timestamp=now_ms() + 3_600_000),
                         difficulty=DIFFICULTY)
     signed_by_other = replace(good, signature=other_key().sign(good.hash))
     replayed_vote = make_block(tip, tx_for("honest-0"), difficulty=DIFFICULTY)

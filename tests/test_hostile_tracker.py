@@ -32,8 +32,9 @@ from hostile import (
     wait_closed,
     wait_idle,
 )
-from votechain.net import tracker as tracker_module
-from votechain.net.tracker import TrackerClient, TrackerServer
+from votechain.net import tracker_server as tracker_module
+from votechain.net.tracker_client import TrackerClient
+from votechain.net.tracker_server import TrackerServer
 from votechain.protocol.tracker_lines import MAX_LINE_BYTES
 
 SHORT = 0.5  # every tracker timeout, in these tests

@@ -1,9 +1,10 @@
-"""Hostile bytes against the wire decoder, with no sockets: what tests/test_wire.py's
+"""Hostile bytes against the peer decoder, with no sockets: what tests/test_wire.py's
 fuzzing does not already cover.
 
 The contract under test, for any bytes at all:
-- `decode_payload` and `FrameDecoder` raise nothing but `errors.RemoteProtocolError`
-  (the peer's fault), with a reason no longer than MAX_REASON_CHARS;
+- `decode_payload` and the FrameDecoder (`PEER.decoder()`) raise nothing but
+  `errors.RemoteProtocolError` (the peer's fault), with a reason no longer than
+  MAX_REASON_CHARS;
 - whatever they accept, our own encoder can send back unchanged (a decoder that
   accepted what the encoder refuses would let a peer make us fail loudly);
 - a stream of frames, cut anywhere, decodes to the same messages, and a bad frame
@@ -31,13 +32,8 @@ from hypothesis import strategies as st
 import hostile
 from hostile import check_payload
 from votechain.errors import MAX_REASON_CHARS, RemoteProtocolError
-from votechain.protocol.wire import (
-    MAX_FRAME_BYTES,
-    PREFIX_BYTES,
-    FrameDecoder,
-    Message,
-    decode_payload,
-)
+from votechain.protocol.framing import PREFIX_BYTES
+from votechain.protocol.peer import MAX_FRAME_BYTES, PEER, Message, decode_payload
 
 VECTORS_FILE = Path(__file__).parent / "vectors" / "wire_vectors.json"
 # One valid payload (frame minus prefix) of every message type, from the fixed vectors.
@@ -206,7 +202,7 @@ def test_fuzz_frame_streams_cut_anywhere(
         "cut": (1000).to_bytes(PREFIX_BYTES, "big") + b"\xc0" * 10,
     }[ending]
 
-    decoder = FrameDecoder()
+    decoder = PEER.decoder()
     got: list[Message | None] = []
     stopped = False
     position, step = 0, 0

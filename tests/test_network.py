@@ -75,7 +75,7 @@ def converged(nodes: list[Node], height: int) -> Callable[[], bool]:
 
 def test_three_peers_converge_on_one_chain(net: Network) -> None:
     a, b, c = (net.add_node(name) for name in "abc")
-    wait_until(lambda: all(n.status()["peers"] == 2 for n in (a, b, c)), 10, what="peer lists")
+    wait_until(lambda: all(n.status().peers == 2 for n in (a, b, c)), 10, what="peer lists")
     for node, category in ((a, "red"), (b, "blue"), (c, "red"), (a, "green")):
         tx_id = node.submit_vote(category)
         assert node.wait_for_tx(tx_id, DEADLINE) is not None
@@ -87,7 +87,7 @@ def test_three_peers_converge_on_one_chain(net: Network) -> None:
 def test_create_mines_any_data_and_broadcasts_it(net: Network) -> None:
     """The seed's create(): mine the data into our chain, then send it to every peer."""
     a, b = net.add_node("a"), net.add_node("b")
-    wait_until(lambda: a.status()["peers"] == 1, 10, what="a sees b")
+    wait_until(lambda: a.status().peers == 1, 10, what="a sees b")
     block = a.create(b"\xff\xfe binary", timeout=DEADLINE)
     assert block.id == 1 and block.transaction.data == b"\xff\xfe binary"
     wait_until(converged([a, b], 1), DEADLINE, what="b holds the block")
@@ -191,9 +191,8 @@ def test_dead_peer_does_not_stall_the_others(net: Network) -> None:
 
 
 def test_stop_is_not_held_up_by_a_request_to_a_silent_peer(net: Network) -> None:
-    """stop() wakes requests in flight instead of waiting out their PEER_TIMEOUT."""
+    """stop() wakes requests in flight instead of waiting out their peer_timeout."""
     from votechain.net.tracker import TrackerClient
-    from votechain.node.outbound import PEER_TIMEOUT
 
     a = net.add_node("a")
     silent = socket.create_server(("127.0.0.1", 0))
@@ -201,14 +200,14 @@ def test_stop_is_not_held_up_by_a_request_to_a_silent_peer(net: Network) -> None
     with TrackerClient(*net.tracker.address) as ghost:
         ghost.connect()
         ghost.register(silent.getsockname()[1])
-        wait_until(lambda: a.status()["peers"] == 1, 10, what="a sees the silent peer")
+        wait_until(lambda: a.status().peers == 1, 10, what="a sees the silent peer")
         assert a.wait_for_tx(a.submit_vote("x"), DEADLINE) is not None
         conn, _ = silent.accept()  # a's broadcast is now stuck in its handshake
         started = time.monotonic()
         net.stop_node(a)
         # The bound is the behaviour, not a speed: without the wake-up, stop()
-        # waits out PEER_TIMEOUT or more; with it, it takes milliseconds.
-        assert time.monotonic() - started < PEER_TIMEOUT
+        # waits out peer_timeout or more; with it, it takes milliseconds.
+        assert time.monotonic() - started < a.config.peer_timeout
     conn.close()
     silent.close()
 

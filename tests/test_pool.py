@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from framework.backends import BACKENDS, skip_unless_available
+from framework.waiting import wait_until
 from votechain import errors
 from votechain.errors import MinerPoolError
 from votechain.mining import MinerPool
@@ -22,6 +23,10 @@ from votechain.mining import backend as backend_mod
 WORKERS = 2
 # An impossible job: 16 zero hex digits over the whole nonce space never ends by itself.
 IMPOSSIBLE = 16
+# For an aborted job to end: milliseconds, or a worker respawn (a new Python
+# process, up to a second or two on a loaded machine) after a kill. A deadline,
+# not a speed: wait() returns as soon as the job ends.
+DEADLINE = 10.0
 
 
 def alive(pid: int) -> bool:
@@ -48,12 +53,9 @@ def content_of(seed: int) -> bytes:
     return hashlib.sha256(b"pool test %d" % seed).digest()
 
 
-@pytest.fixture(params=["native", "portable", "pure"], scope="module")
+@pytest.fixture(params=BACKENDS, scope="module")
 def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name != "pure" and backend_mod.native_module is None:
-        pytest.skip(f"native extension unavailable: {backend_mod.native_unavailable_reason}")
-    return name
+    return skip_unless_available(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_abort_from_another_thread_then_restart(pool: MinerPool) -> None:
     with pytest.raises(TimeoutError):
         pool.wait(timeout=0.05)  # it really is running
     threading.Thread(target=pool.abort).start()
-    assert pool.wait(timeout=2.0) is None
+    assert pool.wait(timeout=DEADLINE) is None
     assert not pool.running
     # The next job runs normally: the abort flag was reset by submit().
     nonce = pool.mine(content, 2)
@@ -102,7 +104,7 @@ def test_submit_while_running_is_refused(pool: MinerPool) -> None:
             pool.submit(content_of(5), 1)
     finally:
         pool.abort()
-        assert pool.wait(timeout=2.0) is None
+        assert pool.wait(timeout=DEADLINE) is None
 
 
 def test_bad_arguments_are_refused_before_any_worker_sees_them(pool: MinerPool) -> None:
@@ -123,7 +125,7 @@ def test_killed_worker_is_replaced(backend: str) -> None:
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: not alive(victim), what="the killed worker to die")
         p.abort()
-        assert p.wait(timeout=2.0) is None
+        assert p.wait(timeout=DEADLINE) is None
         assert victim not in p.pids and len(p.pids) == WORKERS
         assert all(alive(pid) for pid in p.pids)
         content = content_of(8)
@@ -154,8 +156,9 @@ def test_close_leaves_no_process_and_is_idempotent(backend: str) -> None:
         p.submit(content_of(10), 1)
 
 
-def test_unavailable_backend_fails_in_the_caller() -> None:
-    if backend_mod.native_module is not None:
-        pytest.skip("the native extension is available here")
-    with pytest.raises(errors.BackendUnavailable):
+def test_unavailable_backend_fails_in_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the extension were missing (it is, in the pure run): the backend is
+    # looked up in the caller, before any worker is spawned.
+    monkeypatch.setattr(backend_mod, "native_module", None)
+    with pytest.raises(errors.BackendUnavailable, match="native miner is unavailable"):
         MinerPool(1, backend="native")

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import wait_until
 from votechain.errors import TrackerError
-from votechain.net.tracker import TrackerClient, TrackerServer, fetch_nodes
+from votechain.net.tracker_client import TrackerClient, fetch_nodes
+from votechain.net.tracker_server import TrackerServer
 from votechain.protocol.tracker_lines import MAX_LINE_BYTES
 
 LOCAL = "127.0.0.1"

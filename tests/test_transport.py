@@ -19,8 +19,8 @@ from votechain.core.block import (
     Block,
     Transaction,
     genesis_block,
-    pack,
 )
+from votechain.core.codec import pack
 from votechain.errors import (
     ConnectionClosed,
     FrameTooLarge,
@@ -30,7 +30,7 @@ from votechain.errors import (
     UnknownMessageType,
 )
 from votechain.net.connection import Connection
-from votechain.protocol.wire import (
+from votechain.protocol.peer import (
     MAX_BATCH_BLOCKS,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,

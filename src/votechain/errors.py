@@ -186,8 +186,11 @@ class TrackerReplyError(BadInput):
         self.reason = reason
 
 
-class ControlProtocolError(BadInput):
-    """A client sent something that is not a valid control request (the client's fault)."""
+class ControlProtocolError(RemoteProtocolError):
+    """A client sent something that is not a valid control request (the client's fault).
+
+    A RemoteProtocolError like the frame errors it arrives beside, so the control
+    server catches one class for everything a client can get wrong."""
 
 
 # ================================================================ net: connections
@@ -208,6 +211,11 @@ class ControlError(VotechainError):
 
 class ControlRefused(ControlError, BadInput):
     """The node refused the request (a bad category, a bad cookie)."""
+
+
+class ControlReplyError(ControlError, BadInput):
+    """The node sent a reply the client cannot accept (the node's fault): bad
+    framing, unknown type, missing or mistyped fields."""
 
 
 class ControlUnavailable(ControlError, Unavailable):

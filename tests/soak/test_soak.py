@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from faults import Cluster, Peer, unique_category, verify, wait_for
+from faults import unique_category, verify
+from framework.processes import Cluster, Peer, wait_for
 from votechain.errors import ControlError
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))

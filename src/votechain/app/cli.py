@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from votechain.core.voting import validate_category
 from votechain.errors import CliError, InvalidVote
 
 if TYPE_CHECKING:
-    from votechain.net.control import ControlClient
+    from votechain.net.control_client import ControlClient
 
 PROG = "votechain"
 DEFAULT_DATA_DIR = Path("votechain-data")
@@ -182,7 +183,7 @@ def _serve_until_signalled(
 
 
 def _client(data_dir: Path) -> ControlClient:
-    from votechain.net.control import ControlClient
+    from votechain.net.control_client import ControlClient
 
     return ControlClient.from_data_dir(data_dir)
 
@@ -204,18 +205,17 @@ def cmd_tally(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args.data_dir).status()
+    status = _client(args.data_dir).node_status()
     if args.json:
-        _out(json.dumps(status, ensure_ascii=False))
+        _out(json.dumps(dataclasses.asdict(status), ensure_ascii=False))
         return 0
-    hashrate = status.get("hashrate")
     rows = [
-        ("height", status.get("height")),
-        ("tip", status.get("tip")),
-        ("peers", status.get("peers")),
-        ("pending votes", status.get("pending")),
-        ("miner", status.get("backend")),
-        ("hash rate", format_hashrate(hashrate) if isinstance(hashrate, int | float) else "?"),
+        ("height", status.height),
+        ("tip", status.tip),
+        ("peers", status.peers),
+        ("pending votes", status.pending),
+        ("miner", status.backend),
+        ("hash rate", format_hashrate(status.hashrate)),
     ]
     _out("\n".join(f"{name:<14}{value}" for name, value in rows))
     return 0

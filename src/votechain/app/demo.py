@@ -36,7 +36,8 @@ from typing import IO, TypeVar
 import votechain
 from votechain.app.render import format_hashrate, format_tally
 from votechain.errors import ControlError, DemoError
-from votechain.net.control import ControlClient
+from votechain.net.control_client import ControlClient
+from votechain.protocol.control import NodeStatus
 
 # Why 30 s: a peer generates its RSA key and spawns its miner processes before
 # it listens; on a loaded machine that takes seconds, not minutes.
@@ -189,15 +190,15 @@ def _client_for(peer_dir: Path, timeout: float) -> ControlClient:
     return client
 
 
-def _snapshot(clients: Sequence[ControlClient]) -> list[tuple[dict[str, object], dict[str, int]]]:
-    return [(client.status(), client.tally()) for client in clients]
+def _snapshot(clients: Sequence[ControlClient]) -> list[tuple[NodeStatus, dict[str, int]]]:
+    return [(client.node_status(), client.tally()) for client in clients]
 
 
 def _converged(
     clients: Sequence[ControlClient], expected: int
-) -> list[tuple[dict[str, object], dict[str, int]]] | None:
+) -> list[tuple[NodeStatus, dict[str, int]]] | None:
     snapshot = _snapshot(clients)
-    tips = {status.get("tip") for status, _ in snapshot}
+    tips = {status.tip for status, _ in snapshot}
     # `>=`: a vote whose wait timed out may still have been mined since.
     complete = all(sum(counts.values()) >= expected for _, counts in snapshot)
     return snapshot if len(tips) == 1 and complete else None
@@ -232,15 +233,14 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
         snapshot = wait_for(lambda: _converged(clients, cast), deadline)
         if snapshot is None:
             snapshot = _snapshot(clients)
-        tips = {status.get("tip") for status, _ in snapshot}
+        tips = {status.tip for status, _ in snapshot}
         _out(format_tally(snapshot[0][1], bars=True))
         _out()
         _out(f"{'peer':<7}{'height':>7}  {'tip':<16}  hash rate")
         for i, (status, _counts) in enumerate(snapshot):
-            rate = status.get("hashrate")
-            shown = format_hashrate(rate) if isinstance(rate, int | float) else "?"
             _out(
-                f"peer{i:<3}{status.get('height')!s:>7}  {str(status.get('tip'))[:16]:<16}  {shown}"
+                f"peer{i:<3}{status.height:>7}  {status.tip[:16]:<16}  "
+                f"{format_hashrate(status.hashrate)}"
             )
         if len(tips) != 1:
             print(

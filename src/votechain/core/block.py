@@ -19,14 +19,13 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-import msgpack
-
+from votechain.core.codec import MAX_UINT, Codec, Limits, pack
 from votechain.errors import EncodingError
 
 HASH_BYTES = 32
 TX_ID_BYTES = 16
 NONCE_BYTES = 8
-MAX_NONCE = 2**64 - 1
+MAX_NONCE = MAX_UINT
 # A vote's data is a category of at most 64 characters (256 bytes of UTF-8);
 # 1 KiB leaves room for other applications while keeping every block small.
 MAX_DATA_BYTES = 1024
@@ -92,20 +91,20 @@ class Block:
     @classmethod
     def from_wire(cls, obj: object) -> Block:
         """Build a block from a decoded map, checking every field's type and size."""
-        fields = _exact_map(obj, _BLOCK_KEYS, "block")
-        tx = _exact_map(fields["transaction"], _TX_KEYS, "transaction")
+        fields = _CODEC.fields(obj, "block", _BLOCK_KEYS)
+        tx = _CODEC.fields(fields["transaction"], "transaction", _TX_KEYS)
         return cls(
-            id=_uint(fields["id"], "id", MAX_NONCE),
+            id=_CODEC.uint(fields["id"], "id"),
             transaction=Transaction(
-                tx_id=_bytes(tx["tx_id"], "transaction.tx_id", TX_ID_BYTES, exact=True),
-                timestamp=_uint(tx["timestamp"], "transaction.timestamp", MAX_NONCE),
-                data=_bytes(tx["data"], "transaction.data", MAX_DATA_BYTES),
+                tx_id=_CODEC.binary(tx["tx_id"], "transaction.tx_id", TX_ID_BYTES, exact=True),
+                timestamp=_CODEC.uint(tx["timestamp"], "transaction.timestamp"),
+                data=_CODEC.binary(tx["data"], "transaction.data", MAX_DATA_BYTES),
             ),
-            nonce=_uint(fields["nonce"], "nonce", MAX_NONCE),
-            prev_hash=_bytes(fields["prev_hash"], "prev_hash", HASH_BYTES, exact=True),
-            hash=_bytes(fields["hash"], "hash", HASH_BYTES, exact=True),
-            signature=_bytes(fields["signature"], "signature", MAX_SIGNATURE_BYTES),
-            author=_bytes(fields["author"], "author", MAX_AUTHOR_BYTES),
+            nonce=_CODEC.uint(fields["nonce"], "nonce"),
+            prev_hash=_CODEC.binary(fields["prev_hash"], "prev_hash", HASH_BYTES, exact=True),
+            hash=_CODEC.binary(fields["hash"], "hash", HASH_BYTES, exact=True),
+            signature=_CODEC.binary(fields["signature"], "signature", MAX_SIGNATURE_BYTES),
+            author=_CODEC.binary(fields["author"], "author", MAX_AUTHOR_BYTES),
         )
 
     def encode(self) -> bytes:
@@ -120,35 +119,25 @@ class Block:
 
 _BLOCK_KEYS = ("id", "transaction", "nonce", "prev_hash", "hash", "signature", "author")
 _TX_KEYS = ("tx_id", "timestamp", "data")
-_KEY_SETS: dict[tuple[str, ...], frozenset[str]] = {
-    keys: frozenset(keys) for keys in (_BLOCK_KEYS, _TX_KEYS)
-}
 
-
-def pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+# Limits for a stored block, decoded on its own (a peer's frame has its own,
+# in protocol/peer.py). A block is two small maps and no arrays, so 16 entries
+# is generous; refusing a larger declared length stops a few header bytes from
+# reserving a large container. No str or bin can be longer than the whole
+# block, which Block.decode caps at MAX_BLOCK_BYTES before decoding.
+BLOCK_LIMITS = Limits(
+    max_str_len=MAX_BLOCK_BYTES,
+    max_bin_len=MAX_BLOCK_BYTES,
+    max_array_len=16,
+    max_map_len=16,
+)
+_CODEC = Codec(BLOCK_LIMITS, EncodingError)
 
 
 def unpack(raw: bytes) -> object:
-    """Decode exactly one msgpack object; trailing bytes, str/bin confusion and
-    non-string map keys are the sender's error, not ours."""
-    try:
-        return msgpack.unpackb(
-            raw,
-            raw=False,
-            strict_map_key=True,
-            # A block is two small maps; refusing huge declared lengths stops a few
-            # header bytes from reserving a large container. (Nesting depth is
-            # bounded by msgpack's own fixed parse stack, which raises ValueError.)
-            max_array_len=16,
-            max_map_len=16,
-        )
-    except msgpack.ExtraData as exc:
-        raise EncodingError("trailing bytes after the msgpack object") from exc
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise EncodingError(f"malformed msgpack: {exc}") from exc
-    except RecursionError as exc:
-        raise EncodingError("msgpack nested too deeply") from exc
+    """Decode exactly one msgpack object under BLOCK_LIMITS; trailing bytes, str/bin
+    confusion and non-string map keys are the sender's error (EncodingError)."""
+    return _CODEC.unpack(raw)
 
 
 def content_digest(block_id: int, tx: Transaction, prev_hash: bytes, author: bytes) -> bytes:
@@ -186,37 +175,3 @@ def genesis_block() -> Block:
         signature=b"",
         author=b"",
     )
-
-
-def _exact_map(obj: object, keys: tuple[str, ...], what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise EncodingError(f"{what} must be a map, got {type(obj).__name__}")
-    # The receive path decodes every block: one C-level set comparison answers
-    # the common case; the lists below only run to word the error.
-    if obj.keys() == _KEY_SETS[keys]:
-        return obj
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise EncodingError(f"{what} is missing {', '.join(missing)}")
-    extra = [str(k) for k in obj if k not in keys]
-    if extra:
-        raise EncodingError(f"{what} has unknown fields {', '.join(sorted(extra))}")
-    return obj
-
-
-def _uint(value: object, name: str, maximum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise EncodingError(f"{name} must be an integer, got {type(value).__name__}")
-    if not 0 <= value <= maximum:
-        raise EncodingError(f"{name}={value} is out of range 0..{maximum}")
-    return value
-
-
-def _bytes(value: object, name: str, limit: int, *, exact: bool = False) -> bytes:
-    if not isinstance(value, bytes):
-        raise EncodingError(f"{name} must be bytes, got {type(value).__name__}")
-    if exact and len(value) != limit:
-        raise EncodingError(f"{name} must be {limit} bytes, got {len(value)}")
-    if len(value) > limit:
-        raise EncodingError(f"{name} is {len(value)} bytes, over its cap of {limit}")
-    return value

@@ -1,30 +1,42 @@
 """The outbound side of a peer: one PeerLink per remote peer (a reusable
-connection and an outbox of blocks to send), and fetching a branch from one.
+connection and an outbox of blocks to send), the network threads that use
+them (`Outbound`: broadcasts and questions to every peer), and fetching a
+branch from one peer.
 
-Kept apart from peer.py so the node reads as its threads and rules, and this as
-how it talks to one other node.
+Kept apart from runtime.py so the node reads as its threads and rules, and this
+as how it talks to the other nodes.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from votechain.core.block import Block
 from votechain.core.forkchoice import Tip
 from votechain.core.rules import check_block_alone
-from votechain.errors import InvalidBlock, RemoteProtocolError
+from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
 from votechain.net.connection import Connection
-from votechain.protocol.wire import MAX_BATCH_BLOCKS, Blocks, GetBlocks, Hello, Message
+from votechain.node.config import OUTBOX_BLOCKS, PEER_BACKOFF, PEER_TIMEOUT, NodeConfig
+from votechain.protocol.wire import (
+    MAX_BATCH_BLOCKS,
+    Add,
+    AddResult,
+    Blocks,
+    GetBlocks,
+    Hello,
+    Message,
+)
 
-# A request to another peer that takes longer than this is abandoned: a dead or
-# stalled peer costs at most this long, in a thread of its own.
-PEER_TIMEOUT = 3.0
-# Blocks waiting for one peer; a peer further behind than this syncs instead.
-OUTBOX_BLOCKS = 256
-# How long a peer that failed a send is skipped by broadcasts.
-PEER_BACKOFF = 2.0
+__all__ = ["OUTBOX_BLOCKS", "PEER_BACKOFF", "PEER_TIMEOUT", "Outbound", "PeerLink", "fetch_branch"]
+
+log = logging.getLogger("votechain.peer")
+
+Address = tuple[str, int]
 
 
 class PeerLink:
@@ -33,15 +45,25 @@ class PeerLink:
 
     At most one thread drains a peer's outbox at a time, so a stalled peer ties
     up one network thread, not one per block; and after a failed send the
-    outbox is emptied and the peer skipped for PEER_BACKOFF: it catches up by
+    outbox is emptied and the peer skipped for `backoff` s: it catches up by
     its own periodic sync once it answers again."""
 
-    def __init__(self, address: tuple[str, int], hello: Hello) -> None:
+    def __init__(
+        self,
+        address: Address,
+        hello: Hello,
+        *,
+        timeout: float = PEER_TIMEOUT,
+        outbox_blocks: int = OUTBOX_BLOCKS,
+        backoff: float = PEER_BACKOFF,
+    ) -> None:
         self.address = address
         self._hello = hello
+        self.timeout = timeout
+        self._backoff = backoff
         self._conn: Connection | None = None
         self.lock = threading.Lock()
-        self._outbox: deque[Block] = deque(maxlen=OUTBOX_BLOCKS)
+        self._outbox: deque[Block] = deque(maxlen=outbox_blocks)
         self._outbox_lock = threading.Lock()
         self._draining = False
         self._backoff_until = 0.0
@@ -69,11 +91,14 @@ class PeerLink:
     def failed(self) -> None:
         with self._outbox_lock:
             self._outbox.clear()
-            self._backoff_until = time.monotonic() + PEER_BACKOFF
+            self._backoff_until = time.monotonic() + self._backoff
 
-    def request(self, msg: Message, timeout: float = PEER_TIMEOUT) -> Message:
-        """Send `msg` and return the reply; raises OSError (TimeoutError included),
-        RemoteProtocolError or ConnectionClosed."""
+    def request(self, msg: Message, timeout: float | None = None) -> Message:
+        """Send `msg` and return the reply (within `timeout`, the link's own by
+        default); raises OSError (TimeoutError included), RemoteProtocolError or
+        ConnectionClosed."""
+        if timeout is None:
+            timeout = self.timeout
         if not self.lock.acquire(timeout=timeout):
             raise TimeoutError(f"peer {self.address} is busy")
         try:
@@ -85,6 +110,10 @@ class PeerLink:
                 self._conn = Connection.open(*self.address, timeout=timeout)
             conn = self._conn
             try:
+                if self._closed:
+                    # close() ran while we connected and found nothing to close:
+                    # stored first, read second here, so one side always sees the other.
+                    raise ConnectionAbortedError(f"the link to {self.address} is closed")
                 if fresh:
                     conn.handshake(self._hello, initiator=True)
                 return conn.request(msg)
@@ -97,8 +126,11 @@ class PeerLink:
             self.lock.release()
 
     def close(self) -> None:
-        """Close the connection, first without the lock: a request in flight to a
-        stalled peer is woken at once instead of holding stop() for its timeout."""
+        """Close the connection without taking the lock: a request in flight to a
+        stalled peer is woken at once instead of holding stop() for its timeout.
+        (Waiting for the lock would wait out a request still connecting, which
+        stores its connection only once connected; request() checks `_closed`
+        again after storing it, and closes it itself.)"""
         self._closed = True  # no new connection from here on
         with self._outbox_lock:
             self._outbox.clear()
@@ -106,10 +138,79 @@ class PeerLink:
         conn = self._conn
         if conn is not None:
             conn.close()  # thread-safe and idempotent; wakes a blocked recv
-        with self.lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+
+
+class Outbound:
+    """This node's side of every other peer: a PeerLink each, made on first use,
+    and the network threads that send blocks and ask questions through them.
+    Nothing here waits for a slow peer while holding a lock of the node's."""
+
+    def __init__(self, hello: Hello, public_key: bytes, config: NodeConfig) -> None:
+        self._hello = hello
+        self._public_key = public_key
+        self._config = config
+        self._links: dict[Address, PeerLink] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(config.network_threads,
+                                            thread_name_prefix="votechain-net")
+
+    def link(self, address: Address) -> PeerLink:
+        with self._lock:
+            link = self._links.get(address)
+            if link is None:
+                config = self._config
+                link = self._links[address] = PeerLink(
+                    address, self._hello, timeout=config.peer_timeout,
+                    outbox_blocks=config.outbox_blocks, backoff=config.peer_backoff)
+                if self._closed:
+                    link.close()  # close() closed the others already: refuse requests
+            return link
+
+    def broadcast(self, block: Block, peers: Iterable[Address]) -> None:
+        """Send `block` and our public key to each of `peers`, each in its own
+        thread with a bounded timeout; returns without waiting for them."""
+        for address in peers:
+            link = self.link(address)
+            if link.enqueue(block):
+                try:
+                    self._executor.submit(self._drain, link)
+                except RuntimeError:  # the executor is shut down: we are stopping
+                    return
+
+    def _drain(self, link: PeerLink) -> None:
+        """Send `link`'s queued blocks in order, until its outbox is empty."""
+        while (block := link.next_block()) is not None:
+            try:
+                reply = link.request(Add(block, self._public_key))
+            except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
+                log.info("could not send block %d to %s: %s", block.id, link.address, exc)
+                link.failed()
+                continue
+            if isinstance(reply, AddResult) and reply.status == "rejected":
+                log.warning("peer %s rejected our block %d: %s", link.address, block.id,
+                            reply.reason)
+
+    def ask_all(self, peers: Iterable[Address], msg: Message) -> list[tuple[Address, Message]]:
+        """Ask every peer at once; the replies that came, in the order of `peers`."""
+        futures = [(a, self._executor.submit(self.link(a).request, msg)) for a in peers]
+        replies = []
+        for address, future in futures:
+            try:
+                replies.append((address, future.result(timeout=self._config.peer_timeout * 2)))
+            except Exception as exc:
+                log.debug("no answer from %s: %s", address, exc)
+        return replies
+
+    def close(self) -> None:
+        """Close every link, which wakes each request in flight (a broadcast to a
+        stalled peer, a poll), so the node stops now, not after a peer timeout."""
+        with self._lock:
+            self._closed = True
+            links = list(self._links.values())
+        for link in links:
+            link.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def fetch_branch(

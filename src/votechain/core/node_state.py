@@ -1,0 +1,315 @@
+"""NodeState: every decision a votechain node makes, with no I/O (h11's Connection
+is the model). Pure: no sockets, threads, clocks, SQLite or processes; `now_ms`
+is passed in. Not thread-safe: the runtime (node/runtime.py) holds one lock
+around each call, except `check_alone`, which reads nothing that changes.
+
+What the state holds: the chain, the queue of votes waiting to be mined (oldest
+first) and the node's identity (its public key, the author of its blocks).
+
+Inputs, and what they return (node_effects.py lists the effects):
+
+- `restore(blocks, pending)`: start-up from the store. The stored chain is
+  re-verified block by block; from the first bad block on it is dropped, and
+  our own votes in the dropped part are queued again. Queued votes already in
+  the chain leave the queue.
+- A block received from a peer, in three steps so the expensive one runs
+  outside the node's lock: `screen_block` (cheap: the author must be the key
+  the sender named; a block we hold is "known"), `check_alone` (the
+  stand-alone rules: timestamp, sizes, hash, difficulty, RSA signature; a
+  failure is "rejected" with the rule's reason), then `block_checked`:
+  * a block that extends our tip (next id, our tip's hash as prev_hash) is
+    appended, unless its vote is already in our chain ("rejected"). Appending
+    persists it, takes its vote out of the queue, aborts the search in
+    progress (its tip is stale) and wakes waiters: "added";
+  * any other block (the id of one we hold, a gap after our tip, or the right
+    id on another parent) cannot be judged alone: a bad link and a branch we
+    have not seen look the same. It is answered "fork" and the majority
+    decides (`Resolve`). `block_received` runs all three steps at once.
+- `vote_submitted(tx)`: queued (and persisted) at the back unless it is
+  already queued or in the chain; submitting twice queues it once.
+- `next_job()`: what to mine now: the oldest queued vote on the current tip,
+  or nothing when the queue is empty. After any decision that carries
+  `AbortMining` the miner asks again.
+- `nonce_found(job, block)`: if the tip moved while mining, the block is stale
+  and dropped (the vote stays queued for the next job). If its vote reached
+  the chain by another path, the vote leaves the queue. Otherwise it is
+  appended like a received block, then broadcast.
+- Fork resolution, by majority of the tips the peers report (forkchoice.py):
+  `tips_collected(votes)` adds our own tip as one vote and returns a
+  `Resolution` plan of candidates, best first. `next_fetch(plan)` names the
+  next branch to fetch: the resolution ends at the first candidate we hold,
+  if it is the majority tip or our chain holds the majority tip; a candidate
+  we hold that is a minority fork is skipped. A candidate is fetched from
+  each peer that reported it until one answers. `branch_fetched(plan, ...)`
+  then adopts the branch if it is the majority tip's or contains it, and
+  otherwise skips to the next candidate (a longer minority branch gives way
+  to a shorter majority; a longer branch that extends the majority wins).
+- Adopting a branch (`adopt`) switches the chain atomically (an invalid
+  branch changes nothing). Only OUR votes from the dropped blocks that the
+  new branch does not carry go back in the queue, ahead of the votes already
+  waiting and each once: every vote has one author, so it is mined again
+  once, not once per peer that saw it drop. Queued votes that the new branch
+  carries leave the queue. A switch that dropped blocks counts in
+  `forks_resolved`.
+
+Ties between tips are broken by forkchoice.majority, the same on every node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from votechain.core.block import Block, Transaction
+from votechain.core.chain import Chain
+from votechain.core.forkchoice import Tip, Vote, candidates, holders
+from votechain.core.node_effects import (
+    ABORT_MINING,
+    WAKE,
+    AppendBlock,
+    BlockDecision,
+    BranchDecision,
+    Broadcast,
+    DropVotes,
+    Effect,
+    FetchBranch,
+    MinedDecision,
+    MineJob,
+    QueueVote,
+    ReplaceFrom,
+    Resolve,
+    Restored,
+    VoteDecision,
+)
+from votechain.core.rules import check_block_alone, check_difficulty
+from votechain.errors import InvalidBlock, OurBug
+
+KNOWN = BlockDecision("known")
+
+
+@dataclass
+class Resolution:
+    """One round of fork resolution: the votes (ours included), the candidate
+    tips best first (the majority tip last), and how far the round has got."""
+
+    votes: tuple[Vote, ...]
+    candidates: tuple[Tip, ...]
+    index: int = 0  # the candidate being tried
+    asked: int = 0  # how many of its holders were asked
+    done: bool = False
+
+    @property
+    def winner(self) -> Tip | None:
+        return self.candidates[-1] if self.candidates else None
+
+    def next_candidate(self) -> None:
+        self.index += 1
+        self.asked = 0
+
+
+class NodeState:
+    """A node's chain, queue and identity, and its rules (see the module docstring)."""
+
+    def __init__(self, author: bytes, difficulty: int) -> None:
+        self.author = author
+        self.difficulty = check_difficulty(difficulty)
+        self.chain = Chain()
+        self._pending: list[Transaction] = []
+        self.forks_resolved = 0
+
+    @property
+    def pending(self) -> tuple[Transaction, ...]:
+        """The votes waiting to be mined, oldest (next) first."""
+        return tuple(self._pending)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------ start-up
+
+    @classmethod
+    def restore(
+        cls,
+        author: bytes,
+        difficulty: int,
+        blocks: Sequence[Block],
+        pending: Iterable[Transaction],
+        *,
+        now_ms: int,
+    ) -> tuple[NodeState, Restored]:
+        """The state of a node restarting from `blocks` (genesis first) and
+        `pending` (oldest first), as its store holds them."""
+        state = cls(author, difficulty)
+        bad: InvalidBlock | None = None
+        for block in blocks[1:]:
+            try:
+                state.chain.append(block, difficulty=difficulty, now_ms=now_ms)
+            except InvalidBlock as exc:
+                bad = exc
+                break
+        queue = list(pending)
+        effects: tuple[Effect, ...] = ()
+        if bad is not None:
+            lost = tuple(b.transaction for b in blocks[bad.block.id :] if b.author == author)
+            queued = {t.tx_id for t in queue}
+            # The store appends re-queued votes behind those already waiting.
+            queue += [t for t in lost if t.tx_id not in queued]
+            effects = (ReplaceFrom(bad.block.id, (), requeue=lost, done=()),)
+        state._pending = [t for t in queue if state.chain.block_with_tx(t.tx_id) is None]
+        return state, Restored(bad, effects)
+
+    # ------------------------------------------------------ a received block
+
+    def screen_block(self, block: Block, public_key: bytes) -> BlockDecision | None:
+        """Step 1 (cheap): a decision already, or None to go on to `check_alone`."""
+        if block.author != public_key:
+            return BlockDecision("rejected", "author does not match the public key sent")
+        if self.chain.has_hash(block.hash):
+            return KNOWN
+        return None
+
+    def check_alone(self, block: Block, now_ms: int) -> BlockDecision | None:
+        """Step 2 (a hash and an RSA verification: where the time goes): the
+        stand-alone rules. Reads only the difficulty, so needs no lock."""
+        try:
+            check_block_alone(block, difficulty=self.difficulty, now_ms=now_ms)
+        except InvalidBlock as exc:
+            return BlockDecision("rejected", str(exc))
+        return None
+
+    def block_checked(self, block: Block) -> BlockDecision:
+        """Step 3: `block` passed `check_alone`; append it, or leave it to the majority."""
+        if self.chain.has_hash(block.hash):  # it may have arrived by another path meanwhile
+            return KNOWN
+        tip = self.chain.tip
+        if block.id == tip.id + 1 and block.prev_hash == tip.hash:
+            try:
+                self.chain.append_checked(block)
+            except InvalidBlock as exc:  # its vote is already in our chain
+                return BlockDecision("rejected", str(exc))
+            return BlockDecision("added", effects=self._appended(block))
+        if block.id > tip.id + 1:
+            why = f"its id leaves a gap after our tip {tip.id}"
+        elif block.id == tip.id + 1:
+            why = f"its prev_hash {block.prev_hash.hex()[:16]} is not our tip's"
+        else:
+            why = f"we hold another block {block.id}"
+        return BlockDecision("fork", effects=(Resolve(why),))
+
+    def block_received(self, block: Block, public_key: bytes, now_ms: int) -> BlockDecision:
+        """The three steps in one call (for callers that hold no lock to spare)."""
+        return (self.screen_block(block, public_key) or self.check_alone(block, now_ms)
+                or self.block_checked(block))
+
+    def _appended(self, block: Block) -> tuple[Effect, ...]:
+        """The chain grew by `block`: its vote leaves the queue; persist, restart mining, wake."""
+        tx_id = block.transaction.tx_id
+        self._pending = [t for t in self._pending if t.tx_id != tx_id]
+        return (AppendBlock(block, done=(tx_id,)), ABORT_MINING, WAKE)
+
+    # ------------------------------------------------------- votes and mining
+
+    def vote_submitted(self, tx: Transaction) -> VoteDecision:
+        """Our owner's vote: queue it (persisted) unless we have it already."""
+        holder = self.chain.block_with_tx(tx.tx_id)
+        if holder is not None:
+            return VoteDecision(False, f"already in block {holder.id}")
+        if any(t.tx_id == tx.tx_id for t in self._pending):
+            return VoteDecision(False, "already queued")
+        self._pending.append(tx)
+        return VoteDecision(True, effects=(QueueVote(tx), WAKE))
+
+    def next_job(self) -> MineJob | None:
+        """The oldest queued vote on the current tip, or None when nothing is queued."""
+        if not self._pending:
+            return None
+        tip = self.chain.tip
+        return MineJob(Block(id=tip.id + 1, transaction=self._pending[0], nonce=0,
+                             prev_hash=tip.hash, hash=b"", signature=b"", author=self.author))
+
+    def nonce_found(self, job: MineJob, block: Block) -> MinedDecision:
+        """Our miner solved `job`; `block` is its template with the nonce, hash and signature."""
+        template = job.template
+        if (block.id, block.prev_hash, block.transaction, block.author) != (
+                template.id, template.prev_hash, template.transaction, template.author):
+            raise OurBug(f"mined block {block.id} is not the job's template")
+        if self.chain.tip.hash != template.prev_hash:
+            return MinedDecision("stale", "the tip moved while we mined")
+        try:
+            self.chain.append_checked(block)
+        except InvalidBlock as exc:  # the vote reached the chain by another path
+            tx_id = job.tx.tx_id
+            self._pending = [t for t in self._pending if t.tx_id != tx_id]
+            return MinedDecision("dropped", str(exc), (DropVotes((tx_id,)),))
+        return MinedDecision("appended", effects=(*self._appended(block), Broadcast(block)))
+
+    # ------------------------------------------------------- fork resolution
+
+    def tips_collected(self, peer_votes: Iterable[Vote]) -> Resolution:
+        """The plan of a resolution round, from the tips the peers reported."""
+        tip = self.chain.tip
+        votes = (Vote(Tip(tip.id, tip.hash), None), *peer_votes)
+        return Resolution(votes, tuple(candidates(votes)))
+
+    def next_fetch(self, plan: Resolution) -> FetchBranch | None:
+        """The next branch to fetch, or None when the round is over."""
+        winner = plan.winner
+        while winner is not None and not plan.done and plan.index < len(plan.candidates):
+            target = plan.candidates[plan.index]
+            if self.chain.has_hash(target.hash):
+                if target == winner or self.chain.has_hash(winner.hash):
+                    plan.done = True  # we hold the best candidate that agrees with the majority
+                    return None
+                plan.next_candidate()  # we hold it, but it is a minority fork: not good enough
+                continue
+            asked, plan.asked = plan.asked, plan.asked + 1
+            sources = holders(plan.votes, target)
+            if asked < len(sources):
+                return FetchBranch(target, sources[asked])
+            plan.next_candidate()  # no holder answered: the next candidate
+        plan.done = True
+        return None
+
+    def branch_fetched(
+        self, plan: Resolution, fetch: FetchBranch, branch: Sequence[Block]
+    ) -> BranchDecision:
+        """`fetch.holder` answered with `branch` (each block already through the
+        stand-alone checks, outside the lock): adopt it, or try the next candidate."""
+        winner = plan.winner
+        if branch and winner is not None and (
+                fetch.target == winner or self._contains(branch, winner)):
+            plan.done = True
+            return self.adopt(branch)
+        plan.next_candidate()  # this holder's chain does not extend the majority
+        return BranchDecision("skipped", reason="it does not contain the majority tip")
+
+    def _contains(self, branch: Sequence[Block], tip: Tip) -> bool:
+        """Whether our chain up to `branch`'s parting point, plus `branch`, holds `tip`."""
+        if any(b.hash == tip.hash for b in branch):
+            return True
+        return (tip.id < branch[0].id and tip.id <= self.chain.height
+                and self.chain[tip.id].hash == tip.hash)
+
+    def adopt(self, branch: Sequence[Block]) -> BranchDecision:
+        """Switch to `branch` (prechecked: only the link and duplicate rules run here)."""
+        try:
+            # now_ms is unused: `prechecked` skips the only rule that reads the clock.
+            switch = self.chain.switch(branch, difficulty=self.difficulty, now_ms=0,
+                                       prechecked=True)
+        except InvalidBlock as exc:
+            return BranchDecision("invalid", reason=str(exc))
+        if not switch.added and not switch.dropped:
+            return BranchDecision("unchanged", switch)
+        requeue = tuple(b.transaction for b in switch.orphaned if b.author == self.author)
+        added_tx = tuple(b.transaction.tx_id for b in switch.added)
+        queued = {t.tx_id for t in self._pending}
+        carried = set(added_tx)
+        self._pending = [t for t in requeue if t.tx_id not in queued] + self._pending
+        self._pending = [t for t in self._pending if t.tx_id not in carried]
+        effects = (ReplaceFrom(switch.fork_id + 1, switch.added, requeue=requeue, done=added_tx),
+                   ABORT_MINING, WAKE)
+        if switch.dropped:
+            self.forks_resolved += 1
+            return BranchDecision("switched", switch, requeue, effects=effects)
+        return BranchDecision("synced", switch, effects=effects)

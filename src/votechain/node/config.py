@@ -1,0 +1,88 @@
+"""NodeConfig: everything a node is started with, every timeout and cap included.
+
+The constants below are the defaults, each with the reason for its value. A
+node reads its own config, never these globals, so a test shortens a timeout
+for one node by setting a field (`node.config.handshake_timeout = 0.3`); the
+inbound side reads its fields at each new connection, so a change applies to
+the next one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from votechain import mining
+from votechain.net.connection import FRAME_DEADLINE
+
+# How often a node polls the majority tip even when nothing arrives, so a peer
+# that missed a broadcast catches up without waiting for the next block.
+SYNC_INTERVAL = 3.0
+# How often the tracker keeper refreshes the peer list; the request doubles as
+# the liveness check of the registration, so a restarted tracker is noticed
+# (and re-registered with) within this long.
+TRACKER_INTERVAL = 1.0
+# However many fork blocks arrive, resolve at most this often: each round
+# polls every peer, and a flood of stale blocks must not make us spin.
+MIN_RESOLVE_INTERVAL = 0.05
+# Inbound connections beyond this are refused: each costs a thread. When full, a
+# new connection first evicts the oldest one still waiting for its Hello, so a
+# flood of idle connections cannot lock honest peers out (only connections
+# that completed a handshake keep their slot).
+MAX_INBOUND = 256
+# An inbound connection that sends nothing for this long is closed; honest peers
+# reconnect on demand, and this bounds what an idle attacker can hold.
+INBOUND_IDLE_TIMEOUT = 60.0
+# Why 5 s: an honest peer sends its Hello the moment it connects. Until then a
+# connection is nobody, and a slow-loris sending nothing (or its Hello a byte
+# at a time) must give its slot and thread back quickly.
+HANDSHAKE_TIMEOUT = 5.0
+# Once a request's first byte is in, the whole frame must follow within this
+# long (net/connection.FRAME_DEADLINE explains why).
+INBOUND_FRAME_DEADLINE = FRAME_DEADLINE
+# A malformed request (bad msgpack, unknown type, wrong field) is answered with
+# an Error saying why, and the connection reads on, as docs/protocol.md says;
+# after this many on one connection the peer is dropped, so one connection
+# cannot make us write log lines without end.
+MAX_BAD_REQUESTS = 8
+# Threads that broadcast blocks and poll tips; a stalled peer holds one at most
+# PEER_TIMEOUT.
+NETWORK_THREADS = 32
+# A request to another peer that takes longer than this is abandoned: a dead or
+# stalled peer costs at most this long, in a thread of its own.
+PEER_TIMEOUT = 3.0
+# Blocks waiting for one peer; a peer further behind than this syncs instead.
+OUTBOX_BLOCKS = 256
+# How long a peer that failed a send is skipped by broadcasts.
+PEER_BACKOFF = 2.0
+
+
+@dataclass
+class NodeConfig:
+    data_dir: Path
+    tracker: tuple[str, int]
+    host: str = "127.0.0.1"
+    port: int = 0
+    difficulty: int = 4
+    workers: int | None = None
+    miner: str = mining.DEFAULT_BACKEND
+    # Timeouts (seconds) and caps; the constants above say why each is what it is.
+    sync_interval: float = SYNC_INTERVAL
+    tracker_interval: float = TRACKER_INTERVAL
+    min_resolve_interval: float = MIN_RESOLVE_INTERVAL
+    max_inbound: int = MAX_INBOUND
+    inbound_idle_timeout: float = INBOUND_IDLE_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    inbound_frame_deadline: float = INBOUND_FRAME_DEADLINE
+    max_bad_requests: int = MAX_BAD_REQUESTS
+    network_threads: int = NETWORK_THREADS
+    peer_timeout: float = PEER_TIMEOUT
+    outbox_blocks: int = OUTBOX_BLOCKS
+    peer_backoff: float = PEER_BACKOFF
+
+
+def now_ms() -> int:
+    """The wall clock as block timestamps count it: Unix time in milliseconds.
+    The node's modules read the clock here and pass it into the pure core."""
+    return time.time_ns() // 1_000_000

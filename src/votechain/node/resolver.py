@@ -1,0 +1,134 @@
+"""The resolver thread: fork resolution by majority, carried out.
+
+Every `sync_interval`, or at once when a block arrives that does not extend our
+tip, it asks every peer for its latest block and feeds the replies to the
+NodeState, which plans the round (core/node_state.py states the rules). The
+resolver only fetches the branches the plan names, outside the node's lock,
+each block checked on its own there (the RSA verifications are the slow
+part), and hands each branch back to the state to adopt or skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from votechain.core.block import Block
+from votechain.core.chain import Switch
+from votechain.core.forkchoice import Tip, Vote
+from votechain.core.node_effects import BranchDecision, Effect
+from votechain.core.node_state import NodeState
+from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
+from votechain.node.config import NodeConfig, now_ms
+from votechain.node.outbound import Outbound, fetch_branch
+from votechain.protocol.wire import GetLatest, Latest
+
+log = logging.getLogger("votechain.peer")
+
+Address = tuple[str, int]
+
+
+class Resolver:
+    """Runs resolution rounds for one node. `changed` is the node's lock (a
+    Condition), held around every call into `state`; `carry_out` performs a
+    decision's effects with it held."""
+
+    def __init__(
+        self,
+        state: NodeState,
+        changed: threading.Condition,
+        outbound: Outbound,
+        peers: Callable[[], list[Address]],
+        carry_out: Callable[[Sequence[Effect]], object],
+        config: NodeConfig,
+        *,
+        stopping: threading.Event,
+        wake: threading.Event,
+        round_lock: threading.Lock,
+    ) -> None:
+        self._state = state
+        self._changed = changed
+        self._outbound = outbound
+        self._peers = peers
+        self._carry_out = carry_out
+        self._config = config
+        self._stopping = stopping
+        self._wake = wake
+        self._round = round_lock  # held during a round (set_network_active waits on it)
+
+    def run(self) -> None:
+        """The resolver thread's loop, until `stopping` is set."""
+        while not self._stopping.is_set():
+            self._wake.wait(self._config.sync_interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                with self._round:
+                    self.resolve()
+            except Exception:  # our own bug: log it loudly, keep the node serving
+                if not self._stopping.is_set():
+                    log.exception("fork resolution failed")
+            # At most one round per min_resolve_interval, however many fork
+            # blocks arrive (config.py says why).
+            self._stopping.wait(self._config.min_resolve_interval)
+
+    def resolve(self) -> Switch | None:
+        """One round: poll every peer's latest block, and switch to the best
+        candidate that agrees with the majority, if we lack it."""
+        votes = [
+            Vote(Tip(reply.block.id, reply.block.hash), address)
+            for address, reply in self._outbound.ask_all(self._peers(), GetLatest())
+            if isinstance(reply, Latest)
+        ]
+        with self._changed:
+            plan = self._state.tips_collected(votes)
+        while True:
+            with self._changed:
+                fetch = self._state.next_fetch(plan)
+            if fetch is None:
+                return None
+            try:
+                branch = self.fetch(fetch.holder, fetch.target)
+            except (OSError, RemoteProtocolError, ConnectionClosed, InvalidBlock) as exc:
+                log.warning("could not fetch %d %s from %s: %s", fetch.target.id,
+                            fetch.target.hash.hex()[:16], fetch.holder, exc)
+                continue  # the plan asks the next peer that reported it
+            with self._changed:
+                decision = self._state.branch_fetched(plan, fetch, branch)
+                self._carry_out(decision.effects)
+                height = self._state.chain.height
+            switch = self._report(decision, fetch.holder, height)
+            if plan.done:
+                return switch
+
+    def fetch(self, holder: Address, target: Tip) -> list[Block]:
+        """`holder`'s branch up to `target`, each block checked on its own (no lock held)."""
+        with self._changed:
+            ours = self._state.chain.blocks()
+        return fetch_branch(self._outbound.link(holder), ours, target,
+                            difficulty=self._state.difficulty, now_ms=now_ms())
+
+    def adopt(self, branch: list[Block], holder: Address) -> Switch | None:
+        """Switch to `branch` (fetched from `holder`, already checked block by block)."""
+        with self._changed:
+            decision = self._state.adopt(branch)
+            self._carry_out(decision.effects)
+            height = self._state.chain.height
+        return self._report(decision, holder, height)
+
+    def _report(self, decision: BranchDecision, holder: Address, height: int) -> Switch | None:
+        """Log what adopting a branch did; the switch when the chain changed."""
+        switch = decision.switch
+        if decision.status == "invalid":
+            log.warning("majority branch from %s rejected: %s", holder, decision.reason)
+        elif decision.status == "skipped":
+            log.debug("branch from %s skipped: %s", holder, decision.reason)
+        elif decision.status == "switched" and switch is not None:
+            log.info("switched to the majority chain from %s at block %d: dropped %d, added %d, "
+                     "re-queued %d of our votes", holder, switch.fork_id, len(switch.dropped),
+                     len(switch.added), len(decision.requeued))
+        elif decision.status == "synced" and switch is not None:
+            log.info("synced %d blocks from %s, height now %d", len(switch.added), holder, height)
+        return switch if decision.status in ("switched", "synced") else None

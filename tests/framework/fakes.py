@@ -1,0 +1,79 @@
+"""In-memory stand-ins for the node, for tests of what sits in front of it.
+
+- `FakeNode`: a ControlHandler (net/control_server.py) whose "miner" is the
+  test: votes are queued, and `mine_all()` (called at once unless `auto_mine`
+  is off) puts them in blocks. The control channel and the `votechain`
+  command are tested against it without a real node, its keys or its miner.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block
+from votechain.core.voting import tally, vote_transaction
+from votechain.protocol.control import NodeStatus
+
+
+class FakeNode:
+    """A ControlHandler whose 'miner' is the test: `mine_all()` puts queued votes in blocks."""
+
+    def __init__(self) -> None:
+        self.chain: list[Block] = [genesis_block()]
+        self.queue: list[bytes] = []
+        self._txs: dict[bytes, Transaction] = {}
+        self._changed = threading.Condition()
+        self.auto_mine = True
+        self.fail_status = False
+
+    def submit_vote(self, category: str) -> bytes:
+        tx = vote_transaction(category, now_ms=1_000)
+        with self._changed:
+            self._txs[tx.tx_id] = tx
+            self.queue.append(tx.tx_id)
+        if self.auto_mine:
+            self.mine_all()
+        return tx.tx_id
+
+    def mine_all(self) -> None:
+        with self._changed:
+            for tx_id in self.queue:
+                prev = self.chain[-1]
+                block = Block(
+                    id=prev.id + 1,
+                    transaction=self._txs[tx_id],
+                    nonce=0,
+                    prev_hash=prev.hash,
+                    hash=bytes([len(self.chain)]) * HASH_BYTES,
+                    signature=b"",
+                    author=b"",
+                )
+                self.chain.append(block)
+            self.queue.clear()
+            self._changed.notify_all()
+
+    def wait_for_tx(self, tx_id: bytes, timeout: float) -> Block | None:
+        def find() -> Block | None:
+            return next((b for b in self.chain if b.transaction.tx_id == tx_id), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: find() is not None, timeout)
+            return find()
+
+    def status(self) -> NodeStatus:
+        if self.fail_status:
+            raise RuntimeError("the node broke")
+        tip = self.chain[-1]
+        return NodeStatus(
+            height=tip.id,
+            tip=tip.hash.hex(),
+            peers=2,
+            pending=len(self.queue),
+            backend="pure",
+            hashrate=1234.5,
+            forks_resolved=0,
+            address="127.0.0.1:9000",
+        )
+
+    def tally(self) -> dict[str, int]:
+        return tally(self.chain)

@@ -1,0 +1,506 @@
+"""The node's decisions, driven event by event on a NodeState: no sockets, threads,
+clocks or sleeps. Each rule that tests/test_network.py checks through real
+peers (fork, tie, longer branch, re-queue, duplicate) is checked here directly.
+
+Blocks are real (mined at difficulty 1, signed: tests/blockkit.py). ME is the
+node under test (the fixed key); OTHER is any other peer's author.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from blockkit import LOW_DIFFICULTY, NOW, extend, fixed_key, make_block, other_key, resign, tx_for
+from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block, meets_difficulty
+from votechain.core.forkchoice import Tip, Vote
+from votechain.core.node_effects import (
+    AbortMining,
+    AppendBlock,
+    BlockDecision,
+    Broadcast,
+    DropVotes,
+    FetchBranch,
+    MineJob,
+    QueueVote,
+    ReplaceFrom,
+    Resolve,
+    Wake,
+)
+from votechain.core.node_state import NodeState, Resolution
+from votechain.errors import OurBug
+
+GENESIS = genesis_block()
+P1, P2, P3 = ("10.0.0.1", 9001), ("10.0.0.2", 9002), ("10.0.0.3", 9003)
+
+
+def me() -> bytes:
+    return fixed_key().public_der
+
+
+def state_of(blocks: Sequence[Block] = (GENESIS,), pending: Sequence[Transaction] = (),
+             author: bytes | None = None) -> NodeState:
+    state, restored = NodeState.restore(author or me(), LOW_DIFFICULTY, list(blocks), pending,
+                                        now_ms=NOW)
+    assert restored.bad is None and restored.effects == ()
+    return state
+
+
+def theirs(prev: Block, label: str) -> Block:
+    return make_block(prev, tx_for(label), key=other_key())
+
+
+def tip(block: Block) -> Tip:
+    return Tip(block.id, block.hash)
+
+
+def vote(block: Block, source: tuple[str, int]) -> Vote:
+    return Vote(tip(block), source)
+
+
+def mine(state: NodeState) -> tuple[MineJob, Block]:
+    """The next job, solved and signed by ME, as the runtime's miner does."""
+    job = state.next_job()
+    assert job is not None
+    return job, resign(job.template, fixed_key())
+
+
+def run_round(state: NodeState, plan: Resolution,
+              branches: dict[Tip, list[Block]]) -> list[tuple[FetchBranch, str]]:
+    """Drive `plan` to its end, answering each fetch from `branches`."""
+    steps: list[tuple[FetchBranch, str]] = []
+    while (fetch := state.next_fetch(plan)) is not None:
+        decision = state.branch_fetched(plan, fetch, branches[fetch.target])
+        steps.append((fetch, decision.status))
+    assert plan.done
+    return steps
+
+
+# ================================================================ a received block
+
+
+def test_the_next_block_is_appended_persisted_and_restarts_mining() -> None:
+    state = state_of()
+    block = theirs(GENESIS, "a")
+    decision = state.block_received(block, block.author, NOW)
+    assert decision == BlockDecision(
+        "added", effects=(AppendBlock(block, done=(block.transaction.tx_id,)), AbortMining(),
+                          Wake()))
+    assert state.chain.tip == block
+
+
+def test_a_block_we_hold_is_known_and_changes_nothing() -> None:
+    block = theirs(GENESIS, "a")
+    state = state_of([GENESIS, block])
+    for held in (block, GENESIS):
+        assert state.block_received(held, held.author, NOW) == BlockDecision("known")
+    assert state.chain.blocks() == [GENESIS, block]
+
+
+def _missing_difficulty(prev: Block, difficulty: int) -> Block:
+    """A signed block whose hash is right but misses `difficulty`."""
+    template = make_block(prev, tx_for("easy"), difficulty=0)
+    nonce = 0
+    while meets_difficulty((candidate := template.with_nonce(nonce)).hash, difficulty):
+        nonce += 1
+    return replace(candidate, signature=fixed_key().sign(candidate.hash))
+
+
+def _bad_blocks(prev: Block) -> dict[str, tuple[Block, bytes | None, str]]:
+    """name -> (block, public key sent or None for its author, words of the reason)."""
+    good = theirs(prev, "attack")
+    future = make_block(prev, tx_for("future", timestamp=NOW + 3_600_000))
+    return {
+        "bad signature": (replace(good, signature=fixed_key().sign(good.hash)), None,
+                          "bad signature"),
+        "garbage signature": (replace(good, signature=os.urandom(256)), None, "bad signature"),
+        "author not the key sent": (good, me(), "author does not match the public key sent"),
+        "wrong hash": (replace(good, nonce=good.nonce + 1), None, "hash does not match"),
+        "difficulty not met": (_missing_difficulty(prev, 2), None,
+                               "does not meet the difficulty"),
+        "timestamp far in the future": (future, None, "timestamp too far in the future"),
+        "a vote already in the chain": (theirs(prev, "v0"), None,
+                                        "transaction already in the chain"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "bad signature", "garbage signature", "author not the key sent", "wrong hash",
+    "difficulty not met", "timestamp far in the future", "a vote already in the chain",
+])
+def test_a_bad_block_is_rejected_with_its_reason(case: str) -> None:
+    chain, difficulty = [GENESIS, *extend(GENESIS, ["v0", "v1"])], LOW_DIFFICULTY
+    if case == "difficulty not met":  # a node that asks for more than these blocks have
+        chain, difficulty = [GENESIS], 2
+    state, _ = NodeState.restore(me(), difficulty, chain, [], now_ms=NOW)
+    block, key, words = _bad_blocks(chain[-1])[case]
+    decision = state.block_received(block, key or block.author, NOW)
+    assert decision.status == "rejected" and words in decision.reason, decision
+    assert decision.effects == ()
+    assert state.chain.blocks() == chain
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("wrong prev_hash", "is not our tip's"),
+    ("id gap", "leaves a gap after our tip 2"),
+    ("same id as ours", "we hold another block 2"),
+])
+def test_a_block_that_does_not_extend_the_tip_is_a_fork_left_to_the_majority(
+        case: str, words: str) -> None:
+    chain = [GENESIS, *extend(GENESIS, ["v0", "v1"])]
+    state = state_of(chain)
+    parent = {
+        "wrong prev_hash": replace(chain[-1], hash=os.urandom(HASH_BYTES)),
+        "id gap": replace(chain[-1], id=chain[-1].id + 5),
+        "same id as ours": chain[-2],
+    }[case]
+    block = theirs(parent, f"fork-{case}")
+    decision = state.block_received(block, block.author, NOW)
+    assert decision.status == "fork" and decision.reason == ""
+    (effect,) = decision.effects
+    assert isinstance(effect, Resolve) and words in effect.why
+    assert state.chain.blocks() == chain
+
+
+def test_the_staged_receive_path_decides_as_block_received_does() -> None:
+    """screen (lock) -> check_alone (no lock: it reads nothing that changes) -> decide (lock)."""
+    state = state_of()
+    block = theirs(GENESIS, "a")
+    assert state.screen_block(block, block.author) is None
+    assert state.check_alone(block, NOW) is None
+    assert state.chain.height == 0  # the checks changed nothing
+    assert state.block_checked(block).status == "added"
+    # The same block arriving meanwhile on another connection: known at the last step.
+    assert state.block_checked(block) == BlockDecision("known")
+    assert state.screen_block(block, block.author) == BlockDecision("known")
+
+
+def test_a_received_block_takes_its_vote_out_of_our_queue() -> None:
+    state = state_of()
+    mine_vote = tx_for("mine")
+    state.vote_submitted(mine_vote)
+    block = make_block(GENESIS, mine_vote, key=other_key())  # another peer mined it first
+    assert state.block_received(block, block.author, NOW).status == "added"
+    assert state.pending == () and state.next_job() is None
+
+
+# ================================================================ votes and mining
+
+
+def test_a_vote_is_queued_once() -> None:
+    state = state_of()
+    tx = tx_for("red")
+    first = state.vote_submitted(tx)
+    assert first.queued and first.effects == (QueueVote(tx), Wake())
+    again = state.vote_submitted(tx)
+    assert not again.queued and again.reason == "already queued" and again.effects == ()
+    assert state.pending == (tx,)
+
+
+def test_a_vote_already_in_the_chain_is_not_queued() -> None:
+    block = theirs(GENESIS, "red")
+    state = state_of([GENESIS, block])
+    decision = state.vote_submitted(block.transaction)
+    assert not decision.queued and decision.reason == "already in block 1"
+    assert state.pending == ()
+
+
+def test_what_to_mine_next_after_each_change() -> None:
+    state = state_of()
+    assert state.next_job() is None  # nothing queued
+    a, b = tx_for("a"), tx_for("b")
+    state.vote_submitted(a)
+    state.vote_submitted(b)
+    job = state.next_job()
+    assert job is not None and job.tx == a  # the oldest vote first
+    assert (job.template.id, job.template.prev_hash, job.template.author) == (
+        1, GENESIS.hash, me())
+    other = theirs(GENESIS, "x")
+    assert AbortMining() in state.block_received(other, other.author, NOW).effects
+    moved = state.next_job()
+    assert moved is not None and (moved.tx, moved.template.prev_hash) == (a, other.hash)
+    job, block = mine(state)
+    assert state.nonce_found(job, block).status == "appended"
+    after = state.next_job()
+    assert after is not None and (after.tx, after.template.prev_hash) == (b, block.hash)
+    job, block = mine(state)
+    state.nonce_found(job, block)
+    assert state.next_job() is None and state.chain.height == 3
+
+
+def test_a_nonce_found_appends_and_broadcasts() -> None:
+    state = state_of()
+    state.vote_submitted(tx_for("a"))
+    job, block = mine(state)
+    decision = state.nonce_found(job, block)
+    assert decision.status == "appended"
+    assert decision.effects == (AppendBlock(block, done=(block.transaction.tx_id,)),
+                                AbortMining(), Wake(), Broadcast(block))
+    assert state.chain.tip == block and state.pending == ()
+
+
+def test_a_nonce_found_on_a_stale_tip_is_dropped_and_the_vote_mined_again() -> None:
+    state = state_of()
+    tx = tx_for("a")
+    state.vote_submitted(tx)
+    job, block = mine(state)
+    other = theirs(GENESIS, "x")
+    state.block_received(other, other.author, NOW)  # the tip moved while we mined
+    decision = state.nonce_found(job, block)
+    assert decision.status == "stale" and decision.effects == ()
+    assert state.chain.tip == other and state.pending == (tx,)
+    again = state.next_job()
+    assert again is not None and again.template.prev_hash == other.hash
+
+
+def test_a_nonce_found_whose_vote_reached_the_chain_by_another_path() -> None:
+    state = state_of()
+    tx = tx_for("a")
+    state.vote_submitted(tx)
+    job, block = mine(state)
+    carried = make_block(GENESIS, tx, key=other_key())
+    state.block_received(carried, carried.author, NOW)
+    assert state.nonce_found(job, block).status == "stale"
+    assert state.pending == () and state.next_job() is None
+    assert state.chain.blocks() == [GENESIS, carried]
+
+
+def test_a_nonce_found_for_a_vote_already_on_our_tip_drops_the_vote() -> None:
+    """The same tip, but the vote is in the chain already: dequeued, not appended."""
+    first = theirs(GENESIS, "a")
+    state = state_of([GENESIS, first])
+    job = MineJob(Block(2, first.transaction, 0, first.hash, b"", b"", me()))
+    block = resign(job.template)
+    decision = state.nonce_found(job, block)
+    assert decision.status == "dropped" and "transaction already in the chain" in decision.reason
+    assert decision.effects == (DropVotes((first.transaction.tx_id,)),)
+    assert state.chain.tip == first
+
+
+def test_a_mined_block_that_is_not_the_jobs_is_our_bug() -> None:
+    state = state_of()
+    state.vote_submitted(tx_for("a"))
+    job, _ = mine(state)
+    with pytest.raises(OurBug):
+        state.nonce_found(job, make_block(GENESIS, tx_for("b")))
+
+
+# ================================================================ fork resolution
+
+
+def test_holding_the_majority_tip_needs_no_fetch() -> None:
+    chain = [GENESIS, *extend(GENESIS, ["v0"])]
+    state = state_of(chain)
+    plan = state.tips_collected([vote(chain[-1], P1), vote(chain[-1], P2)])
+    assert plan.winner == tip(chain[-1]) and plan.votes[0] == Vote(tip(chain[-1]), None)
+    assert state.next_fetch(plan) is None and plan.done
+
+
+def test_majority_switch_requeues_only_our_orphaned_votes_ahead_of_the_queue() -> None:
+    b1 = theirs(GENESIS, "b1")
+    mine1 = make_block(b1, tx_for("mine1"))
+    mine2 = make_block(mine1, tx_for("mine2"))
+    others = theirs(mine2, "others")  # another author's vote on our branch
+    queued = tx_for("queued")
+    state = state_of([GENESIS, b1, mine1, mine2, others], [queued])
+    m2 = theirs(b1, "m2")
+    m3 = make_block(m2, tx_for("mine2"), key=other_key())  # the majority carries mine2
+    m4 = theirs(m3, "m4")
+    plan = state.tips_collected([vote(m4, P1), vote(m4, P2)])
+    assert plan.candidates == (tip(m4),)
+    fetch = state.next_fetch(plan)
+    assert fetch == FetchBranch(tip(m4), P1)
+    decision = state.branch_fetched(plan, fetch, [m2, m3, m4])
+    assert decision.status == "switched" and plan.done
+    assert decision.requeued == (mine1.transaction,)  # not mine2 (carried), not others'
+    assert decision.effects == (
+        ReplaceFrom(2, (m2, m3, m4), requeue=(mine1.transaction,),
+                    done=tuple(b.transaction.tx_id for b in (m2, m3, m4))),
+        AbortMining(), Wake())
+    assert state.pending == (mine1.transaction, queued)  # ahead of the queue
+    assert state.chain.blocks() == [GENESIS, b1, m2, m3, m4] and state.forks_resolved == 1
+    job = state.next_job()
+    assert job is not None and (job.tx, job.template.prev_hash) == (mine1.transaction, m4.hash)
+    # Adopting the same branch again changes nothing and re-queues nothing twice.
+    assert state.adopt([m2, m3, m4]).status == "unchanged"
+    assert state.pending == (mine1.transaction, queued) and state.forks_resolved == 1
+
+
+def test_queued_votes_carried_by_the_new_branch_leave_the_queue() -> None:
+    ours = make_block(GENESIS, tx_for("ours"))
+    waiting = tx_for("waiting")
+    state = state_of([GENESIS, ours], [waiting])
+    m1 = theirs(GENESIS, "m1")
+    m2 = make_block(m1, waiting, key=other_key())
+    decision = state.adopt([m1, m2])
+    assert decision.status == "switched"
+    assert state.pending == (ours.transaction,)
+    replaced = decision.effects[0]
+    assert isinstance(replaced, ReplaceFrom) and waiting.tx_id in replaced.done
+
+
+def test_a_tie_is_broken_identically_on_both_sides() -> None:
+    a1 = make_block(GENESIS, tx_for("x"))
+    b1 = theirs(GENESIS, "y")
+    a = state_of([GENESIS, a1], author=me())
+    b = state_of([GENESIS, b1], author=other_key().public_der)
+    plan_a = a.tips_collected([vote(b1, P2)])
+    plan_b = b.tips_collected([vote(a1, P1)])
+    assert plan_a.winner == plan_b.winner  # the same votes, the same winner
+    branches = {tip(a1): [a1], tip(b1): [b1]}
+    steps = run_round(a, plan_a, branches) + run_round(b, plan_b, branches)
+    assert [status for _, status in steps] == ["switched"]  # exactly one side gave way
+    assert a.chain.tip == b.chain.tip
+    assert a.forks_resolved + b.forks_resolved == 1
+    loser = a if a.forks_resolved else b
+    assert len(loser.pending) == 1  # its vote goes back in its own queue, to be mined again
+
+
+def test_a_longer_branch_that_extends_the_majority_is_adopted() -> None:
+    chain = [GENESIS, *extend(GENESIS, ["v0"])]
+    state = state_of(chain)
+    b2 = theirs(chain[-1], "b2")
+    b3 = theirs(b2, "b3")
+    plan = state.tips_collected([vote(chain[-1], P1), vote(chain[-1], P2), vote(b3, P3)])
+    assert plan.candidates == (tip(b3), tip(chain[-1]))
+    steps = run_round(state, plan, {tip(b3): [b2, b3]})
+    assert steps == [(FetchBranch(tip(b3), P3), "synced")]
+    assert state.chain.blocks() == [*chain, b2, b3] and state.forks_resolved == 0
+
+
+def test_a_longer_minority_branch_gives_way_to_a_shorter_majority() -> None:
+    c1 = make_block(GENESIS, tx_for("c1"))
+    c2 = make_block(c1, tx_for("c2"))
+    state = state_of([GENESIS, c1, c2])
+    a1 = theirs(GENESIS, "a1")
+    plan = state.tips_collected([vote(a1, P1), vote(a1, P2)])
+    assert plan.candidates == (tip(c2), tip(a1))  # ours is longer, but outvoted
+    steps = run_round(state, plan, {tip(a1): [a1]})
+    assert steps == [(FetchBranch(tip(a1), P1), "switched")]
+    assert state.chain.blocks() == [GENESIS, a1]
+    assert state.pending == (c1.transaction, c2.transaction)  # mined again, in order
+
+
+def test_a_longer_branch_without_the_majority_tip_is_skipped() -> None:
+    w1 = theirs(GENESIS, "w1")
+    state = state_of([GENESIS, w1])
+    x1 = theirs(GENESIS, "x1")
+    x2 = theirs(x1, "x2")
+    plan = state.tips_collected([vote(w1, P1), vote(w1, P2), vote(x2, P3)])
+    fetch = state.next_fetch(plan)
+    assert fetch == FetchBranch(tip(x2), P3)
+    decision = state.branch_fetched(plan, fetch, [x1, x2])
+    assert decision.status == "skipped" and decision.effects == ()
+    assert state.next_fetch(plan) is None and plan.done  # we hold the majority tip
+    assert state.chain.blocks() == [GENESIS, w1]
+
+
+def test_an_unanswered_fetch_asks_the_next_holder_then_the_next_candidate() -> None:
+    state = state_of()
+    m1 = theirs(GENESIS, "m1")
+    plan = state.tips_collected([vote(m1, P1), vote(m1, P2)])
+    assert state.next_fetch(plan) == FetchBranch(tip(m1), P1)
+    assert state.next_fetch(plan) == FetchBranch(tip(m1), P2)  # P1 did not answer
+    assert state.next_fetch(plan) is None and plan.done
+    assert state.chain.height == 0
+
+
+def test_an_invalid_branch_changes_nothing_and_ends_the_round() -> None:
+    chain = [GENESIS, *extend(GENESIS, ["v0"])]
+    state = state_of(chain)
+    x1 = theirs(GENESIS, "x1")
+    x2 = theirs(x1, "x2")
+    plan = state.tips_collected([vote(x2, P1), vote(x2, P2)])
+    fetch = state.next_fetch(plan)
+    assert fetch is not None
+    decision = state.branch_fetched(plan, fetch, [x2])  # hangs off a block we lack
+    assert decision.status == "invalid" and "builds on a block" in decision.reason
+    assert decision.effects == () and plan.done and state.chain.blocks() == chain
+
+
+# ================================================================ restart
+
+
+def test_restart_from_stored_blocks_and_pending_votes() -> None:
+    chain = [GENESIS, *extend(GENESIS, ["v0", "v1"])]
+    waiting, mined = tx_for("waiting"), chain[1].transaction
+    state = state_of(chain, [mined, waiting])
+    assert state.chain.blocks() == chain
+    assert state.pending == (waiting,)  # a stored vote already in the chain leaves the queue
+
+
+def test_restart_from_a_damaged_store_keeps_the_valid_prefix_and_our_votes() -> None:
+    b1 = theirs(GENESIS, "b1")
+    lost1 = make_block(b1, tx_for("lost1"))
+    damaged = replace(lost1, signature=other_key().sign(lost1.hash))
+    lost2 = make_block(damaged, tx_for("lost2"))
+    others = theirs(lost2, "others")
+    waiting = tx_for("waiting")
+    state, restored = NodeState.restore(
+        me(), LOW_DIFFICULTY, [GENESIS, b1, damaged, lost2, others],
+        [waiting, lost2.transaction], now_ms=NOW)
+    assert restored.bad is not None and restored.bad.block == damaged
+    assert restored.effects == (
+        ReplaceFrom(2, (), requeue=(lost1.transaction, lost2.transaction), done=()),)
+    assert state.chain.blocks() == [GENESIS, b1]
+    # Behind those already waiting, as the store appends them, and none twice.
+    assert state.pending == (waiting, lost2.transaction, lost1.transaction)
+
+
+# ================================================================ purity
+
+FORBIDDEN = {"socket", "threading", "time", "sqlite3", "multiprocessing", "subprocess",
+             "asyncio", "select", "selectors"}
+PURE_MODULES = ["votechain.core.node_state", "votechain.core.node_effects"]
+
+
+def _imports(module: str) -> set[str]:
+    """The modules `module`'s source imports (`from x import y` counts as x, and
+    as x.y too when y is a module)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                if node.module.startswith("votechain") and _is_module(name):
+                    found.add(name)
+    return found
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_the_state_machine_does_no_io() -> None:
+    """node_state and node_effects, and every votechain module they import in
+    turn, import nothing that does networking, threads, clocks or processes,
+    and nothing above the core layer."""
+    seen: set[str] = set()
+    todo = list(PURE_MODULES)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in _imports(module):
+            assert name.split(".")[0] not in FORBIDDEN, f"{module} imports {name}"
+            if name.startswith("votechain"):
+                assert name.startswith(("votechain.core", "votechain.errors")), (
+                    f"{module} imports {name}, above the core layer")
+                todo.append(name)
+    assert "votechain.core.chain" in seen and "votechain.core.rules" in seen
