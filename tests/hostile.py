@@ -8,7 +8,8 @@
   attacker's own pacing, not a test synchronising on a sleep);
 - `wait_closed`: read and discard until the other side closes, under a deadline;
 - `open_many`: a flood of connections, all closed on exit;
-- `wait_idle`: the process's CPU time over a short window is back near zero;
+- `wait_idle` (with `cpu_fraction`, `IDLE_LIMIT`, `IDLE_WINDOW`; their home is
+  `framework.waiting`): the process's CPU time over a short window is back near zero;
 - `check_payload`: the peer decoder's contract on one payload, shared by the
   hypothesis tests and the atheris target (``python tests/hostile.py --atheris
   [libFuzzer options] [corpus dir]``; only the codec's own functions
@@ -29,19 +30,33 @@ from collections.abc import Iterator
 
 import msgpack
 
+from framework.waiting import IDLE_LIMIT, IDLE_WINDOW, cpu_fraction, wait_idle
 from votechain.core import block, codec
 from votechain.errors import MAX_REASON_CHARS, RemoteProtocolError
 from votechain.protocol import framing, messages, peer
 from votechain.protocol.framing import PREFIX_BYTES
 from votechain.protocol.peer import PEER, Hello, Message, decode_payload, encode
 
-LOCAL = "127.0.0.1"
+__all__ = [
+    "IDLE_LIMIT",
+    "IDLE_WINDOW",
+    "LOCAL",
+    "RawPeer",
+    "check_payload",
+    "connect",
+    "cpu_fraction",
+    "drip",
+    "frame",
+    "fuzz_one_input",
+    "is_eof",
+    "open_many",
+    "raw_frame",
+    "send_and_hang_up",
+    "wait_closed",
+    "wait_idle",
+]
 
-# "Idle" is under this fraction of one core, measured over IDLE_WINDOW seconds.
-# A node at rest wakes a few times a second (tracker poll, resolver), costing
-# well under 5%; a spinning thread costs 100%. 20% is far from both.
-IDLE_LIMIT = 0.20
-IDLE_WINDOW = 0.5
+LOCAL = "127.0.0.1"
 
 
 def frame(payload: bytes) -> bytes:
@@ -140,28 +155,6 @@ def open_many(address: tuple[str, int], count: int) -> Iterator[list[socket.sock
     finally:
         for sock in socks:
             sock.close()
-
-
-def cpu_fraction(window: float = IDLE_WINDOW) -> float:
-    """This process's CPU time (all threads) over `window` s, as a fraction of one core."""
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    threading.Event().wait(window)  # the measuring window itself
-    return (time.process_time() - cpu0) / (time.monotonic() - wall0)
-
-
-def wait_idle(timeout: float = 10.0, limit: float = IDLE_LIMIT) -> float:
-    """Return once one window shows the process under `limit` of a core; fail after `timeout`.
-
-    Several windows are allowed, so a thread finishing its last bit of work
-    (a connection being torn down) does not make the test flaky; a thread
-    that spins keeps every window busy and fails it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        used = cpu_fraction()
-        if used < limit:
-            return used
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"still busy after {timeout} s: {used:.0%} of a core")
 
 
 class RawPeer:

@@ -14,8 +14,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from conftest import wait_until
 from framework.fakes import FakeNode
+from framework.waiting import wait_until
 from hostile import raw_frame
 from votechain.core.block import HASH_BYTES, TX_ID_BYTES
 from votechain.core.codec import pack

@@ -22,40 +22,32 @@ from pathlib import Path
 import pytest
 
 from blockkit import fixed_key, make_block, other_key, tx_for
-from conftest import wait_until
+from framework.network import Network, Target
+from framework.waiting import wait_until
 from hostile import (
-    LOCAL,
     RawPeer,
     connect,
     drip,
     frame,
     is_eof,
     open_many,
+    raw_frame,
     send_and_hang_up,
     wait_closed,
-    wait_idle,
 )
 from votechain.core.block import HASH_BYTES, MAX_DATA_BYTES, Block, meets_difficulty
 from votechain.errors import ControlError
-from votechain.net.connection import Connection
-from votechain.net.control import (
-    MAX_CONTROL_CONNECTIONS,
-    ControlClient,
-    ControlServer,
-    encode_frame,
-)
-from votechain.net.tracker import TrackerServer
-from votechain.node.runtime import Node, NodeConfig, now_ms
-from votechain.protocol.wire import (
+from votechain.net.control_client import ControlClient
+from votechain.net.control_server import MAX_CONTROL_CONNECTIONS, ControlServer
+from votechain.node.runtime import now_ms
+from votechain.protocol.peer import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Add,
     AddResult,
-    Blocks,
     Error,
     GetBlocks,
     GetLatest,
-    Hello,
     Latest,
     encode,
 )
@@ -64,72 +56,14 @@ DIFFICULTY = 2  # a few hundred hashes a block: the test mines its attack blocks
 CHAIN_LENGTH = 3
 
 
-class Target:
-    """The node under attack, the chain it must keep, and how to check it is unharmed."""
-
-    def __init__(self, node: Node, chain: list[Block]) -> None:
-        self.node = node
-        self.chain = chain
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.node.address
-
-    @property
-    def tip(self) -> Block:
-        return self.chain[-1]
-
-    def connection(self) -> Connection:
-        """An honest connection, handshake done."""
-        conn = Connection.open(*self.address, timeout=5.0)
-        try:
-            conn.handshake(self.node.hello, initiator=True)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def raw(self, *, hello: bool = True) -> RawPeer:
-        """A hand-driven connection, after a good handshake unless `hello=False`."""
-        raw = RawPeer(self.address)
-        if hello:
-            assert isinstance(raw.handshake(self.node.hello), Hello)
-        return raw
-
-    def add(self, block: Block, public_key: bytes | None = None) -> AddResult:
-        with self.connection() as conn:
-            reply = conn.request(Add(block, public_key or block.author))
-        assert isinstance(reply, AddResult), reply
-        return reply
-
-    def assert_unharmed(self) -> None:
-        """Answers a normal request, with the same chain; CPU back to idle."""
-        with self.connection() as conn:
-            assert conn.request(GetLatest()) == Latest(self.tip)
-            assert conn.request(GetBlocks(0, 256)) == Blocks(tuple(self.chain))
-        assert self.node.blocks() == self.chain
-        wait_idle()
-
-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    tmp = tmp_path_factory.mktemp("hostile-peer")
-    tracker = TrackerServer(LOCAL, 0)
-    tracker.start()
-    node = Node(NodeConfig(data_dir=tmp / "node", tracker=tracker.address,
-                           difficulty=DIFFICULTY, workers=1, miner="pure"))
-    try:
-        node.start()
-        chain = node.blocks()
-        target = Target(node, chain)
+    root = tmp_path_factory.mktemp("hostile-peer")
+    with Network(root, difficulty=DIFFICULTY, miner="pure") as net:
+        target = Target(net.add_node("node"))
         for i in range(CHAIN_LENGTH):  # the honest path, which the attacks must not break
-            block = make_block(chain[-1], tx_for(f"honest-{i}"), difficulty=DIFFICULTY)
-            assert target.add(block) == AddResult("added")
-            chain.append(block)
+            target.extend(make_block(target.tip, tx_for(f"honest-{i}"), difficulty=DIFFICULTY))
         yield target
-    finally:
-        node.stop()
-        tracker.stop()
 
 
 @pytest.fixture
@@ -540,7 +474,7 @@ def test_control_guessing_cookies_locks_nobody_out(target: Target) -> None:
 def test_control_oversized_frame_after_auth(target: Target) -> None:
     cookie = (target.node.data_dir / "control.cookie").read_text().strip()
     with _control_raw(target) as sock:
-        sock.sendall(encode_frame({"type": "auth", "cookie": cookie}))
+        sock.sendall(raw_frame({"type": "auth", "cookie": cookie}))
         sock.sendall((1 << 31).to_bytes(4, "big"))
         reply = wait_closed(sock)
         assert b"over the cap" in reply
@@ -553,7 +487,7 @@ def test_control_auth_sent_a_byte_at_a_time_is_cut_off(
     server = ControlServer(target.node, tmp_path, auth_timeout=0.5)
     server.start()
     try:
-        auth = encode_frame({"type": "auth", "cookie": "0" * 64})
+        auth = raw_frame({"type": "auth", "cookie": "0" * 64})
         with connect(server.address) as loris:
             sent, seconds = drip(loris, auth, interval=0.05)
         assert sent < len(auth) and seconds < 3.0

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from conftest import wait_until
+from framework import memory
+from framework.memory import Background, connection_pair, raw_pair
+from framework.waiting import wait_until
 from votechain.core.block import (
     HASH_BYTES,
     MAX_AUTHOR_BYTES,
@@ -48,44 +49,15 @@ HELLO = Hello(version=PROTOCOL_VERSION, genesis=genesis_block().hash, difficulty
 
 @pytest.fixture
 def pair() -> Iterator[tuple[Connection, Connection]]:
-    a, b = socket.socketpair()
-    with Connection(a, timeout=2.0) as left, Connection(b, timeout=2.0) as right:
-        yield left, right
+    with connection_pair(timeout=2.0) as p:
+        yield p
 
 
 @pytest.fixture
 def tcp_pair() -> Iterator[tuple[Connection, Connection]]:
     """(client, server) over a real 127.0.0.1 TCP connection."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        client = Connection.open("127.0.0.1", port, timeout=2.0)
-        sock, _ = listener.accept()
-    with client, Connection(sock, timeout=2.0) as server:
-        yield client, server
-
-
-class Background:
-    """Run `fn` in a thread; `result()` returns its value or re-raises its exception."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self._value: object = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self._value = fn()
-            except BaseException as exc:
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def result(self, timeout: float = 5.0) -> object:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "background call did not finish"
-        if self._error is not None:
-            raise self._error
-        return self._value
+    with memory.tcp_pair(timeout=2.0) as p:
+        yield p
 
 
 def big_batch() -> Blocks:
@@ -231,8 +203,7 @@ def test_peer_closes(pair: tuple[Connection, Connection]) -> None:
 
 
 def test_peer_closes_mid_frame() -> None:
-    a, b = socket.socketpair()
-    with Connection(b, timeout=2.0) as conn:
+    with raw_pair(timeout=2.0) as (a, conn):
         a.sendall(encode(GetLatest())[:-2])
         a.close()
         with pytest.raises(MalformedMessage, match="connection closed mid-frame"):
@@ -252,8 +223,7 @@ def test_peer_resets() -> None:
 
 
 def test_oversized_frame_refused_without_reading_it() -> None:
-    a, b = socket.socketpair()
-    with a, Connection(b, timeout=2.0) as conn:
+    with raw_pair(timeout=2.0) as (a, conn):
         a.sendall((MAX_FRAME_BYTES + 1).to_bytes(4, "big") + b"x" * 100)
         with pytest.raises(FrameTooLarge):
             conn.recv()
@@ -263,9 +233,8 @@ def test_oversized_frame_refused_without_reading_it() -> None:
 
 
 def test_malformed_frame_then_reading_goes_on() -> None:
-    a, b = socket.socketpair()
     bad = pack({"type": "ping"})
-    with a, Connection(b, timeout=2.0) as conn:
+    with raw_pair(timeout=2.0) as (a, conn):
         a.sendall(len(bad).to_bytes(4, "big") + bad + encode(GetLatest()))
         with pytest.raises(UnknownMessageType):
             conn.recv()

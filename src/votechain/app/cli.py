@@ -126,7 +126,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def cmd_tracker(args: argparse.Namespace) -> int:
-    from votechain.net.tracker import TrackerServer
+    from votechain.net.tracker_server import TrackerServer
 
     _setup_logging(args.quiet)
     stop = _stop_on_signals()

@@ -42,7 +42,8 @@ GENESIS_DATA = b"votechain genesis"
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    """One entry on the chain: the seed's {timestamp, data}, plus a unique id.
+    """One entry on the chain: the seed design's {timestamp, data} (docs/design.md),
+    plus a unique id.
 
     `tx_id` makes a transaction identifiable across forks: when a fork switch
     drops a block, its transaction is mined again and still counted once.

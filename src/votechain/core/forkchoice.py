@@ -1,4 +1,5 @@
-"""Fork choice by majority vote of the peers' latest blocks (the seed's rule). Pure.
+"""Fork choice by majority vote of the peers' latest blocks (the seed design's rule,
+docs/design.md). Pure.
 
 Each peer that answers, and this node itself, casts one vote: its tip, as
 (id, hash). The tip with the most votes wins. Ties are broken the same way on

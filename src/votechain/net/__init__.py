@@ -7,5 +7,4 @@
   handshake.
 - `control_server`, `control_client`: the owner's control channel.
 - `tracker_server`, `tracker_client`: the tracker and a peer's link to it.
-- `control`, `tracker`: deprecated re-exports, until nothing imports them.
 """

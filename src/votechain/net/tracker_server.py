@@ -2,7 +2,7 @@
 which holds the protocol itself (framing, parsing, formatting, caps); this
 module only moves bytes. Its client is net/tracker_client.py.
 
-As in the seed design: the accept thread accepts, one thread per
+As in the seed design (docs/design.md): the accept thread accepts, one thread per
 connection serves it, and the peer list sits behind a lock. A peer is listed
 from its ``REGISTER`` until its connection closes, so the open connection is
 the peer's liveness signal (TCP keepalive notices a peer whose host vanished

@@ -17,7 +17,7 @@ from votechain.errors import ConnectionClosed, MalformedMessage, RemoteProtocolE
 from votechain.net.connection import Connection
 from votechain.net.sockets import accept_next, stop_listener, wake
 from votechain.node.config import NodeConfig
-from votechain.protocol.wire import Error, Hello, Message
+from votechain.protocol.peer import Error, Hello, Message
 
 log = logging.getLogger("votechain.peer")
 

@@ -22,7 +22,7 @@ from votechain.core.rules import check_block_alone
 from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
 from votechain.net.connection import Connection
 from votechain.node.config import OUTBOX_BLOCKS, PEER_BACKOFF, PEER_TIMEOUT, NodeConfig
-from votechain.protocol.wire import (
+from votechain.protocol.peer import (
     MAX_BATCH_BLOCKS,
     Add,
     AddResult,

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 from votechain.errors import TrackerError
-from votechain.net.tracker import TrackerClient
+from votechain.net.tracker_client import TrackerClient
 from votechain.node.config import NodeConfig
 
 log = logging.getLogger("votechain.peer")
@@ -57,8 +57,9 @@ class PeerDirectory:
             self._stopping.wait(self._config.tracker_interval)
 
     def fresh(self) -> list[Address]:
-        """The other peers, fresh from the tracker (the seed asks for the list each
-        time), or the last list seen if the tracker is unreachable."""
+        """The other peers, fresh from the tracker (the seed design asks for the
+        list each time; docs/design.md), or the last list seen if the tracker is
+        unreachable."""
         try:
             nodes = self.tracker.nodes()
         except TrackerError:

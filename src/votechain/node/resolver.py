@@ -22,7 +22,7 @@ from votechain.core.node_state import NodeState
 from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
 from votechain.node.config import NodeConfig, now_ms
 from votechain.node.outbound import Outbound, fetch_branch
-from votechain.protocol.wire import GetLatest, Latest
+from votechain.protocol.peer import GetLatest, Latest
 
 log = logging.getLogger("votechain.peer")
 

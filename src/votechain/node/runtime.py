@@ -5,7 +5,7 @@ follow, which votes to re-queue) is the NodeState's; this module only feeds it
 inputs and carries out the effects it returns: store writes, aborting the
 miner, waking waiters, broadcasting, waking the resolver, log lines.
 
-Threads (the seed's, made concrete):
+Threads (the seed design's, made concrete; docs/design.md):
 - listener (inbound.py): blocks in accept() and hands each connection to its
   own thread, which answers Hello, GetLatest, GetBlocks and Add;
 - miner: asks the state for the next job (the oldest queued vote on the tip),
@@ -24,10 +24,10 @@ submitting the job would otherwise have its abort erased by the submit. Store
 writes happen under it too, so the store sees changes in the chain's order.
 Everything slow (RSA verification, mining, network requests) happens outside.
 
-The seed asked for a lock between the sending and the receiving thread because
-one socket was shared by both; here inbound and outbound traffic use separate
-connections, and each outbound connection (PeerLink) has its own lock so a
-reply is never read by the wrong request.
+The seed design (docs/design.md) asked for a lock between the sending and the
+receiving thread because one socket was shared by both; here inbound and
+outbound traffic use separate connections, and each outbound connection
+(PeerLink) has its own lock so a reply is never read by the wrong request.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from votechain.node.peers import PeerDirectory
 from votechain.node.resolver import Resolver
 from votechain.node.store import ChainStore
 from votechain.protocol.control import NodeStatus
-from votechain.protocol.wire import (
+from votechain.protocol.peer import (
     MAX_BATCH_BLOCKS,
     PROTOCOL_VERSION,
     Add,
@@ -235,8 +235,9 @@ class Node:
         return Error(f"unexpected {type(msg).__name__} message")
 
     def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
-        """The seed's 'add a block' request: screen and decide under the lock, the
-        stand-alone checks (RSA: the slow part) between, without it."""
+        """The seed design's 'add a block' request (docs/design.md): screen and
+        decide under the lock, the stand-alone checks (RSA: the slow part)
+        between, without it."""
         with self._lock:
             decision = self.state.screen_block(block, public_key)
         if decision is None:
@@ -331,7 +332,8 @@ class Node:
             return block
 
     def create(self, data: bytes, timeout: float = 60.0) -> Block:
-        """The seed's create(): mine `data` into a block of our chain and broadcast it."""
+        """The seed design's create() (docs/design.md): mine `data` into a block of
+        our chain and broadcast it."""
         tx = Transaction(tx_id=secrets.token_bytes(TX_ID_BYTES), timestamp=now_ms(), data=data)
         self.submit(tx)
         block = self.wait_for_tx(tx.tx_id, timeout)

@@ -7,7 +7,6 @@
 - `peer`: the peer-to-peer protocol's messages (Hello, Add, Blocks...).
 - `control`: the control channel's requests and replies (NodeStatus among them).
 - `tracker_lines`: the tracker's text protocol (lines, not frames).
-- `wire`: deprecated re-exports of `peer`, until nothing imports it.
 
 The strict msgpack decoder and field checks under all of them are
 `votechain.core.codec`, shared with stored blocks.

@@ -10,7 +10,7 @@ Every message is a line of ASCII text ending in ``\\n``:
     anything else                     ERROR <reason>\\n
 
 ``NODES`` lists every registered peer (the asker included) in registration
-order; the empty list is ``NODES\\n\\n``, exactly as the seed design writes it.
+order; the empty list is ``NODES\\n\\n``, exactly as the seed design writes it (docs/design.md).
 
 Layers, in the style of h11:
 
@@ -221,7 +221,7 @@ def encode_response(response: Response) -> bytes:
 
 
 def encode_nodes(peers: Iterable[tuple[str, int]]) -> bytes:
-    """The seed's message: ``NODES\\n<IP>,<Port> <IP>,<Port>...\\n``."""
+    """The seed design's message (docs/design.md): ``NODES\\n<IP>,<Port> <IP>,<Port>...\\n``."""
     entries = " ".join(f"{ip},{port}" for ip, port in peers)
     return f"NODES\n{entries}\n".encode("ascii")
 
