@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from votechain.core.block import Block
 from votechain.core.forkchoice import Tip
@@ -198,7 +198,10 @@ class Outbound:
         for address, future in futures:
             try:
                 replies.append((address, future.result(timeout=self._config.peer_timeout * 2)))
-            except Exception as exc:
+            # A silent, closed or misbehaving peer is no answer; a cancelled
+            # request means we are stopping. Anything else is our bug and
+            # propagates to the resolver, which logs it loudly.
+            except (OSError, RemoteProtocolError, ConnectionClosed, CancelledError) as exc:
                 log.debug("no answer from %s: %s", address, exc)
         return replies
 
