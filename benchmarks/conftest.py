@@ -71,6 +71,11 @@ def pytest_terminal_summary(
     if "validations_per_s" in rates:
         lines.append(f"check_block_alone (key cache warm): "
                      f"{rates['validations_per_s']:.0f} blocks/s")
+    if "startup_ms" in rates:
+        lines.append(f"start-up, {rates.get('startup_blocks', 0):,.0f} blocks: restore full "
+                     f"{rates.get('restore_full_ms', 0):.0f} ms, verified once "
+                     f"{rates.get('restore_verified_ms', 0):.0f} ms, open + read + restore "
+                     f"{rates['startup_ms']:.0f} ms")
     network = (
         ("receive_per_s", "receive path (decode + check, one core)", "blocks/s", "20,000"),
         ("rsa_verify_per_s", "RSA-2048 verify alone", "/s", None),
@@ -81,6 +86,12 @@ def pytest_terminal_summary(
         if key in rates:
             goal = f"   (target {target})" if target else ""
             lines.append(f"{label}: {rates[key]:,.1f} {unit}{goal}")
+    if "verify_1_per_s" in rates:
+        lines.append(f"verify, 1 worker: {rates['verify_1_per_s']:,.0f} blocks/s")
+    if "verify_n_per_s" in rates:
+        lines.append(f"verify, {int(rates['verify_workers'])} workers: "
+                     f"{rates['verify_n_per_s']:,.0f} blocks/s, "
+                     f"ratio {_ratio(rates, 'verify_n_per_s', 'verify_1_per_s')}")
     terminalreporter.write_sep("=", "votechain benchmark summary")
     for line in lines:
         terminalreporter.write_line(line)

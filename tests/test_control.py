@@ -111,7 +111,8 @@ def authed(server: ControlServer, tmp_path: Path) -> socket.socket:
 
 @pytest.mark.parametrize(
     "request_",
-    [Auth("ab" * 32), VoteRequest("alice", 2.5), StatusRequest(), TallyRequest()],
+    [Auth("ab" * 32), VoteRequest("alice", 2.5), StatusRequest(), TallyRequest(),
+     TallyRequest(recount=True)],
 )
 def test_requests_round_trip(request_: Auth | VoteRequest | StatusRequest | TallyRequest) -> None:
     frame = CONTROL_REQUESTS.encode(request_)
@@ -182,6 +183,20 @@ def test_bad_requests_are_rejected(obj: object, reason: str) -> None:
 def test_bad_replies_are_rejected(obj: object, error: type[Exception], reason: str) -> None:
     with pytest.raises(error, match=reason):
         CONTROL_REPLIES.decode_payload(pack(obj))
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        ({"type": "tally"}, "recount"),  # a missing field
+        ({"type": "tally", "recount": 1}, "recount must be a boolean"),
+        ({"type": "tally", "recount": "yes"}, "recount must be a boolean"),
+        ({"type": "tally", "recount": False, "extra": 1}, "extra"),
+    ],
+)
+def test_bad_tally_requests_are_rejected(obj: object, reason: str) -> None:
+    with pytest.raises(ControlProtocolError, match=reason):
+        CONTROL_REQUESTS.decode_payload(pack(obj))
 
 
 def test_requests_are_capped_before_decoding() -> None:
@@ -263,7 +278,9 @@ def test_empty_data_dir_means_no_running_node(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- auth
 
 
-def test_client_votes_and_reads_status_and_tally(server: ControlServer, tmp_path: Path) -> None:
+def test_client_votes_and_reads_status_and_tally(
+    server: ControlServer, node: FakeNode, tmp_path: Path
+) -> None:
     client = ControlClient.from_data_dir(tmp_path)
     block_id, block_hash = client.vote("alice")
     assert block_id == 1
@@ -271,6 +288,8 @@ def test_client_votes_and_reads_status_and_tally(server: ControlServer, tmp_path
     client.vote("  bob ")
     client.vote("alice")
     assert client.tally() == {"alice": 2, "bob": 1}
+    assert client.tally(recount=True) == {"alice": 2, "bob": 1}
+    assert node.recounts == 1  # the flag reached the handler
     status = client.status()
     assert status["height"] == 3
     assert set(status) == {"height", "tip", "peers", "pending", "backend", "hashrate",

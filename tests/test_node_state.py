@@ -33,7 +33,7 @@ from votechain.core.node_effects import (
     Resolve,
     Wake,
 )
-from votechain.core.node_state import NodeState, Resolution
+from votechain.core.node_state import RECHECK_TAIL, NodeState, Resolution
 from votechain.errors import OurBug
 
 GENESIS = genesis_block()
@@ -451,6 +451,91 @@ def test_restart_from_a_damaged_store_keeps_the_valid_prefix_and_our_votes() -> 
     assert state.chain.blocks() == [GENESIS, b1]
     # Behind those already waiting, as the store appends them, and none twice.
     assert state.pending == (waiting, lost2.transaction, lost1.transaction)
+
+
+def test_an_edited_vote_of_ours_is_dropped_and_not_mined_again() -> None:
+    chain = [GENESIS, *extend(GENESIS, ["mine0", "mine1", "mine2"])]
+    old = chain[2]
+    edited = replace(old, transaction=replace(old.transaction, data=b"mallory"))  # old hash
+    state, restored = NodeState.restore(me(), LOW_DIFFICULTY, [*chain[:2], edited, chain[3]],
+                                        [], now_ms=NOW, verified_height=3)
+    assert restored.bad is not None and restored.bad.block == edited
+    assert "hash" in str(restored.bad)
+    assert restored.effects == (ReplaceFrom(2, (), requeue=(chain[3].transaction,), done=()),)
+    assert state.pending == (chain[3].transaction,)
+
+
+def _long_chain(count: int) -> list[Block]:
+    """Genesis and `count` blocks of OTHER's, so no drop re-queues anything."""
+    chain = [GENESIS]
+    for i in range(count):
+        chain.append(theirs(chain[-1], f"long{i}"))
+    return chain
+
+
+LONG = RECHECK_TAIL + 8  # blocks 1..8 lie below the re-checked tail
+
+
+def _forged_signature(block: Block) -> Block:
+    """`block` with a signature that does not verify (it is OTHER's over another hash)."""
+    return replace(block, signature=other_key().sign(bytes(HASH_BYTES)))
+
+
+def test_restart_skips_signatures_at_or_below_the_verified_height() -> None:
+    chain = _long_chain(LONG)
+    forged = [*chain[:3], _forged_signature(chain[3]), *chain[4:]]
+    # Block 3 was verified when it was stored: its signature is not checked again.
+    state, restored = NodeState.restore(me(), LOW_DIFFICULTY, forged, [], now_ms=NOW,
+                                        verified_height=3)
+    assert restored.bad is None and state.chain.height == LONG
+    # Not verified before (the default: only the genesis): caught.
+    _, restored = NodeState.restore(me(), LOW_DIFFICULTY, forged, [], now_ms=NOW)
+    assert restored.bad is not None and restored.bad.block.id == 3
+    assert "signature" in str(restored.bad)
+
+
+def test_restart_catches_a_bad_signature_above_the_verified_height() -> None:
+    chain = _long_chain(LONG)
+    forged = [*chain[:6], _forged_signature(chain[6]), *chain[7:]]
+    state, restored = NodeState.restore(me(), LOW_DIFFICULTY, forged, [], now_ms=NOW,
+                                        verified_height=5)
+    assert restored.bad is not None and restored.bad.block.id == 6
+    assert restored.effects == (ReplaceFrom(6, (), requeue=(), done=()),)
+    assert state.chain.height == 5
+
+
+def test_restart_rechecks_the_last_signatures_whatever_the_store_says() -> None:
+    chain = _long_chain(LONG)
+    tip = _forged_signature(chain[-1])  # an edited tip, re-mined but not re-signed
+    state, restored = NodeState.restore(me(), LOW_DIFFICULTY, [*chain[:-1], tip], [],
+                                        now_ms=NOW, verified_height=LONG)
+    assert restored.bad is not None and restored.bad.block == tip
+    assert state.chain.height == LONG - 1
+
+
+@pytest.mark.parametrize("case", ["data", "link", "duplicate vote", "difficulty"])
+def test_restart_checks_links_and_hashes_even_at_or_below_the_verified_height(
+        case: str) -> None:
+    chain = _long_chain(LONG)
+    old = chain[4]
+    if case == "data":  # an edited vote, the old hash kept: the hash check fails
+        bad = replace(old, transaction=replace(old.transaction, data=b"edited"))
+    elif case == "link":  # re-mined on another parent: the link fails
+        bad = resign(replace(old, prev_hash=bytes(HASH_BYTES)), other_key())
+    elif case == "duplicate vote":  # block 2's vote again, re-mined and signed
+        bad = resign(replace(old, transaction=chain[2].transaction), other_key())
+    else:  # a hash that does not meet the difficulty, re-signed
+        nonce = next(n for n in range(10**6)
+                     if not meets_difficulty(replace(old, nonce=n).computed_hash(),
+                                             LOW_DIFFICULTY))
+        unmined = replace(old, nonce=nonce, hash=replace(old, nonce=nonce).computed_hash())
+        bad = replace(unmined, signature=other_key().sign(unmined.hash))
+    stored = [*chain[:4], bad, *chain[5:]]
+    state, restored = NodeState.restore(me(), LOW_DIFFICULTY, stored, [], now_ms=NOW,
+                                        verified_height=LONG)
+    assert restored.bad is not None and restored.bad.block == bad, case
+    assert restored.effects == (ReplaceFrom(4, (), requeue=(), done=()),)
+    assert state.chain.blocks() == chain[:4]
 
 
 # ================================================================ purity

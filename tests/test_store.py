@@ -3,6 +3,7 @@ read-only access, and durability under `kill -9` in the middle of writes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sqlite3
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 import votechain
-from blockkit import NOW, extend, make_block, make_chain, tx_for
+from blockkit import NOW, T0, extend, make_block, make_chain, tx_for
 from votechain.core.block import Block, Transaction, genesis_block
 from votechain.core.rules import validate_chain
+from votechain.core.voting import tally
 from votechain.errors import StoreError
 from votechain.node.store import DB_FILE, ChainStore
 
@@ -227,3 +229,119 @@ def test_store_holds_any_chain_shape(tmp_path: Path) -> None:
         s.append(block)
     assert s.blocks() == odd
     s.close()
+
+
+# --- verified once: verified_height and the file check -----------------------------------
+
+
+def test_verified_height_follows_every_write_in_the_same_transaction(tmp_path: Path) -> None:
+    s = ChainStore.open(tmp_path, D)
+    assert s.verified_height == 0  # the genesis
+    for block in BASE[1:]:
+        s.append(block)
+        assert s.verified_height == block.id
+    branch = extend(BASE[2], ["vb0", "vb1", "vb2"])
+    s.replace_from(3, branch, requeue=())
+    assert s.verified_height == branch[-1].id
+    s.replace_from(4, [], requeue=())  # a drop: the tip moved down
+    assert s.verified_height == 3
+    # A failed write rolls the record back with the blocks.
+    with pytest.raises(sqlite3.IntegrityError):
+        s.replace_from(4, [branch[1], branch[1]], requeue=())
+    assert s.verified_height == 3 and s.blocks()[-1] == branch[0]
+    s.mark_verified(2)
+    s.close()
+    again = ChainStore.open(tmp_path, D)
+    assert again.verified_height == 2
+    again.close()
+
+
+def test_a_database_without_the_record_counts_as_verified_to_the_genesis_only(
+        store: ChainStore, tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'verified_height'")
+    conn.close()
+    assert store.verified_height == 0
+
+
+def test_a_damaged_file_is_refused_at_open(tmp_path: Path) -> None:
+    s = ChainStore.open(tmp_path, D)
+    for i in range(60):  # enough rows for the blocks table to span several pages
+        s.add_pending(tx_for(f"fill{i}"))
+    for block in make_chain(40)[1:]:
+        s.append(block)
+    s.close()
+    db = tmp_path / DB_FILE
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'blocks'").fetchone()[0]
+    conn.close()
+    raw = bytearray(db.read_bytes())
+    start = (root - 1) * page_size  # the blocks table's root page: scribble over it
+    raw[start:start + 64] = b"\xff" * 64
+    db.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="damaged"):
+        ChainStore.open(tmp_path, D)
+
+
+def test_a_file_that_is_not_a_database_is_refused_at_open(tmp_path: Path) -> None:
+    (tmp_path / DB_FILE).write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="damaged"):
+        ChainStore.open(tmp_path, D)
+
+
+# --- the kept tally ----------------------------------------------------------------------
+
+
+def vote_chain(prev: Block, categories: list[str], tag: str) -> list[Block]:
+    blocks: list[Block] = []
+    for i, category in enumerate(categories):
+        tx = Transaction(hashlib.sha256(f"{tag}{i}".encode()).digest()[:16], T0 + i,
+                         category.encode())
+        blocks.append(make_block(blocks[-1] if blocks else prev, tx))
+    return blocks
+
+
+def test_the_tally_is_kept_through_appends_and_switches(tmp_path: Path) -> None:
+    s = ChainStore.open(tmp_path, D)
+    assert s.tally() == {}
+    main = vote_chain(genesis_block(), ["alice", "bob", "alice", "carol", " not a vote "], "m")
+    for block in main:
+        s.append(block)
+        assert s.tally() == tally(s.blocks())
+    assert s.tally() == {"alice": 2, "bob": 1, "carol": 1}
+    # A switch that drops blocks 3..5 (alice, carol, a non-vote) for two others.
+    branch = vote_chain(main[1], ["dave", "dave"], "b")
+    s.replace_from(3, branch, requeue=[b.transaction for b in main[2:]])
+    assert s.tally() == tally(s.blocks()) == {"dave": 2, "alice": 1, "bob": 1}
+    s.replace_from(2, [], requeue=())  # every vote but the first dropped: zeros leave
+    assert s.tally() == tally(s.blocks()) == {"alice": 1}
+    s.close()
+    again = ChainStore.open(tmp_path, D)
+    assert again.tally() == {"alice": 1}
+    again.close()
+
+
+def test_an_old_database_gets_its_tally_rebuilt_at_open(tmp_path: Path) -> None:
+    s = ChainStore.open(tmp_path, D)
+    for block in vote_chain(genesis_block(), ["x", "y", "x"], "o"):
+        s.append(block)
+    s.close()
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:  # as a database made before the tally table was
+        conn.execute("DROP TABLE tally")
+        conn.execute("DELETE FROM meta WHERE key = 'tally'")
+    conn.close()
+    again = ChainStore.open(tmp_path, D)
+    assert again.tally() == {"x": 2, "y": 1}
+    again.forget_tally()  # stale (a crash mid-repair): rebuilt at the next open
+    again.close()
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:
+        conn.execute("UPDATE tally SET count = 99")
+    conn.close()
+    third = ChainStore.open(tmp_path, D)
+    assert third.tally() == {"x": 2, "y": 1}
+    third.close()

@@ -25,6 +25,7 @@ class FakeNode:
         self._changed = threading.Condition()
         self.auto_mine = True
         self.fail_status = False
+        self.recounts = 0  # tally(recount=True) calls, so a test sees the flag arrive
 
     def submit_vote(self, category: str) -> bytes:
         tx = vote_transaction(category, now_ms=1_000)
@@ -75,5 +76,6 @@ class FakeNode:
             address="127.0.0.1:9000",
         )
 
-    def tally(self) -> dict[str, int]:
+    def tally(self, recount: bool = False) -> dict[str, int]:
+        self.recounts += recount  # a fake keeps no tally: both ways walk its chain
         return tally(self.chain)

@@ -87,12 +87,14 @@ def category_of(tx: Transaction) -> str | None:
     return canonical if canonical == text else None
 
 
-def tally(blocks: Iterable[Block]) -> dict[str, int]:
-    """Votes per category in `blocks` (a chain from genesis), each tx_id counted once.
+def count_votes(blocks: Iterable[Block]) -> dict[str, int]:
+    """Votes per category in `blocks`, in no particular order: the rules of `tally`
+    (block 0 and non-votes skipped, each tx_id counted once) without the sort.
 
-    Block 0 and transactions that are not valid votes are skipped. The result is
-    ordered by count, highest first, then by category name.
-    """
+    A store keeping the tally as its chain changes adds `count_votes(added)` and
+    subtracts `count_votes(dropped)`; that equals `tally` of the whole chain
+    because a valid chain carries each tx_id once (chain.Chain refuses a second
+    copy), so no block's vote is shadowed by another's."""
     seen: set[bytes] = set()
     counts: dict[str, int] = {}
     for block in blocks:
@@ -106,4 +108,19 @@ def tally(blocks: Iterable[Block]) -> dict[str, int]:
             continue
         seen.add(tx.tx_id)
         counts[category] = counts.get(category, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return counts
+
+
+def ordered(counts: dict[str, int]) -> dict[str, int]:
+    """`counts` without zero entries, highest count first, then by category name."""
+    kept = ((category, count) for category, count in counts.items() if count)
+    return dict(sorted(kept, key=lambda item: (-item[1], item[0])))
+
+
+def tally(blocks: Iterable[Block]) -> dict[str, int]:
+    """Votes per category in `blocks` (a chain from genesis), each tx_id counted once.
+
+    Block 0 and transactions that are not valid votes are skipped. The result is
+    ordered by count, highest first, then by category name.
+    """
+    return ordered(count_votes(blocks))

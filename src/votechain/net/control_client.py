@@ -97,8 +97,8 @@ class ControlClient:
         """node_status() as a dict, keyed by NodeStatus's field names (what --json prints)."""
         return dataclasses.asdict(self.node_status())
 
-    def tally(self) -> dict[str, int]:
-        return self._expect(self._call(TallyRequest()), TallyReply).counts
+    def tally(self, recount: bool = False) -> dict[str, int]:
+        return self._expect(self._call(TallyRequest(recount)), TallyReply).counts
 
     def _call(self, request: Request | None, read_timeout: float | None = None) -> Reply:
         """Connect, authenticate, then send `request` (None: authenticate only) and

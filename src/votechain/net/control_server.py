@@ -101,7 +101,10 @@ class ControlHandler(Protocol):
 
     def status(self) -> NodeStatus: ...
 
-    def tally(self) -> dict[str, int]: ...
+    def tally(self, recount: bool = False) -> dict[str, int]:
+        """Votes per category, most first: kept as the chain changes, or with
+        `recount` counted by walking the chain."""
+        ...
 
 
 class ControlServer:
@@ -267,8 +270,8 @@ class ControlServer:
                     return self._vote(category, timeout)
                 case StatusRequest():
                     return StatusReply(self._handler.status())
-                case TallyRequest():
-                    return TallyReply(self._handler.tally())
+                case TallyRequest(recount=recount):
+                    return TallyReply(self._handler.tally(recount=recount))
                 case Auth():
                     return ErrorReply("already authenticated", "refused")
         except InvalidVote as exc:

@@ -1,10 +1,26 @@
-"""ChainStore: a node's chain and pending votes in SQLite (standard library, WAL).
+"""ChainStore: a node's chain, pending votes and tally in SQLite (standard library, WAL).
 
 Every change is one transaction, so a `kill -9` at any instant leaves either
 the old state or the new one: an append is one row, a fork switch deletes the
 abandoned branch, inserts the new one and re-queues the dropped votes in one
-commit. The node re-verifies the whole chain when it opens the store, so even
-a database edited by hand cannot smuggle a bad block in.
+commit.
+
+Verified once. Every block the node hands the store has passed every chain
+rule (core/node_state.py), so each write records, in the same transaction,
+`verified_height`: the height up to which the stored blocks were fully
+verified. At start the node re-checks every block's link, hash, difficulty,
+sizes and duplicate votes (SHA-256: microseconds a block) but RSA signatures
+only above that height and for the last few blocks (NodeState.restore says why
+that still catches an edit), and `open` runs SQLite's `PRAGMA quick_check`
+(the file's structure: pages, b-trees, record formats; not the index
+contents) so a damaged file is refused with a clear StoreError instead of
+read. `votechain verify` still re-checks everything, signatures included.
+
+The tally (category -> count) is kept in the same transactions: each write
+adds the votes of the blocks it stores and subtracts those of the blocks it
+drops (voting.count_votes), so `tally()` answers at once at any height. A
+database made before the table existed (no `tally` key in meta) has it rebuilt
+from its blocks when opened; `Node.tally(recount=True)` walks the chain instead.
 
 Blocks are stored as their canonical encoding (`Block.encode()`), the same
 bytes that travel on the wire; `votechain verify` reads them back offline.
@@ -17,6 +33,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from votechain.core import voting
 from votechain.core.block import Block, Transaction, genesis_block
 from votechain.errors import StoreError
 
@@ -37,7 +54,18 @@ CREATE TABLE IF NOT EXISTS pending (
     timestamp INTEGER NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tally (
+    category TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
 """
+
+# meta keys: the difficulty; the height up to which the stored blocks were fully
+# verified; and "1" once the tally table is kept (absent: rebuild it).
+_VERIFIED = "verified_height"
+_TALLY_KEPT = "tally"
+# How many of quick_check's complaints a StoreError quotes.
+_QUICK_CHECK_SHOWN = 3
 
 
 class ChainStore:
@@ -49,15 +77,26 @@ class ChainStore:
 
     @classmethod
     def open(cls, data_dir: Path, difficulty: int) -> ChainStore:
-        """Open or create the store; refuse one made for another difficulty."""
+        """Open or create the store; refuse one made for another difficulty, or a
+        damaged file (StoreError)."""
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path / DB_FILE, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (kill -9); only a power cut
-        # may lose the last commits, which the network then gives back by sync.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        db = path / DB_FILE
+        conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); only a power cut
+            # may lose the last commits, which the network then gives back by sync.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            _quick_check(conn, db)
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
+            conn.close()
+            raise StoreError(f"{db} is damaged ({exc}); move it away and the node "
+                             "re-syncs its chain from its peers") from exc
+        except BaseException:
+            conn.close()
+            raise
         store = cls(conn)
         if conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0:
             # The genesis is stored too, so the table alone is a complete chain
@@ -68,9 +107,9 @@ class ChainStore:
             store._set_meta("difficulty", str(difficulty))
         elif int(stored) != difficulty:
             conn.close()
-            raise StoreError(
-                f"{path / DB_FILE} holds a chain of difficulty {stored}, not {difficulty}"
-            )
+            raise StoreError(f"{db} holds a chain of difficulty {stored}, not {difficulty}")
+        if store._meta(_TALLY_KEPT) is None:
+            store.rebuild_tally()  # a database from before the tally table
         return store
 
     @classmethod
@@ -87,6 +126,17 @@ class ChainStore:
         if value is None:
             raise StoreError("the store records no difficulty")
         return int(value)
+
+    @property
+    def verified_height(self) -> int:
+        """The height up to which the stored blocks were fully verified when they
+        were stored (0, the genesis only, for a database older than the record)."""
+        value = self._meta(_VERIFIED)
+        return 0 if value is None else int(value)
+
+    def mark_verified(self, height: int) -> None:
+        """Record that the node has just fully verified the stored blocks up to `height`."""
+        self._set_meta(_VERIFIED, str(height))
 
     def _meta(self, key: str) -> str | None:
         with self._lock:
@@ -116,10 +166,15 @@ class ChainStore:
         done: Iterable[bytes] = (),
     ) -> None:
         """Atomically: drop blocks with id >= first_id, store `blocks`, put `requeue`
-        back in the pending queue and remove the tx ids in `done` from it."""
-        rows = [(b.id, b.hash, b.transaction.tx_id, b.encode()) for b in blocks]
+        back in the pending queue and remove the tx ids in `done` from it; keep
+        the tally and `verified_height` (the new tip: the node checked every
+        block it stores) in step."""
+        added = list(blocks)
+        rows = [(b.id, b.hash, b.transaction.tx_id, b.encode()) for b in added]
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            dropped = [Block.decode(bytes(body)) for (body,) in self._conn.execute(
+                "SELECT body FROM blocks WHERE id >= ? ORDER BY id", (first_id,))]
             self._conn.execute("DELETE FROM blocks WHERE id >= ?", (first_id,))
             self._conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", rows)
             self._conn.executemany(
@@ -129,6 +184,48 @@ class ChainStore:
             self._conn.executemany(
                 "DELETE FROM pending WHERE tx_id = ?", [(tx_id,) for tx_id in done]
             )
+            change = voting.count_votes(added)
+            for category, count in voting.count_votes(dropped).items():
+                change[category] = change.get(category, 0) - count
+            self._add_to_tally(change)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, (SELECT COALESCE(MAX(id), 0) FROM blocks))",
+                (_VERIFIED,),
+            )
+
+    def _add_to_tally(self, change: dict[str, int]) -> None:
+        """Add `change` (category -> +/- votes) to the tally table; caller holds a transaction."""
+        self._conn.executemany(
+            "INSERT INTO tally VALUES (?, ?) "
+            "ON CONFLICT (category) DO UPDATE SET count = count + excluded.count",
+            [(category, count) for category, count in change.items() if count],
+        )
+        # A category whose last vote was dropped leaves the table, as the recount omits it.
+        self._conn.execute("DELETE FROM tally WHERE count = 0")
+
+    def tally(self) -> dict[str, int]:
+        """The kept tally: votes per category, most first (what voting.tally of
+        the stored chain returns, without walking it)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT category, count FROM tally").fetchall()
+        return voting.ordered({str(category): int(count) for category, count in rows})
+
+    def forget_tally(self) -> None:
+        """Mark the kept tally stale: the next `open` rebuilds it (see rebuild_tally)."""
+        with self._lock:
+            self._conn.execute("DELETE FROM meta WHERE key = ?", (_TALLY_KEPT,))
+
+    def rebuild_tally(self) -> None:
+        """Recount the tally table from the stored blocks, in one transaction (for a
+        database older than the table, or after blocks were dropped that may have
+        been edited, so that subtracting their votes could not be trusted)."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            blocks = [Block.decode(bytes(body)) for (body,) in self._conn.execute(
+                "SELECT body FROM blocks ORDER BY id")]
+            self._conn.execute("DELETE FROM tally")
+            self._add_to_tally(voting.count_votes(blocks))
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_TALLY_KEPT,))
 
     def add_pending(self, tx: Transaction) -> None:
         with self._lock:
@@ -154,3 +251,16 @@ class ChainStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _quick_check(conn: sqlite3.Connection, db: Path) -> None:
+    """SQLite's own structural check of the whole file, O(size) but with no index
+    cross-checks (about as fast as reading the file; integrity_check would also
+    check every index against its table). Raises StoreError unless "ok"."""
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        shown = "; ".join(problems[:_QUICK_CHECK_SHOWN])
+        more = len(problems) - _QUICK_CHECK_SHOWN
+        raise StoreError(
+            f"{db} is damaged (PRAGMA quick_check: {shown}{f'; {more} more' if more > 0 else ''})"
+            "; move it away and the node re-syncs its chain from its peers")

@@ -157,15 +157,22 @@ class StatusRequest:
 
 @dataclass(frozen=True, slots=True)
 class TallyRequest:
+    """The votes per category: the node's kept tally, or with `recount` a walk
+    over its whole chain (slower; a check that the kept tally is right)."""
+
     TYPE: ClassVar[str] = "tally"
+    recount: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE}
+        return {"type": self.TYPE, "recount": self.recount}
 
     @classmethod
     def from_wire(cls, obj: object) -> TallyRequest:
-        _REQUEST.fields(obj, cls.TYPE, (), tagged=True)
-        return cls()
+        wire = _REQUEST.fields(obj, cls.TYPE, ("recount",), tagged=True)
+        recount = wire["recount"]
+        if not isinstance(recount, bool):
+            _REQUEST.fail(f"tally.recount must be a boolean, got {type(recount).__name__}")
+        return cls(recount)
 
 
 Request: TypeAlias = Auth | VoteRequest | StatusRequest | TallyRequest
