@@ -92,6 +92,10 @@ def pytest_terminal_summary(
         lines.append(f"verify, {int(rates['verify_workers'])} workers: "
                      f"{rates['verify_n_per_s']:,.0f} blocks/s, "
                      f"ratio {_ratio(rates, 'verify_n_per_s', 'verify_1_per_s')}")
+    if "fork_switch_us_1000" in rates and "fork_switch_us_50000" in rates:
+        lines.append(f"3-block fork switch (prechecked): "
+                     f"{rates['fork_switch_us_1000']:,.1f} us at height 1,000, "
+                     f"{rates['fork_switch_us_50000']:,.1f} us at height 50,000")
     terminalreporter.write_sep("=", "votechain benchmark summary")
     for line in lines:
         terminalreporter.write_line(line)

@@ -19,6 +19,7 @@ import pytest
 
 from blockkit import LOW_DIFFICULTY, NOW, extend, fixed_key, make_block, other_key, resign, tx_for
 from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block, meets_difficulty
+from votechain.core.chain import Chain
 from votechain.core.forkchoice import Tip, Vote
 from votechain.core.node_effects import (
     AbortMining,
@@ -343,6 +344,38 @@ def test_queued_votes_carried_by_the_new_branch_leave_the_queue() -> None:
     assert state.pending == (ours.transaction,)
     replaced = decision.effects[0]
     assert isinstance(replaced, ReplaceFrom) and waiting.tx_id in replaced.done
+
+
+def test_a_resolution_reads_only_the_forked_part_of_a_long_chain(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that switches the last blocks of a long chain neither lists the
+    chain nor reads it below the fork point (issue "Long chains": a switch
+    costs the fork's depth, not the chain's height)."""
+    blocks = [GENESIS, *extend(GENESIS, [f"long{i}" for i in range(40)])]
+    state = state_of(blocks)
+    parent = blocks[-3]
+    branch = [theirs(parent, "f0")]
+    branch.append(theirs(branch[0], "f1"))
+    branch.append(theirs(branch[1], "f2"))
+    read: list[int] = []
+    original = Chain.__getitem__
+
+    def recorded(chain: Chain, block_id: int) -> Block:
+        read.append(block_id)
+        return original(chain, block_id)
+
+    def listed() -> list[Block]:
+        raise AssertionError("the resolution listed the whole chain")
+
+    monkeypatch.setattr(Chain, "__getitem__", recorded)
+    monkeypatch.setattr(state.chain, "blocks", listed)
+    plan = state.tips_collected([vote(branch[-1], P1), vote(branch[-1], P2)])
+    assert run_round(state, plan, {tip(branch[-1]): branch}) == [
+        (FetchBranch(tip(branch[-1]), P1), "switched")]
+    assert all(block_id >= parent.id for block_id in read), read
+    monkeypatch.undo()
+    assert state.chain.blocks() == [*blocks[:-2], *branch]
 
 
 def test_a_tie_is_broken_identically_on_both_sides() -> None:

@@ -125,7 +125,10 @@ class Chain:
                prechecked: bool = False) -> Switch:
         """Replace everything after branch[0]'s parent with `branch`, atomically:
         on any invalid block nothing changes. `prechecked` skips the stand-alone
-        checks already done outside the lock."""
+        checks already done outside the lock.
+
+        Costs the fork's depth plus the branch's length, not the chain's height:
+        the kept prefix is neither copied nor walked, only its indexes read."""
         parent_id = self.fork_point(branch)
         # Blocks the branch repeats verbatim are not part of the fork.
         skip = 0
@@ -134,16 +137,37 @@ class Chain:
             skip += 1
         fork_id = parent_id + skip
         new_blocks = tuple(branch[skip:])
-        candidate = Chain(self._blocks[1 : fork_id + 1])
+        # Validate the new blocks against the kept prefix (ids 0..fork_id) in
+        # place: copying the prefix would make every switch cost the chain's
+        # height; this costs the fork's depth plus the branch's length. The
+        # rules and their order are append's: link, duplicate, stand-alone.
+        prev = self._blocks[fork_id]
+        in_branch: dict[bytes, int] = {}
         for block in new_blocks:
-            if prechecked:
-                candidate.append_checked(block)
-            else:
-                candidate.append(block, difficulty=difficulty, now_ms=now_ms)
+            check_link(block, prev)
+            tx_id = block.transaction.tx_id
+            holder = in_branch.get(tx_id)
+            if holder is None:
+                index = self._by_tx.get(tx_id)
+                # A vote in the part about to be dropped may be carried again.
+                holder = index if index is not None and index <= fork_id else None
+            if holder is not None:
+                raise DuplicateTransaction(block, f"tx {tx_id.hex()} is in block {holder}")
+            if not prechecked:
+                check_block_alone(block, difficulty=difficulty, now_ms=now_ms)
+            in_branch[tx_id] = block.id
+            prev = block
+        # Every block passed: only now change anything.
         dropped = tuple(self._blocks[fork_id + 1 :])
-        kept_tx = {b.transaction.tx_id for b in new_blocks}
-        orphaned = tuple(b for b in dropped if b.transaction.tx_id not in kept_tx)
-        self._blocks = candidate._blocks
-        self._by_tx = candidate._by_tx
-        self._by_hash = candidate._by_hash
+        for block in dropped:
+            # Guarded: a chain from the unchecked constructor may index a tx id
+            # or hash at another block; a switch must not fail halfway on it.
+            if self._by_tx.get(block.transaction.tx_id) == block.id:
+                del self._by_tx[block.transaction.tx_id]
+            if self._by_hash.get(block.hash) == block.id:
+                del self._by_hash[block.hash]
+        del self._blocks[fork_id + 1 :]
+        for block in new_blocks:
+            self._push(block)
+        orphaned = tuple(b for b in dropped if b.transaction.tx_id not in in_branch)
         return Switch(fork_id=fork_id, added=new_blocks, dropped=dropped, orphaned=orphaned)

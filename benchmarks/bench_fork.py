@@ -1,0 +1,77 @@
+"""The cost of a fork switch on a long chain: it should grow with the fork's depth,
+not with the chain's height (issue "Long chains").
+
+A chain of HEIGHT blocks is built cheaply: difficulty 0, nonce 0, no signature
+(the blocks' links and hashes are real, so the link rule runs as in a node),
+loaded with Chain's unchecked constructor. Its last DEPTH blocks have a rival:
+a DEPTH-block branch from the same parent. Each timed call switches to the
+other branch (there, then back), with `prechecked=True` as the node does after
+checking the blocks outside its lock, so RSA does not hide the chain's own cost.
+Every call is one switch of the same shape: DEPTH blocks dropped, DEPTH added.
+
+The median time goes in bench_rates as microseconds; benchmarks/conftest.py
+prints the two heights side by side. Run with ``make bench`` or
+``pytest benchmarks/bench_fork.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from blockkit import T0, tx_for
+from votechain.core.block import HASH_BYTES, Block, genesis_block
+from votechain.core.chain import Chain
+
+DEPTH = 3
+ROUNDS = 200
+AUTHOR = b"bench-fork-author"
+
+
+def _blocks_after(prev: Block, labels: list[str]) -> list[Block]:
+    """Linked blocks at difficulty 0: nonce 0 and the hash it gives, unsigned."""
+    blocks: list[Block] = []
+    for label in labels:
+        parent = blocks[-1] if blocks else prev
+        template = Block(id=parent.id + 1, transaction=tx_for(label, T0), nonce=0,
+                         prev_hash=parent.hash, hash=bytes(HASH_BYTES), signature=b"",
+                         author=AUTHOR)
+        blocks.append(template.with_nonce(0))
+    return blocks
+
+
+@functools.cache
+def _fork(height: int) -> tuple[list[Block], list[Block]]:
+    """A HEIGHT-block chain (genesis excluded) and a DEPTH-block rival of its last DEPTH."""
+    main = _blocks_after(genesis_block(), [f"m{i}" for i in range(height)])
+    rival = _blocks_after(main[height - DEPTH - 1], [f"r{i}" for i in range(DEPTH)])
+    return main, rival
+
+
+@pytest.mark.parametrize("height", [1_000, 50_000])
+def test_fork_switch(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], height: int
+) -> None:
+    main, rival = _fork(height)
+    chain = Chain(main)
+    branches = [rival, main[-DEPTH:]]
+    durations: list[float] = []
+    turn = [0]
+
+    def switch() -> None:
+        branch = branches[turn[0] % 2]
+        turn[0] += 1
+        started = time.perf_counter()
+        result = chain.switch(branch, difficulty=0, now_ms=0, prechecked=True)
+        durations.append(time.perf_counter() - started)
+        assert len(result.added) == len(result.dropped) == DEPTH
+
+    benchmark.pedantic(switch, rounds=ROUNDS, iterations=1)  # type: ignore[no-untyped-call]
+    assert chain.height == height
+    micros = statistics.median(durations) * 1e6
+    bench_rates[f"fork_switch_us_{height}"] = micros
+    benchmark.extra_info["switch_us"] = micros
