@@ -15,6 +15,7 @@ from pathlib import Path
 
 from votechain import mining
 from votechain.net.connection import FRAME_DEADLINE
+from votechain.protocol.peer import MAX_BATCH_BLOCKS
 
 # How often a node polls the majority tip even when nothing arrives, so a peer
 # that missed a broadcast catches up without waiting for the next block.
@@ -56,6 +57,14 @@ PEER_TIMEOUT = 3.0
 OUTBOX_BLOCKS = 256
 # How long a peer that failed a send is skipped by broadcasts.
 PEER_BACKOFF = 2.0
+# Blocks asked for per GetBlocks while fetching a branch: the protocol's cap, the
+# fewest round trips. Tests set it lower to cross many batches with short chains.
+FETCH_BATCH_BLOCKS = MAX_BATCH_BLOCKS
+# While fetching a branch, batches fetched but not yet checked: at most this
+# many wait (plus one in flight and one being checked). Two are enough to keep
+# the checking thread busy, since a batch arrives faster than its RSA checks
+# run; more would only hold more unchecked blocks from a peer that may be lying.
+FETCH_AHEAD_BATCHES = 2
 
 
 @dataclass
@@ -80,6 +89,8 @@ class NodeConfig:
     peer_timeout: float = PEER_TIMEOUT
     outbox_blocks: int = OUTBOX_BLOCKS
     peer_backoff: float = PEER_BACKOFF
+    fetch_batch_blocks: int = FETCH_BATCH_BLOCKS
+    fetch_ahead_batches: int = FETCH_AHEAD_BATCHES
 
 
 def now_ms() -> int:

@@ -10,10 +10,11 @@ as how it talks to the other nodes.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from votechain.core.block import Block
@@ -21,7 +22,13 @@ from votechain.core.forkchoice import Tip
 from votechain.core.rules import check_block_alone
 from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
 from votechain.net.connection import Connection
-from votechain.node.config import OUTBOX_BLOCKS, PEER_BACKOFF, PEER_TIMEOUT, NodeConfig
+from votechain.node.config import (
+    FETCH_AHEAD_BATCHES,
+    OUTBOX_BLOCKS,
+    PEER_BACKOFF,
+    PEER_TIMEOUT,
+    NodeConfig,
+)
 from votechain.protocol.peer import (
     MAX_BATCH_BLOCKS,
     Add,
@@ -37,6 +44,8 @@ __all__ = ["OUTBOX_BLOCKS", "PEER_BACKOFF", "PEER_TIMEOUT", "Outbound", "PeerLin
 log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
+# Our block's hash at an id, or None once we no longer hold it (fetch_branch).
+HashAt = Callable[[int], bytes | None]
 
 
 class PeerLink:
@@ -217,41 +226,124 @@ class Outbound:
 
 
 def fetch_branch(
-    link: PeerLink, ours: list[Block], winner: Tip, *, difficulty: int, now_ms: int
+    link: PeerLink,
+    height: int,
+    hash_at: HashAt,
+    winner: Tip,
+    *,
+    difficulty: int,
+    now_ms: int,
+    batch_blocks: int = MAX_BATCH_BLOCKS,
+    ahead: int = FETCH_AHEAD_BATCHES,
 ) -> list[Block]:
-    """The peer's blocks from where its chain and `ours` part, up to its tip, each
-    checked on its own (hash, difficulty, signature): the caller holds no lock.
+    """The peer's blocks from where its chain and ours part, up to its tip, each
+    checked on its own (link, hash, difficulty, signature): the caller holds no lock.
+
+    Our chain is read only through `height` and `hash_at(id)` (the hash of our
+    block `id`, None if we no longer hold it), so a fetch costs in proportion to
+    the fork's depth and the branch's length, not to our chain's height.
 
     The parting point is found by stepping back from min(our height, the
     winner's id) in doubling steps until the peer's block there links to ours:
-    a few round trips even when the branches part far back."""
-    start, step = max(1, min(len(ours) - 1, winner.id)), 1
+    a few round trips even when the branches part far back. From there the
+    batches are fetched and checked in a pipeline (`_Prefetch`): while one batch
+    is checked, the next ones are already being requested, at most `ahead`
+    waiting. The first block that fails a check ends the fetch: nothing more is
+    requested, and the InvalidBlock raised names it.
+
+    The RSA checks stay in this thread: `cryptography`'s verify holds the GIL
+    (measured: two threads verify no faster than one), so threads would not
+    spread them over cores. There is no cap on the branch's length yet: the
+    state adopts only a branch that holds the majority tip, so a truncated one
+    would be skipped and a late joiner could never sync a long chain."""
+    start, step = max(1, min(height, winner.id)), 1
     while True:
-        batch = _get_blocks(link, start)
-        if batch and batch[0].prev_hash == ours[start - 1].hash:
+        batch = _get_blocks(link, start, batch_blocks)
+        if batch and batch[0].prev_hash == hash_at(start - 1):
             break
         if start == 1:
             if not batch:
                 return []  # the peer has nothing past genesis any more
             raise InvalidBlock(batch[0], "the peer's chain shares not even our genesis")
         start, step = max(1, start - step), step * 2
-    branch = list(batch)
-    while batch:
-        batch = _get_blocks(link, branch[-1].id + 1)
-        branch.extend(batch)
+    branch: list[Block] = []
     prev: Block | None = None
-    for block in branch:
-        if prev is not None and (block.id != prev.id + 1 or block.prev_hash != prev.hash):
-            raise InvalidBlock(block, "the peer sent a batch that does not link up")
-        check_block_alone(block, difficulty=difficulty, now_ms=now_ms)
-        prev = block
+    prefetch = _Prefetch(link, batch[-1].id + 1, batch_blocks, ahead)
+    try:
+        while batch:
+            for block in batch:
+                if prev is not None and (block.id != prev.id + 1 or block.prev_hash != prev.hash):
+                    raise InvalidBlock(block, "the peer sent a batch that does not link up")
+                check_block_alone(block, difficulty=difficulty, now_ms=now_ms)
+                prev = block
+            branch.extend(batch)
+            batch = prefetch.next_batch()
+    finally:
+        prefetch.stop()  # on any exit, so no request follows a bad block
     return branch
 
 
-def _get_blocks(link: PeerLink, from_id: int) -> tuple[Block, ...]:
-    reply = link.request(GetBlocks(from_id, MAX_BATCH_BLOCKS))
+class _Prefetch:
+    """Requests the batches from `from_id` on, one after another, in a thread of
+    its own, and hands them over in order through a queue of at most `ahead`
+    batches. The end of the peer's chain is an empty batch; a failed request
+    (timeout, closed connection, bad reply) is handed over in its place and
+    ends the thread.
+
+    Why a thread and not pipelined requests on the link: the connection is
+    strictly request and reply, and one extra thread per fetch (a round fetches
+    one branch at a time) is cheap next to the ~30 us of RSA per block that the
+    checking thread spends meanwhile."""
+
+    def __init__(self, link: PeerLink, from_id: int, batch_blocks: int, ahead: int) -> None:
+        self._link = link
+        self._batch_blocks = batch_blocks
+        self._queue: queue.Queue[tuple[Block, ...] | BaseException] = queue.Queue(
+            maxsize=max(1, ahead))  # 0 would mean no bound at all
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(from_id,), daemon=True,
+                                        name="votechain-fetch")
+        self._thread.start()
+
+    def _run(self, next_id: int) -> None:
+        try:
+            while not self._stopping.is_set():
+                batch = _get_blocks(self._link, next_id, self._batch_blocks)
+                self._queue.put(batch)  # blocks while `ahead` batches wait to be checked
+                if not batch:
+                    return
+                next_id = batch[-1].id + 1
+        except BaseException as exc:  # the checking thread raises it in its own place
+            self._queue.put(exc)
+
+    def next_batch(self) -> tuple[Block, ...]:
+        """The next batch (empty at the peer's tip); raises what its request raised."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """No request after this returns. Sets the flag the thread reads before each
+        request, then empties the queue so a thread blocked on a full one wakes
+        (it puts at most one more item, into the emptied queue, then sees the
+        flag), and waits for it: a request in flight is bounded by the link's
+        timeout, and closing the link (the node stopping) ends it at once."""
+        self._stopping.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+
+
+def _get_blocks(link: PeerLink, from_id: int, limit: int) -> tuple[Block, ...]:
+    reply = link.request(GetBlocks(from_id, limit))
     if not isinstance(reply, Blocks):
         raise RemoteProtocolError(f"expected Blocks, got {type(reply).__name__}")
+    if len(reply.blocks) > limit:
+        raise RemoteProtocolError(f"asked for {limit} blocks, got {len(reply.blocks)}")
     if reply.blocks and reply.blocks[0].id != from_id:
         raise RemoteProtocolError(f"asked for blocks from {from_id}, got {reply.blocks[0].id}")
     return reply.blocks

@@ -104,11 +104,23 @@ class Resolver:
                 return switch
 
     def fetch(self, holder: Address, target: Tip) -> list[Block]:
-        """`holder`'s branch up to `target`, each block checked on its own (no lock held)."""
+        """`holder`'s branch up to `target`, each block checked on its own (no lock
+        held). Our chain is read a block hash at a time, each under the lock (the
+        parting-point search reads a few), never copied whole: the cost follows
+        the fork's depth, not our height."""
         with self._changed:
-            ours = self._state.chain.blocks()
-        return fetch_branch(self._outbound.link(holder), ours, target,
-                            difficulty=self._state.difficulty, now_ms=now_ms())
+            height = self._state.chain.height
+        config = self._config
+        return fetch_branch(self._outbound.link(holder), height, self._hash_at, target,
+                            difficulty=self._state.difficulty, now_ms=now_ms(),
+                            batch_blocks=config.fetch_batch_blocks,
+                            ahead=config.fetch_ahead_batches)
+
+    def _hash_at(self, block_id: int) -> bytes | None:
+        """Our block `block_id`'s hash; None if our chain no longer reaches it."""
+        with self._changed:
+            chain = self._state.chain
+            return chain[block_id].hash if 0 <= block_id <= chain.height else None
 
     def adopt(self, branch: list[Block], holder: Address) -> Switch | None:
         """Switch to `branch` (fetched from `holder`, already checked block by block)."""

@@ -1,0 +1,100 @@
+"""Fetching a branch in batches (node/outbound.py fetch_branch): a late joiner
+syncs a chain many batches long, and a fetch from a peer whose chain holds a bad
+block stops at that block, requests nothing after it and adopts nothing.
+
+The chains are blockkit's (difficulty 1, signed with the fixed test key), seeded
+straight into a source node; the nodes fetch in batches of FETCH_BATCH blocks
+so a few hundred blocks cross several batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from blockkit import LOW_DIFFICULTY, make_chain
+from framework.network import Network, converged
+from framework.waiting import wait_until
+from votechain.core.block import Block
+from votechain.core.forkchoice import Tip
+from votechain.errors import BadSignature
+from votechain.node.runtime import Node
+from votechain.protocol.peer import GetBlocks, Message
+
+DEADLINE = 30.0
+FETCH_BATCH = 32
+LENGTH = 300  # ten batches of FETCH_BATCH blocks
+
+
+@pytest.fixture(scope="module")
+def chain() -> list[Block]:
+    return make_chain(LENGTH)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    with Network(tmp_path, difficulty=LOW_DIFFICULTY) as network:
+        yield network
+
+
+def seeded(net: Network, name: str, blocks: list[Block]) -> Node:
+    """A node holding `blocks` (genesis first), seeded without the stand-alone
+    checks, so a test can plant a block that breaks them."""
+    node = net.add_node(name, fetch_batch_blocks=FETCH_BATCH)
+    with node._changed:
+        node.chain.switch(blocks[1:], difficulty=LOW_DIFFICULTY, now_ms=0, prechecked=True)
+    return node
+
+
+def counting_get_blocks(node: Node, holder: tuple[str, int],
+                        monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The from_id of every GetBlocks `node` sends to `holder`, in order."""
+    link = node.resolver._outbound.link(holder)
+    request = link.request
+    asked: list[int] = []
+
+    def recorded(msg: Message, timeout: float | None = None) -> Message:
+        if isinstance(msg, GetBlocks):
+            asked.append(msg.from_id)
+        return request(msg, timeout)
+
+    monkeypatch.setattr(link, "request", recorded)
+    return asked
+
+
+def test_late_joiner_syncs_a_chain_of_many_batches(net: Network, chain: list[Block]) -> None:
+    source = seeded(net, "source", chain)
+    late = net.add_node("late", fetch_batch_blocks=FETCH_BATCH)
+    wait_until(converged([source, late], LENGTH), DEADLINE, what="the late peer synced")
+    assert late.blocks() == chain
+    assert late.tally() == source.tally(recount=True)  # seeded: only a recount counts it
+
+
+def test_fetch_stops_at_the_first_bad_block_and_adopts_nothing(
+        net: Network, chain: list[Block], monkeypatch: pytest.MonkeyPatch) -> None:
+    bad_id = 3 * FETCH_BATCH + 5  # in the fourth batch of ten
+    forged = replace(chain[bad_id], signature=bytes(len(chain[bad_id].signature)))
+    source = seeded(net, "source", [*chain[:bad_id], forged, *chain[bad_id + 1:]])
+    late = net.add_node("late", fetch_batch_blocks=FETCH_BATCH)
+    # Waits out a background round already under way: only the fetches below run.
+    late.set_network_active(False)
+    assert late.chain.height == 0
+    asked = counting_get_blocks(late, source.address, monkeypatch)
+
+    with pytest.raises(BadSignature, match=f"^block {bad_id} "):
+        late._fetch_branch(source.address, Tip(chain[-1].id, chain[-1].hash))
+
+    # Requested: the batches up to the bad one, and at most the few the pipeline
+    # fetches ahead (one in flight, config.fetch_ahead_batches waiting); nothing after.
+    bad_batch = bad_id // FETCH_BATCH
+    assert asked[:bad_batch + 1] == list(range(1, bad_id + 1, FETCH_BATCH))
+    assert len(asked) <= bad_batch + 1 + 1 + late.config.fetch_ahead_batches
+    assert len(asked) < LENGTH // FETCH_BATCH + 1  # far from the whole chain
+    requested = len(asked)
+    late.set_network_active(True)  # and the full round: the peer's branch is refused
+    assert late.resolve() is None
+    assert late.chain.height == 0
+    assert asked[requested] == 1 and len(asked) < 2 * requested + 2  # it stopped again
