@@ -1,0 +1,121 @@
+"""Long-chain figures, measured on real processes (not part of `make bench`: building
+the chain signs every block, about a millisecond each, so 100,000 blocks take
+minutes).
+
+    .venv/bin/python benchmarks/long_chain.py [--blocks 100000] [--dir DIR]
+
+Builds a chain of BLOCKS vote blocks at difficulty 1 into DIR/store (once; a
+later run reuses it), then prints:
+- start-up: a `votechain peer` process on that data directory, from spawn to
+  its control channel answering `status` (the node reads, checks and loads
+  the whole chain first), and the peer's resident memory once it answers;
+- `tally` (kept in SQLite) and `tally --recount` (a walk of the chain) times;
+- `votechain verify` with 1 worker and with every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from blockkit import NOW, make_block  # noqa: E402
+from framework.processes import Processes  # noqa: E402
+from framework.waiting import wait_until  # noqa: E402
+from votechain.core.block import genesis_block  # noqa: E402
+from votechain.core.voting import vote_transaction  # noqa: E402
+from votechain.errors import ControlError  # noqa: E402
+from votechain.net.control_client import ControlClient  # noqa: E402
+from votechain.node.store import ChainStore  # noqa: E402
+
+DIFFICULTY = 1
+CATEGORIES = ("red", "green", "blue", "amber", "violet")
+# Blocks written per SQLite transaction while building: one transaction per block
+# would cost minutes of fsyncs; the node itself appends one at a time.
+BUILD_BATCH = 2_000
+
+
+def build(data_dir: Path, count: int) -> None:
+    store = ChainStore.open(data_dir, DIFFICULTY)
+    try:
+        have = len(store.blocks()) - 1
+        if have >= count:
+            return
+        prev = store.blocks()[-1] if have else genesis_block()
+        started = time.monotonic()
+        batch = []
+        for i in range(have + 1, count + 1):
+            tx = vote_transaction(CATEGORIES[i % len(CATEGORIES)], NOW - 10**6 + i)
+            prev = make_block(prev, tx, difficulty=DIFFICULTY)
+            batch.append(prev)
+            if len(batch) == BUILD_BATCH or i == count:
+                store.replace_from(batch[0].id, batch, requeue=())
+                batch = []
+                print(f"  built {i:,} blocks ({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        store.close()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(args: list[str]) -> tuple[float, str]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "votechain", *args], capture_output=True,
+                          text=True, check=False)
+    return time.monotonic() - started, (done.stdout + done.stderr).strip().splitlines()[-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=100_000)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/votechain-long-chain"))
+    args = parser.parse_args()
+    blocks: int = args.blocks
+    data_dir = args.dir / f"store-{blocks}"
+    print(f"chain of {args.blocks:,} blocks in {data_dir}", flush=True)
+    build(data_dir, args.blocks)
+
+    procs = Processes(args.dir)
+    try:
+        tracker = procs.start("tracker", "tracker", "--port", "0")
+        assert tracker.address is not None  # set once the tracker printed it
+        host, port = tracker.address
+        started = time.monotonic()
+        peer = procs.start("peer", "peer", "--tracker", f"{host}:{port}", "--data-dir",
+                           str(data_dir), "--difficulty", str(DIFFICULTY), "--workers", "1",
+                           "-q", timeout=600)
+
+        def answers() -> bool:
+            try:
+                status = ControlClient.from_data_dir(data_dir).node_status()
+                return status.height == blocks
+            except ControlError:
+                return False
+
+        wait_until(answers, 600, what="the peer to answer status at full height")
+        print(f"start-up to status: {time.monotonic() - started:.2f} s; "
+              f"peer RSS {rss_mb(peer.popen.pid):.0f} MB", flush=True)
+        for extra in ([], ["--recount"]):
+            seconds, _ = timed(["tally", "--data-dir", str(data_dir), *extra])
+            print(f"tally {' '.join(extra) or '(kept)'}: {seconds:.2f} s (whole command)")
+    finally:
+        procs.stop_all()
+    for workers in (1, os.cpu_count() or 1):
+        seconds, line = timed(["verify", "--data-dir", str(data_dir), "--workers", str(workers)])
+        print(f"verify --workers {workers}: {seconds:.2f} s: {line}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
