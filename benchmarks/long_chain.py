@@ -10,15 +10,21 @@ later run reuses it), then prints:
   its control channel answering `status` (the node reads, checks and loads
   the whole chain first), and the peer's resident memory once it answers;
 - `tally` (kept in SQLite) and `tally --recount` (a walk of the chain) times;
-- `votechain verify` with 1 worker and with every core.
+- `votechain verify` with 1 worker and with every core;
+- with `--vote-seconds S`: two peers on copies of the chain and two on empty
+  chains, each pair taking votes from VOTERS threads per peer for S seconds:
+  committed votes/s at the full height against height 0 (the fork switches
+  that concurrent voting causes must not cost more as the chain grows).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +42,7 @@ from votechain.node.store import ChainStore  # noqa: E402
 
 DIFFICULTY = 1
 CATEGORIES = ("red", "green", "blue", "amber", "violet")
+VOTERS = 4  # client threads per peer casting votes, one at a time each
 # Blocks written per SQLite transaction while building: one transaction per block
 # would cost minutes of fsyncs; the node itself appends one at a time.
 BUILD_BATCH = 2_000
@@ -76,10 +83,57 @@ def timed(args: list[str]) -> tuple[float, str]:
     return time.monotonic() - started, (done.stdout + done.stderr).strip().splitlines()[-1]
 
 
+def voting_rate(root: Path, source: Path | None, seconds: float) -> float:
+    """Committed votes/s of two peers voting concurrently, both starting from a
+    copy of `source` (or an empty chain)."""
+    dirs = []
+    for name in ("a", "b"):
+        target = root / name
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        if source is not None:
+            shutil.copy(source / "chain.sqlite3", target / "chain.sqlite3")
+        dirs.append(target)
+    procs = Processes(root)
+    try:
+        tracker = procs.start("tracker", "tracker", "--port", "0")
+        assert tracker.address is not None
+        host, port = tracker.address
+        for i, data_dir in enumerate(dirs):
+            procs.start(f"peer-{i}", "peer", "--tracker", f"{host}:{port}", "--data-dir",
+                        str(data_dir), "--difficulty", str(DIFFICULTY), "--workers", "1",
+                        "-q", timeout=600)
+        committed = [0]
+        lock = threading.Lock()
+        deadline = time.monotonic() + seconds
+
+        def voter(data_dir: Path, n: int) -> None:
+            client = ControlClient.from_data_dir(data_dir)
+            while time.monotonic() < deadline:
+                try:
+                    client.vote(CATEGORIES[n % len(CATEGORIES)], timeout=30)
+                except ControlError:
+                    continue
+                with lock:
+                    committed[0] += 1
+
+        threads = [threading.Thread(target=voter, args=(d, n)) for d in dirs
+                   for n in range(VOTERS)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return committed[0] / (time.monotonic() - started)
+    finally:
+        procs.stop_all()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/votechain-long-chain"))
+    parser.add_argument("--vote-seconds", type=float, default=0.0)
     args = parser.parse_args()
     blocks: int = args.blocks
     data_dir = args.dir / f"store-{blocks}"
@@ -114,6 +168,12 @@ def main() -> int:
     for workers in (1, os.cpu_count() or 1):
         seconds, line = timed(["verify", "--data-dir", str(data_dir), "--workers", str(workers)])
         print(f"verify --workers {workers}: {seconds:.2f} s: {line}", flush=True)
+    if args.vote_seconds > 0:
+        at_height = voting_rate(args.dir / "vote-full", data_dir, args.vote_seconds)
+        at_zero = voting_rate(args.dir / "vote-empty", None, args.vote_seconds)
+        print(f"two peers voting, {VOTERS} clients each, {args.vote_seconds:g} s: "
+              f"{at_height:.0f} votes/s at height {blocks:,}, {at_zero:.0f} at height 0 "
+              f"({at_height / at_zero:.2f}x)", flush=True)
     return 0
 
 
