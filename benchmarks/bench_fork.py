@@ -23,8 +23,8 @@ import time
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from blockkit import T0, tx_for
-from votechain.core.block import HASH_BYTES, Block, genesis_block
+from blockkit import cheap_blocks
+from votechain.core.block import Block, genesis_block
 from votechain.core.chain import Chain
 
 DEPTH = 3
@@ -32,23 +32,11 @@ ROUNDS = 200
 AUTHOR = b"bench-fork-author"
 
 
-def _blocks_after(prev: Block, labels: list[str]) -> list[Block]:
-    """Linked blocks at difficulty 0: nonce 0 and the hash it gives, unsigned."""
-    blocks: list[Block] = []
-    for label in labels:
-        parent = blocks[-1] if blocks else prev
-        template = Block(id=parent.id + 1, transaction=tx_for(label, T0), nonce=0,
-                         prev_hash=parent.hash, hash=bytes(HASH_BYTES), signature=b"",
-                         author=AUTHOR)
-        blocks.append(template.with_nonce(0))
-    return blocks
-
-
 @functools.cache
 def _fork(height: int) -> tuple[list[Block], list[Block]]:
     """A HEIGHT-block chain (genesis excluded) and a DEPTH-block rival of its last DEPTH."""
-    main = _blocks_after(genesis_block(), [f"m{i}" for i in range(height)])
-    rival = _blocks_after(main[height - DEPTH - 1], [f"r{i}" for i in range(DEPTH)])
+    main = cheap_blocks(genesis_block(), [f"m{i}" for i in range(height)], AUTHOR)
+    rival = cheap_blocks(main[height - DEPTH - 1], [f"r{i}" for i in range(DEPTH)], AUTHOR)
     return main, rival
 
 

@@ -90,3 +90,17 @@ def make_chain(count: int, prefix: str = "v") -> list[Block]:
     """Genesis and `count` blocks after it."""
     genesis = genesis_block()
     return [genesis, *extend(genesis, [f"{prefix}{i}" for i in range(count)])]
+
+
+def cheap_blocks(prev: Block, labels: Sequence[str], author: bytes = b"cheap") -> list[Block]:
+    """Linked blocks after `prev` at difficulty 0 (nonce 0 and the hash it gives),
+    unsigned: valid only where stand-alone checks are skipped (`prechecked`
+    switches, the unchecked Chain constructor), and thousands a second to build."""
+    blocks: list[Block] = []
+    for label in labels:
+        parent = blocks[-1] if blocks else prev
+        template = Block(id=parent.id + 1, transaction=tx_for(label, T0), nonce=0,
+                         prev_hash=parent.hash, hash=bytes(HASH_BYTES), signature=b"",
+                         author=author)
+        blocks.append(template.with_nonce(0))
+    return blocks

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockkit import NOW, T0, extend, make_block, make_chain, other_key, tx_for
-from votechain.core.block import HASH_BYTES, Block, genesis_block
+from blockkit import NOW, cheap_blocks, extend, make_block, make_chain, other_key, tx_for
+from votechain.core.block import Block, genesis_block
 from votechain.core.chain import Chain, Switch
 from votechain.errors import (
     BadGenesis,
@@ -293,17 +293,6 @@ def test_deep_switch_then_appends_then_another_switch() -> None:
 # can build hundreds of them; tx labels come from a small set, so duplicates
 # (kept below the fork, dropped, or twice in the branch) happen often.
 
-def cheap_blocks(prev: Block, labels: Sequence[str]) -> list[Block]:
-    blocks: list[Block] = []
-    for label in labels:
-        parent = blocks[-1] if blocks else prev
-        template = Block(id=parent.id + 1, transaction=tx_for(label, T0), nonce=0,
-                         prev_hash=parent.hash, hash=bytes(HASH_BYTES), signature=b"",
-                         author=b"prop")
-        blocks.append(template.with_nonce(0))
-    return blocks
-
-
 def copying_switch(blocks: list[Block], branch: Sequence[Block]) -> Switch:
     """The switch as it was: the kept prefix copied into a new chain, the branch appended."""
     parent_id = Chain(blocks).fork_point(branch)
@@ -339,7 +328,7 @@ def test_switch_in_place_matches_a_rebuilt_chain(
             # when `back` is large enough for the labels to allow it.
             parent = chain[max(chain.height - back, 0)]
             repeat = list(before[parent.id + 1 : parent.id + 1 + back // 3])
-            branch = [*repeat, *cheap_blocks(repeat[-1] if repeat else parent, labels)]
+            branch = [*repeat, *cheap_blocks(repeat[-1] if repeat else parent, labels, b"prop")]
             if not branch:
                 continue
             universe += branch
@@ -356,7 +345,7 @@ def test_switch_in_place_matches_a_rebuilt_chain(
             if not isinstance(got, Switch):
                 assert chain.blocks() == before
         else:
-            for block in cheap_blocks(chain.tip, labels):
+            for block in cheap_blocks(chain.tip, labels, b"prop"):
                 universe.append(block)
                 try:
                     chain.append_checked(block)
