@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block
+from votechain.core.block import HASH_BYTES, SALT_BYTES, Block, Transaction, genesis_block
 from votechain.core.keys import NodeKey
 from votechain.mining import pure
 
@@ -35,10 +35,20 @@ def other_key() -> NodeKey:
     return NodeKey.generate()
 
 
+def key_for(author: bytes) -> NodeKey:
+    """The test key whose public key is `author` (fixed_key or other_key): what a
+    connection must prove in its handshake to offer that author's blocks."""
+    for key in (fixed_key(), other_key()):
+        if key.public_der == author:
+            return key
+    raise KeyError(f"no test key has the public key {author.hex()[:16]}…")
+
+
 def tx_for(label: str, timestamp: int = T0) -> Transaction:
-    """A transaction whose id is derived from `label`: same label, same tx_id."""
-    tx_id = hashlib.sha256(label.encode()).digest()[:16]
-    return Transaction(tx_id=tx_id, timestamp=timestamp, data=label.encode())
+    """A transaction whose salt is derived from `label`: same label and
+    timestamp, same transaction (and so the same tx_id)."""
+    salt = hashlib.sha256(label.encode()).digest()[:SALT_BYTES]
+    return Transaction(timestamp=timestamp, data=label.encode(), salt=salt)
 
 
 def make_block(
@@ -81,7 +91,7 @@ def extend(
     """Blocks after `prev`, one per label (not including `prev`)."""
     blocks: list[Block] = []
     for i, label in enumerate(labels):
-        blocks.append(make_block(blocks[-1] if blocks else prev, tx_for(label, timestamp + i),
+        blocks.append(make_block(blocks[-1] if blocks else prev, tx_for(label, timestamp),
                                  key=key))
     return blocks
 

@@ -116,6 +116,21 @@ class DuplicateTransaction(InvalidBlock):
     reason = "transaction already in the chain"
 
 
+class NotAMember(InvalidBlock):
+    reason = "author is not a member of this network"
+
+
+class BadCertificate(BadInput, ValueError):
+    """A member certificate, network file or revocation list that does not
+    check out: malformed, another network's, not signed by the authority,
+    revoked (the presenter's fault, or the file's)."""
+
+
+class NotAdmitted(VotechainError):
+    """This node's data directory holds no valid membership of the network it was
+    started for; the message says which command to run."""
+
+
 class InvalidVote(BadInput, ValueError):
     """A category that breaks the rules of `validate_category` (the caller's fault)."""
 

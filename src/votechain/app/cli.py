@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -33,6 +33,7 @@ from votechain.errors import CliError, InvalidVote
 
 if TYPE_CHECKING:
     from votechain.net.control_client import ControlClient
+    from votechain.node.membership_files import Membership
 
 PROG = "votechain"
 DEFAULT_DATA_DIR = Path("votechain-data")
@@ -76,6 +77,12 @@ def _difficulty(text: str) -> int:
 
     if not text.isdigit() or int(text) > MAX_DIFFICULTY:
         raise argparse.ArgumentTypeError(f"expected a difficulty 0..{MAX_DIFFICULTY}, got {text!r}")
+    return int(text)
+
+
+def _height(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a block height 0 or more, got {text!r}")
     return int(text)
 
 
@@ -144,24 +151,103 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from votechain.node.runtime import Node, NodeConfig
 
     _setup_logging(args.quiet)
+    membership = _load_membership(args)
     stop = _stop_on_signals()
     config = NodeConfig(
         data_dir=Path(args.data_dir),
         tracker=args.tracker,
         host=args.host,
         port=args.port,
-        difficulty=args.difficulty,
+        difficulty=membership.network.difficulty,
         workers=args.workers,
         miner=args.miner or mining.DEFAULT_BACKEND,
+        membership=membership,
     )
     try:
         node = Node(config)
         node.start()
     except (OSError, mining.BackendUnavailable, StoreError) as exc:
         # Expected trouble (port taken, no native miner, a data directory made for
-        # another difficulty): one line. Anything else is a bug and keeps its traceback.
+        # another network): one line. Anything else is a bug and keeps its traceback.
         raise CliError(f"cannot start the peer: {exc}") from exc
     return _serve_until_signalled("peer", lambda: node.address, stop, node.stop)
+
+
+def _load_membership(args: argparse.Namespace) -> Membership:
+    """The network and this data directory's membership of it, checked before
+    anything starts, so a peer that may not write says why in one line."""
+    from votechain.node import membership_files as files
+
+    with _membership_errors():
+        network = files.read_network(args.network)
+        revocations = files.read_revocations(args.revocations) if args.revocations else None
+        return files.load_membership(network, Path(args.data_dir), network_path=args.network,
+                                     revocations=revocations, observer=args.observer)
+
+
+@contextlib.contextmanager
+def _membership_errors() -> Iterator[None]:
+    """A bad network, certificate, key or revocation file, a data directory that
+    is not admitted, a file we cannot write: the user's to fix, so one line."""
+    from votechain.errors import BadCertificate, NotAdmitted
+
+    try:
+        yield
+    except (BadCertificate, NotAdmitted) as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        # "PATH: Permission denied", or the message we gave a FileExistsError.
+        text = f"{exc.filename}: {exc.strerror}" if exc.strerror and exc.filename else str(exc)
+        raise CliError(text) from exc
+
+
+def cmd_network_create(args: argparse.Namespace) -> int:
+    from votechain.node import membership_files as files
+
+    with _membership_errors():
+        network_path, authority_path = files.create_network(args.name, args.difficulty, args.out)
+        network = files.read_network(network_path)
+    _out(f"network {network.name!r}, difficulty {network.difficulty}, id {network.id.hex()}")
+    _out(f"public, for every peer and auditor: {network_path}")
+    _out(f"secret, for the organizer only:     {authority_path} (mode 0600; keep it offline)")
+    return 0
+
+
+def cmd_network_admit(args: argparse.Namespace) -> int:
+    from votechain.core.membership import fingerprint
+    from votechain.node import membership_files as files
+
+    # Default label: the directory's own name, resolved so that "." names something.
+    label = args.label or Path(args.data_dir).resolve().name
+    with _membership_errors():
+        network = files.read_network(args.network)
+        authority = files.read_authority(args.authority)
+        revoked_path = files.beside(args.network, files.REVOKED_SUFFIX)
+        revoked = files.read_revocations(revoked_path) if revoked_path.exists() else None
+        cert = files.admit(network, authority, args.data_dir, label, revoked)
+    _out(f"admitted {cert.label!r} to network {network.name!r}: "
+         f"key fingerprint {fingerprint(cert.member).hex()}")
+    _out(f"wrote {Path(args.data_dir) / files.CERTIFICATE_FILE} and "
+         f"{Path(args.data_dir) / files.NETWORK_COPY}")
+    return 0
+
+
+def cmd_network_revoke(args: argparse.Namespace) -> int:
+    from votechain.core.membership import fingerprint
+    from votechain.node import membership_files as files
+
+    with _membership_errors():
+        network = files.read_network(args.network)
+        authority = files.read_authority(args.authority)
+        member = files.read_member_key(args.member)
+        revoked_path = files.beside(args.network, files.REVOKED_SUFFIX)
+        revocations = files.revoke(network, authority, revoked_path, member, args.from_height)
+    _out(f"revoked key {fingerprint(member).hex()} from height {args.from_height} "
+         f"in {revoked_path} (serial {revocations.serial}, "
+         f"{len(revocations.revoked)} key{'s' if len(revocations.revoked) != 1 else ''} revoked)")
+    _out("give that file to every peer: each reads it at its next start "
+         f"(beside {Path(args.network).name}, or --revocations)")
+    return 0
 
 
 def _serve_until_signalled(
@@ -226,18 +312,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from votechain.core.voting import tally
 
     # The genesis, every link, hash, difficulty and signature (those over
-    # --workers processes), and that no transaction appears twice.
+    # --workers processes), that no transaction appears twice, and on a
+    # members-only network that every author was a member at that height.
     verified = verify_store(
-        args.data_dir, workers=args.workers, now_ms=time.time_ns() // 1_000_000
+        args.data_dir, workers=args.workers, now_ms=time.time_ns() // 1_000_000,
+        network_path=args.network,
     )
     blocks = verified.blocks
     counts = tally(blocks)
     tip = blocks[-1]
     plural = "s" if verified.workers > 1 else ""
+    network = verified.network
+    if network is None:
+        # Said in the OK line itself, so nobody reads "OK" as "only members wrote".
+        whose = "open network: authorship not checked"
+    else:
+        refused = f", {verified.refused} refused" if verified.refused else ""
+        whose = (f"network {network.name!r} id {network.id.hex()}, every author one of "
+                 f"{verified.members} members{refused}")
     _out(
         f"chain OK: {len(blocks)} blocks (height {tip.id}), difficulty {verified.difficulty}, "
-        f"tip {tip.hash.hex()}, {sum(counts.values())} votes in {len(counts)} categories; "
-        f"verified {len(blocks)} blocks in {verified.seconds:.2f} s "
+        f"{whose}, tip {tip.hash.hex()}, {sum(counts.values())} votes in {len(counts)} "
+        f"categories; verified {len(blocks)} blocks in {verified.seconds:.2f} s "
         f"({verified.rate:,.0f} blocks/s, {verified.workers} worker{plural})"
     )
     return 0
@@ -326,14 +422,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
     p = command("peer", cmd_peer, "run a peer: keep the chain, mine votes, gossip blocks")
-    p.add_argument("--tracker", type=parse_hostport, required=True, metavar="HOST:PORT")
+    p.add_argument("--network", type=Path, required=True, metavar="NAME.network",
+                   help="the network file from the organizer (`votechain network create`); "
+                        "it sets the genesis and the difficulty")
+    p.add_argument("--tracker", type=parse_hostport, required=True, metavar="HOST:PORT",
+                   help="the tracker where peers meet (required)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=0, help="default 0: any free port")
+    p.add_argument("--port", type=_port, default=0, help="port to listen on (default 0: any free)")
     data_dir(p)
-    p.add_argument("--difficulty", type=_difficulty, default=4, help="leading zero hex digits")
-    p.add_argument("--workers", type=_positive_int, default=None, help="miner processes")
-    p.add_argument("--miner", choices=("native", "portable", "pure"), default=None)
+    p.add_argument("--observer", action="store_true",
+                   help="read and audit only: no certificate needed, no votes, no blocks "
+                        "written, tips not counted")
+    p.add_argument("--revocations", type=Path, default=None, metavar="NAME.revoked",
+                   help="the organizer's revocation list (default: NAME.revoked beside "
+                        "the network file, if there)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="miner processes (default: one per core)")
+    p.add_argument("--miner", choices=("native", "portable", "pure"), default=None,
+                   help="miner backend (default: native if built, else pure)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+
+    about = "a members-only network: create it, admit members, revoke keys"
+    network = sub.add_parser("network", help=about, description=about)
+    steps = network.add_subparsers(dest="step", metavar="STEP", required=True)
+
+    def step(name: str, func: Callable[[argparse.Namespace], int],
+             help_text: str) -> argparse.ArgumentParser:
+        q = steps.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(func=func)
+        return q
+
+    def network_and_authority(q: argparse.ArgumentParser) -> None:
+        q.add_argument("network", type=Path, metavar="NAME.network", help="the network file")
+        q.add_argument("--authority", type=Path, required=True, metavar="NAME.authority",
+                       help="the network's secret authority key (the organizer's)")
+
+    q = step("create", cmd_network_create,
+             "write NAME.network (public) and NAME.authority (secret, 0600)")
+    q.add_argument("name", metavar="NAME", help="the network's name, 1 to 64 characters")
+    q.add_argument("--difficulty", type=_difficulty, default=4,
+                   help="leading zero hex digits of every block hash (default 4)")
+    q.add_argument("--out", type=Path, default=Path("."),
+                   help="directory for the two files (default: the current one)")
+
+    q = step("admit", cmd_network_admit,
+             "admit a data directory: its key (created if missing) gets a certificate")
+    network_and_authority(q)
+    q.add_argument("--data-dir", type=Path, required=True,
+                   help="the member's data directory (created if missing)")
+    q.add_argument("--label", default=None,
+                   help="who the member is, e.g. a polling station (default: the "
+                        "directory's name)")
+
+    q = step("revoke", cmd_network_revoke,
+             "revoke a member's key in NAME.revoked, beside the network file")
+    network_and_authority(q)
+    q.add_argument("--member", type=Path, required=True, metavar="PATH",
+                   help="the member: its data directory, member.cert or node_key.pem")
+    q.add_argument("--from-height", type=_height, default=0, metavar="H",
+                   help="its blocks from this height on become invalid (default 0: all)")
 
     p = command("vote", cmd_vote, "cast a vote through a running peer and wait until it is mined")
     data_dir(p)
@@ -353,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", cmd_verify, "re-verify a stored chain offline, on every core")
     data_dir(p)
+    p.add_argument("--network", type=Path, default=None, metavar="NAME.network",
+                   help="check against this network (default: the data directory's "
+                        "network.json; with neither, an open network: authors not checked)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="signature-checking processes (default: one per core)")
 
@@ -377,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = PROG
     try:
         args = parser.parse_args(argv)
-        prog = f"{PROG} {args.command}"
+        prog = " ".join([PROG, args.command, *([args.step] if "step" in args else [])])
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except CliError as exc:

@@ -1,10 +1,14 @@
 """`votechain demo`: a whole network on this machine, a round of votes, the tally.
 
-It starts a tracker and `peers` peers as separate processes (`python -m
-votechain ...`, so nothing is shared but the loopback network), each with a
-temporary data directory, casts `votes` random votes on random peers, waits
-until every peer holds the same chain, and prints the tally, each peer's height
-and tip, and the hash rates. Exit 0 when the peers agree and hold every vote.
+It does what an organizer and the polling stations would: creates a
+members-only network (`demo.network`, `demo.authority`) in a temporary
+directory and admits one data directory per peer (`votechain network create`
+and `admit`, through the same node/membership_files.py). Then it starts a
+tracker and `peers` peers as separate processes (`python -m votechain ...
+--network demo.network`, so nothing is shared but the loopback network and
+those files), casts `votes` random votes on random peers, waits until every
+peer holds the same chain, and prints the tally, each peer's height and tip,
+and the hash rates. Exit 0 when the peers agree and hold every vote.
 
 Every process started is stopped on the way out, also on Ctrl-C: SIGTERM,
 then SIGKILL after a grace period. The children's logs go to files in the
@@ -37,6 +41,7 @@ import votechain
 from votechain.app.render import format_hashrate, format_tally
 from votechain.errors import ControlError, DemoError
 from votechain.net.control_client import ControlClient
+from votechain.node import membership_files
 from votechain.protocol.control import NodeStatus
 
 # Why 30 s: a peer generates its RSA key and spawns its miner processes before
@@ -220,9 +225,10 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
         host, port = tracker.wait_listening()
         print(f"tracker on {host}:{port}; starting {peers} peers in {root}", file=sys.stderr)
         dirs = [root / f"peer{i}" for i in range(peers)]
+        network_path = _admit_peers(root, dirs, difficulty)
         for i, peer_dir in enumerate(dirs):
-            args = ["peer", "--tracker", f"{host}:{port}", "--data-dir", str(peer_dir)]
-            args += ["--difficulty", str(difficulty), "--workers", str(workers)]
+            args = ["peer", "--tracker", f"{host}:{port}", "--network", str(network_path)]
+            args += ["--data-dir", str(peer_dir), "--workers", str(workers)]
             children.append(ChildProcess(f"peer{i}", args, root / f"peer{i}.log"))
         for child in children[1:]:
             child.wait_listening()
@@ -269,6 +275,19 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"votechain demo: logs and data kept in {root}", file=sys.stderr)
+
+
+def _admit_peers(root: Path, dirs: Sequence[Path], difficulty: int) -> Path:
+    """The organizer's part: a network in `root`, each of `dirs` admitted as a
+    member (its key made there). Returns the network file the peers start with."""
+    network_path, authority_path = membership_files.create_network("demo", difficulty, root)
+    network = membership_files.read_network(network_path)
+    authority = membership_files.read_authority(authority_path)
+    for peer_dir in dirs:
+        membership_files.admit(network, authority, peer_dir, peer_dir.name)
+    print(f"network {network.name!r} {network.id.hex()[:16]}…, difficulty {difficulty}: "
+          f"{len(dirs)} members admitted", file=sys.stderr)
+    return network_path
 
 
 def _cast_votes(

@@ -7,6 +7,15 @@ timestamp, sizes, hash, difficulty, duplicate transaction ids) runs in this
 process, in chain order, through the same `Chain.append` the node uses, with
 `signature=False`.
 
+On a members-only network (a `network.json` in the data directory, or
+`--network`), rule 6 is checked too: every block's author must hold a valid,
+unrevoked certificate of that network. The certificates come from the store
+(the node keeps every one it admitted) and the directory's own `member.cert`;
+each is checked against the authority's key once, so the per-block check is a
+dict lookup and runs in this process, in chain order, with the other cheap
+rules. A directory with no network file is verified as an open network, and
+the report says that authorship was not checked.
+
 The verdict is the one `Chain.verified` would give: the lowest block that fails
 any rule. The parent stops at the first block its own checks refuse (p); a
 signature can only be the verdict if it belongs to a block below p, and the
@@ -37,12 +46,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from votechain.core.block import Block, genesis_block
 from votechain.core.chain import Chain
 from votechain.core.rules import check_signature
-from votechain.errors import BadGenesis, BadSignature, CliError, InvalidBlock
+from votechain.errors import BadCertificate, BadGenesis, BadSignature, CliError, InvalidBlock
+
+if TYPE_CHECKING:
+    from votechain.core.membership import Members, Network
 
 # A few hundred blocks a chunk: ~10 ms of RSA per chunk on one core, long enough
 # that sending it (~0.3 ms) is noise, short enough that the last chunk does not
@@ -73,6 +85,11 @@ class Verified:
     difficulty: int
     seconds: float
     workers: int
+    # The members-only network the chain was checked against (every author a
+    # member), or None: an open network, authorship not checked.
+    network: Network | None = None
+    members: int = 0  # certificates admitted
+    refused: int = 0  # certificates found but refused (another network's, forged, damaged)
 
     @property
     def rate(self) -> float:
@@ -83,9 +100,13 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def verify_store(data_dir: Path, *, workers: int | None = None,
-                 now_ms: int | None = None) -> Verified:
+def verify_store(data_dir: Path, *, workers: int | None = None, now_ms: int | None = None,
+                 network_path: Path | None = None) -> Verified:
     """Read the chain stored in `data_dir` and verify it; CliError says what is wrong.
+
+    The network is `network_path`'s, or the directory's copy (network.json);
+    with both, they must be the same network. With neither, the chain is
+    checked as an open network's.
 
     The time reported includes reading and decoding the blocks: that is part
     of what `votechain verify` costs."""
@@ -93,6 +114,7 @@ def verify_store(data_dir: Path, *, workers: int | None = None,
     from votechain.node.store import ChainStore
 
     started = time.perf_counter()
+    members = _network_members(Path(data_dir), network_path)
     try:
         store = ChainStore.open_readonly(data_dir)
     except FileNotFoundError as exc:
@@ -100,6 +122,7 @@ def verify_store(data_dir: Path, *, workers: int | None = None,
     try:
         difficulty = store.difficulty
         blocks = store.blocks()
+        certificates = store.certificates() if members is not None else []
     except (EncodingError, StoreError, ValueError, OSError) as exc:
         raise CliError(f"{data_dir}: unreadable chain: {exc}") from exc
     except Exception as exc:  # sqlite3.Error, without importing sqlite3 here
@@ -108,20 +131,84 @@ def verify_store(data_dir: Path, *, workers: int | None = None,
         store.close()
     if not blocks:
         raise CliError(f"{data_dir}: unreadable chain: the store holds no block")
+    refused = 0
+    if members is not None:
+        network = members.network
+        if difficulty != network.difficulty:
+            # The network decides the difficulty; a store made for another one
+            # was not made by a node of this network.
+            raise CliError(f"{data_dir}: the store was made for difficulty {difficulty}, "
+                           f"network {network.name!r} has {network.difficulty}")
+        refused = _admit_all(members, Path(data_dir), certificates)
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
     try:
-        used = verify_blocks(blocks, difficulty=difficulty, now_ms=now_ms, workers=workers)
+        used = verify_blocks(blocks, difficulty=difficulty, now_ms=now_ms, workers=workers,
+                             members=members)
     except InvalidBlock as exc:
         raise CliError(f"{data_dir}: bad chain: {exc}") from exc
-    return Verified(blocks, difficulty, time.perf_counter() - started, used)
+    return Verified(blocks, difficulty, time.perf_counter() - started, used,
+                    network=members.network if members is not None else None,
+                    members=len(members.certificates()) if members is not None else 0,
+                    refused=refused)
+
+
+def _network_members(data_dir: Path, network_path: Path | None) -> Members | None:
+    """The network to check `data_dir` against, with its newest revocation list
+    applied and no certificate admitted yet; None for an open network."""
+    from votechain.core.membership import Members
+    from votechain.node import membership_files as files
+
+    copy = data_dir / files.NETWORK_COPY
+    try:
+        given = files.read_network(network_path) if network_path is not None else None
+        kept = files.read_network(copy) if copy.exists() else None
+        if given is not None and kept is not None and given.id != kept.id:
+            raise CliError(f"{data_dir} holds network {kept.name!r} ({kept.id.hex()[:16]}…), "
+                           f"not {given.name!r} of {network_path} ({given.id.hex()[:16]}…)")
+        network = given or kept
+        if network is None:
+            return None
+        members = Members(network)
+        lists = [data_dir / files.REVOCATIONS_COPY]
+        if network_path is not None:
+            lists.append(files.beside(network_path, files.REVOKED_SUFFIX))
+        for path in lists:
+            if path.exists():
+                # Members keeps the list with the highest serial, whatever the order.
+                members.revoke(files.read_revocations(path))
+    except BadCertificate as exc:
+        raise CliError(str(exc)) from exc
+    return members
+
+
+def _admit_all(members: Members, data_dir: Path, certificates: list[bytes]) -> int:
+    """Admit the store's certificates and the directory's own; return how many
+    were refused. A refused one is skipped, not fatal: if a block needed it,
+    that block fails rule 6 and the verdict names it."""
+    from votechain.node import membership_files as files
+
+    refused = 0
+    for raw in certificates:
+        try:
+            members.admit(raw)
+        except BadCertificate:
+            refused += 1
+    own = data_dir / files.CERTIFICATE_FILE
+    if own.exists():
+        try:
+            members.admit(files.read_certificate(own))
+        except BadCertificate:
+            refused += 1
+    return refused
 
 
 def verify_blocks(blocks: Sequence[Block], *, difficulty: int, now_ms: int,
                   workers: int | None = None, chunk: int | None = None,
-                  min_parallel: int | None = None) -> int:
+                  min_parallel: int | None = None, members: Members | None = None) -> int:
     """Raise the InvalidBlock `Chain.verified` would raise, if any; return the
     number of processes that checked signatures (1: this one, no pool).
+    `members`: a members-only network's (its genesis, and rule 6); None: open.
 
     `chunk` and `min_parallel` default to the module's constants, read at call
     time so a test can lower them to put a short chain through the pool."""
@@ -131,14 +218,15 @@ def verify_blocks(blocks: Sequence[Block], *, difficulty: int, now_ms: int,
     if workers < 1 or chunk < 1:
         raise ValueError(f"workers and chunk must be at least 1, got {workers} and {chunk}")
     if workers == 1 or len(blocks) < min_parallel:
-        Chain.verified(blocks, difficulty=difficulty, now_ms=now_ms)
+        Chain.verified(blocks, difficulty=difficulty, now_ms=now_ms, members=members)
         return 1
-    _verify_parallel(blocks, difficulty=difficulty, now_ms=now_ms, workers=workers, chunk=chunk)
+    _verify_parallel(blocks, difficulty=difficulty, now_ms=now_ms, workers=workers, chunk=chunk,
+                     members=members)
     return workers
 
 
 def _verify_parallel(blocks: Sequence[Block], *, difficulty: int, now_ms: int,
-                     workers: int, chunk: int) -> None:
+                     workers: int, chunk: int, members: Members | None) -> None:
     # workers - 1 helper processes, and this one: spawning an interpreter costs
     # ~0.1 s of CPU, so on two cores one helper plus the parent beats two helpers.
     helpers = workers - 1
@@ -167,14 +255,16 @@ def _verify_parallel(blocks: Sequence[Block], *, difficulty: int, now_ms: int,
                 dispatch()
 
         # The parent's own pass, in chain order, sending chunks as they fill:
-        # the helpers check signatures while the parent checks links and hashes.
-        chain = Chain()
+        # the helpers check signatures while the parent checks links, hashes
+        # and authors (rule 6 is a dict lookup: not worth sending anywhere).
+        genesis = members.network.genesis if members is not None else genesis_block()
+        chain = Chain(genesis=genesis)
         refused: InvalidBlock | None = None
         start = 0
         if blocks and blocks[0].id == 0:
             # As Chain.verified: a stored genesis must be this network's, and
             # is otherwise not checked (it has no parent and no signature).
-            if blocks[0] != genesis_block():
+            if blocks[0] != genesis:
                 raise BadGenesis(blocks[0], "stored genesis differs from this network's")
             start = 1
         batch: list[_Signed] = []
@@ -182,7 +272,8 @@ def _verify_parallel(blocks: Sequence[Block], *, difficulty: int, now_ms: int,
         for index in range(start, len(blocks)):
             block = blocks[index]
             try:
-                chain.append(block, difficulty=difficulty, now_ms=now_ms, signature=False)
+                chain.append(block, difficulty=difficulty, now_ms=now_ms, signature=False,
+                             members=members)
             except InvalidBlock as exc:
                 refused = exc
                 break

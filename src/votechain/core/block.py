@@ -2,8 +2,14 @@
 
 Hash layout (the miner's speed and every node's check depend on it)::
 
-    content = SHA-256(msgpack [id, [tx_id, timestamp, data], prev_hash, author])
+    tx_id   = SHA-256(msgpack [timestamp, data, salt])
+    content = SHA-256(msgpack [id, [timestamp, data, salt], prev_hash, author])
     hash    = SHA-256(content || nonce as 8 bytes big-endian)
+
+A vote's id is not a field anyone chooses: it is the hash of the vote's
+content, so no chain can carry different content under an existing vote id
+(a rewrite is a different vote, and the original counts as dropped). The
+random salt keeps two identical votes cast in the same millisecond apart.
 
 The nonce search never re-hashes the block data: the 40-byte preimage fits in
 one SHA-256 block whose first 8 message words (the content) stay constant for a
@@ -16,14 +22,17 @@ change to them changes every hash and breaks the test vectors on purpose.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from votechain.core.codec import MAX_UINT, Codec, Limits, pack
 from votechain.errors import EncodingError
 
 HASH_BYTES = 32
-TX_ID_BYTES = 16
+# A full SHA-256: a 16-byte id would let the author of a vote find two contents
+# with one id in ~2^64 hashes and swap them later; 32 bytes puts that at 2^128.
+TX_ID_BYTES = 32
+SALT_BYTES = 16
 NONCE_BYTES = 8
 MAX_NONCE = MAX_UINT
 # A vote's data is a category of at most 64 characters (256 bytes of UTF-8);
@@ -43,16 +52,22 @@ GENESIS_DATA = b"votechain genesis"
 @dataclass(frozen=True, slots=True)
 class Transaction:
     """One entry on the chain: the seed design's {timestamp, data} (docs/design.md),
-    plus a unique id.
+    plus a random salt, and the id derived from all three.
 
     `tx_id` makes a transaction identifiable across forks: when a fork switch
-    drops a block, its transaction is mined again and still counted once.
-    `timestamp` is Unix time in milliseconds (an integer, so the encoding is exact).
+    drops a block, its transaction is mined again and still counted once. It is
+    computed, never given (see the module docstring), so equal ids mean equal
+    content. `timestamp` is Unix time in milliseconds (an integer, so the
+    encoding is exact).
     """
 
-    tx_id: bytes
     timestamp: int
     data: bytes
+    salt: bytes
+    tx_id: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tx_id", transaction_id(self.timestamp, self.data, self.salt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +96,7 @@ class Block:
         tx = self.transaction
         return {
             "id": self.id,
-            "transaction": {"tx_id": tx.tx_id, "timestamp": tx.timestamp, "data": tx.data},
+            "transaction": {"timestamp": tx.timestamp, "data": tx.data, "salt": tx.salt},
             "nonce": self.nonce,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
@@ -97,9 +112,9 @@ class Block:
         return cls(
             id=_CODEC.uint(fields["id"], "id"),
             transaction=Transaction(
-                tx_id=_CODEC.binary(tx["tx_id"], "transaction.tx_id", TX_ID_BYTES, exact=True),
                 timestamp=_CODEC.uint(tx["timestamp"], "transaction.timestamp"),
                 data=_CODEC.binary(tx["data"], "transaction.data", MAX_DATA_BYTES),
+                salt=_CODEC.binary(tx["salt"], "transaction.salt", SALT_BYTES, exact=True),
             ),
             nonce=_CODEC.uint(fields["nonce"], "nonce"),
             prev_hash=_CODEC.binary(fields["prev_hash"], "prev_hash", HASH_BYTES, exact=True),
@@ -119,7 +134,7 @@ class Block:
 
 
 _BLOCK_KEYS = ("id", "transaction", "nonce", "prev_hash", "hash", "signature", "author")
-_TX_KEYS = ("tx_id", "timestamp", "data")
+_TX_KEYS = ("timestamp", "data", "salt")
 
 # Limits for a stored block, decoded on its own (a peer's frame has its own,
 # in protocol/peer.py). A block is two small maps and no arrays, so 16 entries
@@ -141,8 +156,12 @@ def unpack(raw: bytes) -> object:
     return _CODEC.unpack(raw)
 
 
+def transaction_id(timestamp: int, data: bytes, salt: bytes) -> bytes:
+    return hashlib.sha256(pack([timestamp, data, salt])).digest()
+
+
 def content_digest(block_id: int, tx: Transaction, prev_hash: bytes, author: bytes) -> bytes:
-    encoded = pack([block_id, [tx.tx_id, tx.timestamp, tx.data], prev_hash, author])
+    encoded = pack([block_id, [tx.timestamp, tx.data, tx.salt], prev_hash, author])
     return hashlib.sha256(encoded).digest()
 
 
@@ -163,9 +182,13 @@ def meets_difficulty(digest: bytes, difficulty: int) -> bool:
     return not half or digest[whole] >> 4 == 0
 
 
-def genesis_block() -> Block:
-    """The block every node derives identically: unsigned, unmined, id 0."""
-    tx = Transaction(tx_id=bytes(TX_ID_BYTES), timestamp=0, data=GENESIS_DATA)
+def genesis_block(network: bytes = GENESIS_DATA) -> Block:
+    """The block every node of one network derives identically: unsigned,
+    unmined, id 0. Its data is the network's descriptor (core/membership.py:
+    name, difficulty, authority key), so the genesis hash names the network and
+    two networks never share a chain. The default is the open network's, used
+    by in-process tests of everything but membership (docs/security.md)."""
+    tx = Transaction(timestamp=0, data=network, salt=bytes(SALT_BYTES))
     content = content_digest(0, tx, bytes(HASH_BYTES), b"")
     return Block(
         id=0,

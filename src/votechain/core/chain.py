@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from votechain.core.block import Block, genesis_block
 from votechain.core.rules import check_block_alone, check_link
 from votechain.errors import BadGenesis, BadLink, DuplicateTransaction
+
+if TYPE_CHECKING:
+    from votechain.core.membership import Members
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +35,8 @@ class Switch:
 
 
 class Chain:
-    def __init__(self, blocks: Iterable[Block] = ()) -> None:
-        self._blocks: list[Block] = [genesis_block()]
+    def __init__(self, blocks: Iterable[Block] = (), genesis: Block | None = None) -> None:
+        self._blocks: list[Block] = [genesis or genesis_block()]
         self._by_tx: dict[bytes, int] = {}
         self._by_hash: dict[bytes, int] = {self._blocks[0].hash: 0}
         for block in blocks:
@@ -43,15 +47,16 @@ class Chain:
             self._push(block)
 
     @classmethod
-    def verified(cls, blocks: Sequence[Block], *, difficulty: int, now_ms: int) -> Chain:
+    def verified(cls, blocks: Sequence[Block], *, difficulty: int, now_ms: int,
+                 members: Members | None = None) -> Chain:
         """A chain from stored blocks, every rule re-checked (raises at the first bad one)."""
-        chain = cls()
+        chain = cls(genesis=members.network.genesis if members is not None else None)
         if blocks and blocks[0].id == 0:
             if blocks[0] != chain.genesis:
                 raise BadGenesis(blocks[0], "stored genesis differs from this network's")
             blocks = blocks[1:]
         for block in blocks:
-            chain.append(block, difficulty=difficulty, now_ms=now_ms)
+            chain.append(block, difficulty=difficulty, now_ms=now_ms, members=members)
         return chain
 
     @property
@@ -93,11 +98,12 @@ class Chain:
                                               f"{self._by_tx[block.transaction.tx_id]}")
 
     def append(self, block: Block, *, difficulty: int, now_ms: int,
-               signature: bool = True) -> None:
+               signature: bool = True, members: Members | None = None) -> None:
         """Validate `block` fully against the tip and append it (`signature=False`:
         every rule but the RSA signature, see rules.check_block_alone)."""
         self.check_next(block)
-        check_block_alone(block, difficulty=difficulty, now_ms=now_ms, signature=signature)
+        check_block_alone(block, difficulty=difficulty, now_ms=now_ms, signature=signature,
+                          members=members)
         self._push(block)
 
     def append_checked(self, block: Block) -> None:
@@ -122,7 +128,7 @@ class Chain:
         raise BadLink(first, "builds on a block this node does not hold")
 
     def switch(self, branch: Sequence[Block], *, difficulty: int, now_ms: int,
-               prechecked: bool = False) -> Switch:
+               prechecked: bool = False, members: Members | None = None) -> Switch:
         """Replace everything after branch[0]'s parent with `branch`, atomically:
         on any invalid block nothing changes. `prechecked` skips the stand-alone
         checks already done outside the lock.
@@ -154,7 +160,7 @@ class Chain:
             if holder is not None:
                 raise DuplicateTransaction(block, f"tx {tx_id.hex()} is in block {holder}")
             if not prechecked:
-                check_block_alone(block, difficulty=difficulty, now_ms=now_ms)
+                check_block_alone(block, difficulty=difficulty, now_ms=now_ms, members=members)
             in_branch[tx_id] = block.id
             prev = block
         # Every block passed: only now change anything.

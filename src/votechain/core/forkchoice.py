@@ -34,10 +34,14 @@ class Tip:
 
 @dataclass(frozen=True, slots=True)
 class Vote:
-    """One voter's tip; `source` is the peer address (None for this node itself)."""
+    """One voter's tip; `source` is the peer address (None for this node itself),
+    `voter` the member key that answered there, proven by the handshake (None:
+    an observer, or this node). NodeState.tips_collected keeps one vote per
+    voter, so a member counts once however many addresses it answers at."""
 
     tip: Tip
     source: tuple[str, int] | None
+    voter: bytes | None = None
 
 
 def majority(votes: Iterable[Vote]) -> Tip | None:

@@ -74,7 +74,7 @@ def load_or_create(data_dir: Path) -> NodeKey:
 
 
 @functools.lru_cache(maxsize=PUBLIC_KEY_CACHE_SIZE)
-def _public_key(der: bytes) -> rsa.RSAPublicKey:
+def public_key(der: bytes) -> rsa.RSAPublicKey:
     try:
         key = serialization.load_der_public_key(der)
     except ValueError as exc:
@@ -88,7 +88,7 @@ def _public_key(der: bytes) -> rsa.RSAPublicKey:
 
 def verify(author_der: bytes, signature: bytes, block_hash: bytes) -> None:
     """Raise SignatureError unless `signature` is `author_der`'s signature of `block_hash`."""
-    key = _public_key(author_der)
+    key = public_key(author_der)
     try:
         key.verify(signature, block_hash, _PADDING, _HASH)
     except InvalidSignature as exc:

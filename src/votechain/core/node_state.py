@@ -4,7 +4,9 @@ is passed in. Not thread-safe: the runtime (node/runtime.py) holds one lock
 around each call, except `check_alone`, which reads nothing that changes.
 
 What the state holds: the chain, the queue of votes waiting to be mined (oldest
-first) and the node's identity (its public key, the author of its blocks).
+first), the node's identity (its public key, the author of its blocks) and
+the network's members (core/membership.py; None: an open network, where every
+key may write, used by in-process tests of everything but membership).
 
 Inputs, and what they return (node_effects.py lists the effects):
 
@@ -48,8 +50,11 @@ Inputs, and what they return (node_effects.py lists the effects):
   and dropped (the vote stays queued for the next job). If its vote reached
   the chain by another path, the vote leaves the queue. Otherwise it is
   appended like a received block, then broadcast.
-- Fork resolution, by majority of the tips the peers report (forkchoice.py):
-  `tips_collected(votes)` adds our own tip as one vote and returns a
+- Fork resolution, by majority of the tips the members report (forkchoice.py):
+  `tips_collected(votes)` keeps one vote per member key (a tip from an
+  observer, or a second answer by a key already heard, does not count; nor
+  does our own key heard from elsewhere), adds our own tip as one vote if we
+  are a member, and returns a
   `Resolution` plan of candidates, best first. `next_fetch(plan)` names the
   next branch to fetch: the resolution ends at the first candidate we hold,
   if it is the majority tip or our chain holds the majority tip; a candidate
@@ -73,6 +78,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from votechain.core.block import Block, Transaction
 from votechain.core.chain import Chain
@@ -97,6 +103,9 @@ from votechain.core.node_effects import (
 )
 from votechain.core.rules import check_block_alone, check_difficulty
 from votechain.errors import InvalidBlock, OurBug
+
+if TYPE_CHECKING:
+    from votechain.core.membership import Members
 
 KNOWN = BlockDecision("known")
 
@@ -130,10 +139,15 @@ class Resolution:
 class NodeState:
     """A node's chain, queue and identity, and its rules (see the module docstring)."""
 
-    def __init__(self, author: bytes, difficulty: int) -> None:
+    def __init__(self, author: bytes, difficulty: int, members: Members | None = None,
+                 *, member: bool = True) -> None:
         self.author = author
         self.difficulty = check_difficulty(difficulty)
-        self.chain = Chain()
+        self.members = members
+        # False for an observer: it reads and audits, mines nothing, and its own
+        # tip is no vote.
+        self.member = member
+        self.chain = Chain(genesis=members.network.genesis if members is not None else None)
         self._pending: list[Transaction] = []
         self.forks_resolved = 0
 
@@ -158,19 +172,22 @@ class NodeState:
         *,
         now_ms: int,
         verified_height: int = 0,
+        members: Members | None = None,
+        member: bool = True,
     ) -> tuple[NodeState, Restored]:
         """The state of a node restarting from `blocks` (genesis first) and
         `pending` (oldest first), as its store holds them. Blocks up to
         `verified_height` (the default 0: none but the genesis) were fully
         verified before; their signatures are not checked again (but the
-        last RECHECK_TAIL blocks' are)."""
-        state = cls(author, difficulty)
+        last RECHECK_TAIL blocks' are). Membership is checked for every block:
+        a dict lookup, and a revocation loaded since the last start applies."""
+        state = cls(author, difficulty, members, member=member)
         bad: InvalidBlock | None = None
         trusted = min(verified_height, len(blocks) - 1 - RECHECK_TAIL)
         for block in blocks[1:]:
             try:
                 state.chain.append(block, difficulty=difficulty, now_ms=now_ms,
-                                   signature=block.id > trusted)
+                                   signature=block.id > trusted, members=members)
             except InvalidBlock as exc:
                 bad = exc
                 break
@@ -202,9 +219,11 @@ class NodeState:
 
     def check_alone(self, block: Block, now_ms: int) -> BlockDecision | None:
         """Step 2 (a hash and an RSA verification: where the time goes): the
-        stand-alone rules. Reads only the difficulty, so needs no lock."""
+        stand-alone rules. Reads only the difficulty and the members (whose
+        admissions are single dict writes), so needs no lock."""
         try:
-            check_block_alone(block, difficulty=self.difficulty, now_ms=now_ms)
+            check_block_alone(block, difficulty=self.difficulty, now_ms=now_ms,
+                              members=self.members)
         except InvalidBlock as exc:
             return BlockDecision("rejected", str(exc))
         return None
@@ -242,7 +261,11 @@ class NodeState:
     # ------------------------------------------------------- votes and mining
 
     def vote_submitted(self, tx: Transaction) -> VoteDecision:
-        """Our owner's vote: queue it (persisted) unless we have it already."""
+        """Our owner's vote: queue it (persisted) unless we have it already, or
+        we are an observer (its blocks would be invalid: it writes nothing)."""
+        if not self.member:
+            return VoteDecision(False, "this node is an observer, not a member of the "
+                                       "network: it cannot mine votes")
         holder = self.chain.block_with_tx(tx.tx_id)
         if holder is not None:
             return VoteDecision(False, f"already in block {holder.id}")
@@ -278,9 +301,17 @@ class NodeState:
     # ------------------------------------------------------- fork resolution
 
     def tips_collected(self, peer_votes: Iterable[Vote]) -> Resolution:
-        """The plan of a resolution round, from the tips the peers reported."""
+        """The plan of a resolution round, from the tips the peers reported: one
+        vote per member key, ours included once (see the module docstring)."""
         tip = self.chain.tip
-        votes = (Vote(Tip(tip.id, tip.hash), None), *peer_votes)
+        heard = {self.author}
+        counted: list[Vote] = [Vote(Tip(tip.id, tip.hash), None)] if self.member else []
+        for vote in peer_votes:
+            if vote.voter is None or vote.voter in heard:
+                continue
+            heard.add(vote.voter)
+            counted.append(vote)
+        votes = tuple(counted)
         return Resolution(votes, tuple(candidates(votes)))
 
     def next_fetch(self, plan: Resolution) -> FetchBranch | None:

@@ -5,7 +5,11 @@ A block is valid after `prev` when, checked cheapest first:
 2. its timestamp is at most MAX_FUTURE_MS ahead of the validator's clock;
 3. its hash is SHA-256(content || nonce) recomputed from its fields;
 4. its hash has `difficulty` leading zero hex digits;
-5. its signature of the hash verifies under its author key.
+5. its signature of the hash verifies under its author key;
+6. on a members-only network (core/membership.py), its author holds a valid,
+   unrevoked certificate for the network at the block's height (a dict
+   lookup: certificates are verified once per key, when admitted), checked
+   right after the sizes, before any hashing.
 Sizes were already bounded when the block was decoded (block.MAX_* caps), and
 are checked again here for blocks built in memory.
 
@@ -16,7 +20,7 @@ block and the reason: the caller logs it and drops the block, never crashes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from votechain.core import keys
 from votechain.core.block import (
@@ -24,7 +28,7 @@ from votechain.core.block import (
     MAX_AUTHOR_BYTES,
     MAX_DATA_BYTES,
     MAX_SIGNATURE_BYTES,
-    TX_ID_BYTES,
+    SALT_BYTES,
     Block,
     genesis_block,
     meets_difficulty,
@@ -39,6 +43,9 @@ from votechain.errors import (
     Oversized,
     SignatureError,
 )
+
+if TYPE_CHECKING:
+    from votechain.core.membership import Members
 
 DEFAULT_DIFFICULTY = 4
 MAX_DIFFICULTY = 16
@@ -66,8 +73,8 @@ def check_sizes(block: Block) -> None:
             raise Oversized(block, f"{name} is {size} bytes, cap {cap}")
     if len(block.hash) != HASH_BYTES or len(block.prev_hash) != HASH_BYTES:
         raise Oversized(block, f"hash and prev_hash must be {HASH_BYTES} bytes")
-    if len(block.transaction.tx_id) != TX_ID_BYTES:
-        raise Oversized(block, f"tx_id must be {TX_ID_BYTES} bytes")
+    if len(block.transaction.salt) != SALT_BYTES:
+        raise Oversized(block, f"the transaction's salt must be {SALT_BYTES} bytes")
     # No separate check of the encoded size: the caps above bound it to ~3.2 KiB,
     # under MAX_BLOCK_BYTES, and re-encoding every block would cost the receive path.
 
@@ -83,7 +90,8 @@ def check_link(block: Block, prev: Block) -> None:
 
 
 def check_block_alone(
-    block: Block, *, difficulty: int, now_ms: int, signature: bool = True
+    block: Block, *, difficulty: int, now_ms: int, signature: bool = True,
+    members: Members | None = None,
 ) -> None:
     """Rules 2 to 5: everything that needs no other block. This is where the time
     goes (a hash and an RSA verification), so a node runs it before taking any lock.
@@ -91,11 +99,17 @@ def check_block_alone(
     `signature=False` skips rule 5 only, the RSA verification (~30 us of the
     ~35 us a block costs): for a node restarting from blocks it verified fully
     when they entered its store (NodeState.restore). Every other rule still
-    runs, so an edit to any field of a block is caught by its hash."""
+    runs, so an edit to any field of a block is caught by its hash.
+
+    `members` None is an open network (every key may write): the in-process
+    tests of everything but membership run on one; `votechain peer` always
+    runs a members-only network."""
     if block.transaction.timestamp > now_ms + MAX_FUTURE_MS:
         ahead = (block.transaction.timestamp - now_ms) / 1000
         raise FutureTimestamp(block, f"{ahead:.0f} s ahead of this node's clock")
     check_sizes(block)
+    if members is not None:
+        members.check_author(block)
     computed = block.computed_hash()
     if computed != block.hash:
         raise BadHash(block, f"recomputed {computed.hex()[:16]}")
@@ -133,21 +147,23 @@ def check_signature(block: SignedBlock) -> None:
         raise BadSignature(block, str(exc)) from exc
 
 
-def validate_block(block: Block, prev: Block, *, difficulty: int, now_ms: int) -> None:
+def validate_block(block: Block, prev: Block, *, difficulty: int, now_ms: int,
+                   members: Members | None = None) -> None:
     """Raise an InvalidBlock subclass unless `block` may follow `prev`."""
     check_link(block, prev)
-    check_block_alone(block, difficulty=difficulty, now_ms=now_ms)
+    check_block_alone(block, difficulty=difficulty, now_ms=now_ms, members=members)
 
 
-def validate_chain(blocks: Iterable[Block], *, difficulty: int, now_ms: int) -> int:
+def validate_chain(blocks: Iterable[Block], *, difficulty: int, now_ms: int,
+                   members: Members | None = None) -> int:
     """Check a whole chain from genesis; return its height. Raises at the first bad block."""
     iterator = iter(blocks)
-    genesis = genesis_block()
+    genesis = members.network.genesis if members is not None else genesis_block()
     first = next(iterator, None)
     if first != genesis:
         raise BadGenesis(first or genesis, "the chain must start with this network's genesis")
     prev = genesis
     for block in iterator:
-        validate_block(block, prev, difficulty=difficulty, now_ms=now_ms)
+        validate_block(block, prev, difficulty=difficulty, now_ms=now_ms, members=members)
         prev = block
     return prev.id

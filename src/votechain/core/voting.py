@@ -1,7 +1,8 @@
 """Votes as transactions, and the tally. Pure: no I/O, no clock (`now_ms` is passed in).
 
-A vote is a transaction whose data is the UTF-8 encoding of a category name
-and whose `tx_id` is 16 random bytes. The tally walks a chain and counts, per
+A vote is a transaction whose data is the UTF-8 encoding of a category name,
+with 16 random bytes of salt; its `tx_id` is the hash of the three fields
+(block.py), so it names this exact content. The tally walks a chain and counts, per
 category, every vote whose `tx_id` it has not seen yet: when a fork switch
 drops a block, its vote is mined again in another block, and the second copy
 carries the same `tx_id`, so it is counted once.
@@ -17,7 +18,7 @@ import secrets
 import unicodedata
 from collections.abc import Iterable
 
-from votechain.core.block import TX_ID_BYTES, Block, Transaction, genesis_block
+from votechain.core.block import SALT_BYTES, Block, Transaction, genesis_block
 from votechain.errors import InvalidVote
 
 # Long enough for any sensible ballot option, short enough that the worst case
@@ -57,18 +58,18 @@ def validate_category(text: str) -> str:
     return category
 
 
-def vote_transaction(category: str, now_ms: int, tx_id: bytes | None = None) -> Transaction:
+def vote_transaction(category: str, now_ms: int, salt: bytes | None = None) -> Transaction:
     """The transaction that casts one vote for `category` (validated, canonical form)."""
     canonical = validate_category(category)
-    if tx_id is None:
-        # Random, not derived from the content: two people voting for the same
-        # category at the same millisecond cast two votes, not one.
-        tx_id = secrets.token_bytes(TX_ID_BYTES)
-    elif len(tx_id) != TX_ID_BYTES:
-        raise ValueError(f"tx_id must be {TX_ID_BYTES} bytes, got {len(tx_id)}")
+    if salt is None:
+        # Random: two people voting for the same category at the same
+        # millisecond cast two votes (two ids), not one.
+        salt = secrets.token_bytes(SALT_BYTES)
+    elif len(salt) != SALT_BYTES:
+        raise ValueError(f"salt must be {SALT_BYTES} bytes, got {len(salt)}")
     if now_ms < 0:
         raise ValueError(f"now_ms must not be negative, got {now_ms}")
-    return Transaction(tx_id=tx_id, timestamp=now_ms, data=canonical.encode("utf-8"))
+    return Transaction(timestamp=now_ms, data=canonical.encode("utf-8"), salt=salt)
 
 
 def category_of(tx: Transaction) -> str | None:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from votechain import mining
 from votechain.net.connection import FRAME_DEADLINE
 from votechain.protocol.peer import MAX_BATCH_BLOCKS
+
+if TYPE_CHECKING:
+    from votechain.node.membership_files import Membership
 
 # How often a node polls the majority tip even when nothing arrives, so a peer
 # that missed a broadcast catches up without waiting for the next block.
@@ -76,6 +80,11 @@ class NodeConfig:
     difficulty: int = 4
     workers: int | None = None
     miner: str = mining.DEFAULT_BACKEND
+    # The members-only network this node belongs to (membership_files.load_membership
+    # checks the data directory first), or None: an open network where every key
+    # may write, which only in-process tests of other concerns use; `votechain
+    # peer` always runs with one. Its difficulty overrides `difficulty`.
+    membership: Membership | None = None
     # Timeouts (seconds) and caps; the constants above say why each is what it is.
     sync_interval: float = SYNC_INTERVAL
     tracker_interval: float = TRACKER_INTERVAL

@@ -13,8 +13,9 @@ import socket
 import threading
 from collections.abc import Callable
 
+from votechain.core.membership import Members
 from votechain.errors import ConnectionClosed, MalformedMessage, RemoteProtocolError
-from votechain.net.connection import Connection
+from votechain.net.connection import OBSERVER, Connection, LocalIdentity, PeerIdentity
 from votechain.net.sockets import accept_next, stop_listener, wake
 from votechain.node.config import NodeConfig
 from votechain.protocol.peer import Error, Hello, Message
@@ -22,16 +23,21 @@ from votechain.protocol.peer import Error, Hello, Message
 log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
-Handler = Callable[[Message, Address], Message]
+# The node's answer to one request, from the peer at an address, who proved
+# its identity in the handshake.
+Handler = Callable[[Message, Address, PeerIdentity], Message]
 
 
 class InboundServer:
     """Accepts other peers' connections, each served in a thread of its own."""
 
     def __init__(self, config: NodeConfig, hello: Hello, handle: Handler,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, *, identity: LocalIdentity = OBSERVER,
+                 members: Members | None = None) -> None:
         self._config = config
         self._hello = hello
+        self._identity = identity
+        self._members = members
         self._handle = handle
         self._stopping = stopping
         self._lock = threading.Lock()
@@ -90,7 +96,8 @@ class InboundServer:
                           frame_deadline=config.inbound_frame_deadline)
         bad_requests = 0
         try:
-            conn.handshake(self._hello, initiator=False, timeout=config.handshake_timeout)
+            peer = conn.handshake(self._hello, initiator=False, timeout=config.handshake_timeout,
+                                  identity=self._identity, members=self._members)
             with self._lock:
                 self._waiting.pop(sock, None)
             while not self._stopping.is_set():
@@ -107,7 +114,7 @@ class InboundServer:
                     log.warning("bad request from %s: %s", conn.peer, exc)
                     conn.send(Error(f"bad request: {exc.reason}"))
                     continue
-                conn.send(self._handle(msg, conn.peer))
+                conn.send(self._handle(msg, conn.peer, peer))
         except RemoteProtocolError as exc:
             log.warning("dropping connection from %s: %s", conn.peer, exc)
         except (ConnectionClosed, OSError, TimeoutError):

@@ -14,14 +14,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from votechain.core.block import Block
 from votechain.core.forkchoice import Tip
-from votechain.core.rules import check_block_alone
+from votechain.core.membership import Members
 from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
-from votechain.net.connection import Connection
+from votechain.net.connection import OBSERVER, Connection, LocalIdentity, PeerIdentity
 from votechain.node.config import (
     FETCH_AHEAD_BATCHES,
     OUTBOX_BLOCKS,
@@ -62,12 +62,18 @@ class PeerLink:
         address: Address,
         hello: Hello,
         *,
+        identity: LocalIdentity = OBSERVER,
+        members: Members | None = None,
         timeout: float = PEER_TIMEOUT,
         outbox_blocks: int = OUTBOX_BLOCKS,
         backoff: float = PEER_BACKOFF,
     ) -> None:
         self.address = address
         self._hello = hello
+        self._identity = identity
+        self._members = members
+        # Who answered the last handshake at this address (None before one).
+        self.peer: PeerIdentity | None = None
         self.timeout = timeout
         self._backoff = backoff
         self._conn: Connection | None = None
@@ -106,6 +112,10 @@ class PeerLink:
         """Send `msg` and return the reply (within `timeout`, the link's own by
         default); raises OSError (TimeoutError included), RemoteProtocolError or
         ConnectionClosed."""
+        return self.ask(msg, timeout)[0]
+
+    def ask(self, msg: Message, timeout: float | None = None) -> tuple[Message, PeerIdentity]:
+        """`request`, and who answered it (proven by this connection's handshake)."""
         if timeout is None:
             timeout = self.timeout
         if not self.lock.acquire(timeout=timeout):
@@ -124,8 +134,12 @@ class PeerLink:
                     # stored first, read second here, so one side always sees the other.
                     raise ConnectionAbortedError(f"the link to {self.address} is closed")
                 if fresh:
-                    conn.handshake(self._hello, initiator=True)
-                return conn.request(msg)
+                    self.peer = None
+                    self.peer = conn.handshake(self._hello, initiator=True,
+                                               identity=self._identity, members=self._members)
+                peer = self.peer
+                assert peer is not None  # set by this connection's handshake, under self.lock
+                return conn.request(msg), peer
             except BaseException:
                 # After any failure the stream may hold half a reply: start afresh.
                 conn.close()
@@ -154,9 +168,11 @@ class Outbound:
     and the network threads that send blocks and ask questions through them.
     Nothing here waits for a slow peer while holding a lock of the node's."""
 
-    def __init__(self, hello: Hello, public_key: bytes, config: NodeConfig) -> None:
+    def __init__(self, hello: Hello, identity: LocalIdentity, members: Members | None,
+                 config: NodeConfig) -> None:
         self._hello = hello
-        self._public_key = public_key
+        self._identity = identity
+        self._members = members
         self._config = config
         self._links: dict[Address, PeerLink] = {}
         self._lock = threading.Lock()
@@ -170,14 +186,15 @@ class Outbound:
             if link is None:
                 config = self._config
                 link = self._links[address] = PeerLink(
-                    address, self._hello, timeout=config.peer_timeout,
+                    address, self._hello, identity=self._identity, members=self._members,
+                    timeout=config.peer_timeout,
                     outbox_blocks=config.outbox_blocks, backoff=config.peer_backoff)
                 if self._closed:
                     link.close()  # close() closed the others already: refuse requests
             return link
 
     def broadcast(self, block: Block, peers: Iterable[Address]) -> None:
-        """Send `block` and our public key to each of `peers`, each in its own
+        """Send `block` to each of `peers`, each in its own
         thread with a bounded timeout; returns without waiting for them."""
         for address in peers:
             link = self.link(address)
@@ -191,7 +208,7 @@ class Outbound:
         """Send `link`'s queued blocks in order, until its outbox is empty."""
         while (block := link.next_block()) is not None:
             try:
-                reply = link.request(Add(block, self._public_key))
+                reply = link.request(Add(block))
             except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
                 log.info("could not send block %d to %s: %s", block.id, link.address, exc)
                 link.failed()
@@ -200,13 +217,16 @@ class Outbound:
                 log.warning("peer %s rejected our block %d: %s", link.address, block.id,
                             reply.reason)
 
-    def ask_all(self, peers: Iterable[Address], msg: Message) -> list[tuple[Address, Message]]:
-        """Ask every peer at once; the replies that came, in the order of `peers`."""
-        futures = [(a, self._executor.submit(self.link(a).request, msg)) for a in peers]
+    def ask_all(self, peers: Iterable[Address],
+                msg: Message) -> list[tuple[Address, Message, PeerIdentity]]:
+        """Ask every peer at once; the replies that came, with who sent each (as its
+        handshake proved), in the order of `peers`."""
+        futures = [(a, self._executor.submit(self.link(a).ask, msg)) for a in peers]
         replies = []
         for address, future in futures:
             try:
-                replies.append((address, future.result(timeout=self._config.peer_timeout * 2)))
+                reply, peer = future.result(timeout=self._config.peer_timeout * 2)
+                replies.append((address, reply, peer))
             # A silent, closed or misbehaving peer is no answer; a cancelled
             # request means we are stopping. Anything else is our bug and
             # propagates to the resolver, which logs it loudly.
@@ -231,13 +251,16 @@ def fetch_branch(
     hash_at: HashAt,
     winner: Tip,
     *,
-    difficulty: int,
-    now_ms: int,
+    check: Callable[[Block], None],
+    admit: Callable[[Sequence[bytes]], None] | None = None,
     batch_blocks: int = MAX_BATCH_BLOCKS,
     ahead: int = FETCH_AHEAD_BATCHES,
 ) -> list[Block]:
     """The peer's blocks from where its chain and ours part, up to its tip, each
-    checked on its own (link, hash, difficulty, signature): the caller holds no lock.
+    linked and passed through `check` (the stand-alone rules: hash, difficulty,
+    signature, membership): the caller holds no lock. Each batch's
+    certificates go to `admit` first (None: an open network, ignore them), so
+    blocks by members we never met can be checked.
 
     Our chain is read only through `height` and `hash_at(id)` (the hash of our
     block `id`, None if we no longer hold it), so a fetch costs in proportion to
@@ -258,7 +281,7 @@ def fetch_branch(
     would be skipped and a late joiner could never sync a long chain."""
     start, step = max(1, min(height, winner.id)), 1
     while True:
-        batch = _get_blocks(link, start, batch_blocks)
+        batch = _get_blocks(link, start, batch_blocks, admit)
         if batch and batch[0].prev_hash == hash_at(start - 1):
             break
         if start == 1:
@@ -268,13 +291,13 @@ def fetch_branch(
         start, step = max(1, start - step), step * 2
     branch: list[Block] = []
     prev: Block | None = None
-    prefetch = _Prefetch(link, batch[-1].id + 1, batch_blocks, ahead)
+    prefetch = _Prefetch(link, batch[-1].id + 1, batch_blocks, ahead, admit)
     try:
         while batch:
             for block in batch:
                 if prev is not None and (block.id != prev.id + 1 or block.prev_hash != prev.hash):
                     raise InvalidBlock(block, "the peer sent a batch that does not link up")
-                check_block_alone(block, difficulty=difficulty, now_ms=now_ms)
+                check(block)
                 prev = block
             branch.extend(batch)
             batch = prefetch.next_batch()
@@ -295,8 +318,10 @@ class _Prefetch:
     one branch at a time) is cheap next to the ~30 us of RSA per block that the
     checking thread spends meanwhile."""
 
-    def __init__(self, link: PeerLink, from_id: int, batch_blocks: int, ahead: int) -> None:
+    def __init__(self, link: PeerLink, from_id: int, batch_blocks: int, ahead: int,
+                 admit: Callable[[Sequence[bytes]], None] | None) -> None:
         self._link = link
+        self._admit = admit
         self._batch_blocks = batch_blocks
         self._queue: queue.Queue[tuple[Block, ...] | BaseException] = queue.Queue(
             maxsize=max(1, ahead))  # 0 would mean no bound at all
@@ -308,7 +333,7 @@ class _Prefetch:
     def _run(self, next_id: int) -> None:
         try:
             while not self._stopping.is_set():
-                batch = _get_blocks(self._link, next_id, self._batch_blocks)
+                batch = _get_blocks(self._link, next_id, self._batch_blocks, self._admit)
                 self._queue.put(batch)  # blocks while `ahead` batches wait to be checked
                 if not batch:
                     return
@@ -338,7 +363,8 @@ class _Prefetch:
         self._thread.join()
 
 
-def _get_blocks(link: PeerLink, from_id: int, limit: int) -> tuple[Block, ...]:
+def _get_blocks(link: PeerLink, from_id: int, limit: int,
+                admit: Callable[[Sequence[bytes]], None] | None) -> tuple[Block, ...]:
     reply = link.request(GetBlocks(from_id, limit))
     if not isinstance(reply, Blocks):
         raise RemoteProtocolError(f"expected Blocks, got {type(reply).__name__}")
@@ -346,4 +372,6 @@ def _get_blocks(link: PeerLink, from_id: int, limit: int) -> tuple[Block, ...]:
         raise RemoteProtocolError(f"asked for {limit} blocks, got {len(reply.blocks)}")
     if reply.blocks and reply.blocks[0].id != from_id:
         raise RemoteProtocolError(f"asked for blocks from {from_id}, got {reply.blocks[0].id}")
+    if admit is not None:
+        admit(reply.certificates)
     return reply.blocks

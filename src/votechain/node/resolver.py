@@ -19,7 +19,8 @@ from votechain.core.chain import Switch
 from votechain.core.forkchoice import Tip, Vote
 from votechain.core.node_effects import BranchDecision, Effect
 from votechain.core.node_state import NodeState
-from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
+from votechain.core.rules import check_block_alone
+from votechain.errors import BadCertificate, ConnectionClosed, InvalidBlock, RemoteProtocolError
 from votechain.node.config import NodeConfig, now_ms
 from votechain.node.outbound import Outbound, fetch_branch
 from votechain.protocol.peer import GetLatest, Latest
@@ -77,9 +78,12 @@ class Resolver:
     def resolve(self) -> Switch | None:
         """One round: poll every peer's latest block, and switch to the best
         candidate that agrees with the majority, if we lack it."""
+        # Every answer is a Vote, with the member key its handshake proved (None
+        # for an observer or a non-member); the state counts one per member key.
         votes = [
-            Vote(Tip(reply.block.id, reply.block.hash), address)
-            for address, reply in self._outbound.ask_all(self._peers(), GetLatest())
+            Vote(Tip(reply.block.id, reply.block.hash), address,
+                 peer.key if peer.member else None)
+            for address, reply, peer in self._outbound.ask_all(self._peers(), GetLatest())
             if isinstance(reply, Latest)
         ]
         with self._changed:
@@ -110,11 +114,27 @@ class Resolver:
         the fork's depth, not our height."""
         with self._changed:
             height = self._state.chain.height
-        config = self._config
+        config, state, now = self._config, self._state, now_ms()
+
+        def check(block: Block) -> None:
+            check_block_alone(block, difficulty=state.difficulty, now_ms=now,
+                              members=state.members)
+
         return fetch_branch(self._outbound.link(holder), height, self._hash_at, target,
-                            difficulty=self._state.difficulty, now_ms=now_ms(),
+                            check=check, admit=self._admit if state.members else None,
                             batch_blocks=config.fetch_batch_blocks,
                             ahead=config.fetch_ahead_batches)
+
+    def _admit(self, certificates: Sequence[bytes]) -> None:
+        """The certificates a Blocks reply carries; one the authority did not sign
+        is the sender's lie, and ends the fetch."""
+        members = self._state.members
+        assert members is not None
+        for raw in certificates:
+            try:
+                members.admit(raw)
+            except BadCertificate as exc:
+                raise RemoteProtocolError(f"a certificate in its blocks reply: {exc}") from exc
 
     def _hash_at(self, block_id: int) -> bytes | None:
         """Our block `block_id`'s hash; None if our chain no longer reaches it."""

@@ -43,9 +43,10 @@ from typing import assert_never
 
 from votechain import mining
 from votechain.core import keys, voting
-from votechain.core.block import TX_ID_BYTES, Block, Transaction
+from votechain.core.block import SALT_BYTES, Block, Transaction
 from votechain.core.chain import Chain, Switch
 from votechain.core.forkchoice import Tip
+from votechain.core.membership import Members
 from votechain.core.node_effects import (
     AbortMining,
     AppendBlock,
@@ -59,7 +60,8 @@ from votechain.core.node_effects import (
 )
 from votechain.core.node_state import NodeState
 from votechain.core.rules import check_difficulty
-from votechain.errors import NodeStopping
+from votechain.errors import BadCertificate, NodeStopping
+from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
 from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
 from votechain.node.inbound import InboundServer
@@ -123,13 +125,28 @@ class Node:
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        self.key = keys.load_or_create(self.data_dir)
-        self.store = ChainStore.open(self.data_dir, self.difficulty)  # PRAGMA quick_check
+        membership = self.config.membership
+        genesis = None
+        self.members: Members | None = None
+        is_member = True
+        certificate = b""
+        if membership is None:  # an open network (NodeConfig.membership says when)
+            self.key = keys.load_or_create(self.data_dir)
+        else:
+            self.key = membership.key
+            self.members = membership.members
+            self.difficulty = membership.network.difficulty
+            genesis = membership.network.genesis
+            is_member = membership.certificate is not None
+            if membership.certificate is not None:
+                certificate = membership.certificate.encode()
+        self.store = ChainStore.open(self.data_dir, self.difficulty, genesis)  # quick_check
+        self._saved_authors = self._load_certificates()
         verified = self.store.verified_height
         started = time.perf_counter()
         self.state, restored = NodeState.restore(
             self.key.public_der, self.difficulty, self.store.blocks(), self.store.pending(),
-            now_ms=now_ms(), verified_height=verified)
+            now_ms=now_ms(), verified_height=verified, members=self.members, member=is_member)
         log.info("stored chain re-checked to height %d in %.0f ms (signatures above %d)",
                  self.state.chain.height, (time.perf_counter() - started) * 1000, verified)
         if restored.bad is not None:
@@ -147,15 +164,17 @@ class Node:
         elif verified < self.state.chain.height:  # an older database: checked fully just now
             self.store.mark_verified(self.state.chain.height)
         self.hello = Hello(PROTOCOL_VERSION, self.chain.genesis.hash, self.difficulty)
+        self.identity = LocalIdentity(self.key, certificate)
         self.pool = mining.MinerPool(self.config.workers, self.config.miner)
         try:
-            self.inbound = InboundServer(self.config, self.hello, self.handle, self._stopping)
+            self.inbound = InboundServer(self.config, self.hello, self.handle, self._stopping,
+                                         identity=self.identity, members=self.members)
         except BaseException:  # e.g. the port is taken: leave no worker process behind
             self.pool.close()
             self.store.close()
             raise
         self.address = self.inbound.address
-        self.outbound = Outbound(self.hello, self.key.public_der, self.config)
+        self.outbound = Outbound(self.hello, self.identity, self.members, self.config)
         self.resolver = Resolver(
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
             stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving)
@@ -174,9 +193,42 @@ class Node:
             thread = threading.Thread(target=target, name=f"votechain-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("peer %s:%d started: height %d, %d pending, miner %s x%d",
-                 *self.address, self.chain.height, self.state.pending_count, self.pool.backend,
-                 self.pool.size)
+        role = ("open network" if membership is None else
+                f"network {membership.network.name!r} as "
+                + (repr(membership.certificate.label) if membership.certificate else "observer"))
+        log.info("peer %s:%d started (%s): height %d, %d pending, miner %s x%d",
+                 *self.address, role, self.chain.height, self.state.pending_count,
+                 self.pool.backend, self.pool.size)
+
+    def _load_certificates(self) -> set[bytes]:
+        """Admit the certificates the store kept (a bad one is skipped: the blocks
+        it would vouch for then fail at restore); the member keys whose
+        certificate the store holds."""
+        if self.members is None:
+            return set()
+        saved = set()
+        for raw in self.store.certificates():
+            try:
+                saved.add(self.members.admit(raw).member)
+            except BadCertificate as exc:
+                log.warning("ignoring a stored certificate: %s", exc)
+        return saved
+
+    def _save_certificates(self, blocks: Iterable[Block]) -> None:
+        """Keep the certificate of each new author, so the data directory alone
+        proves every stored block's author a member (`votechain verify`)."""
+        if self.members is None:
+            return
+        new = []
+        for block in blocks:
+            author = block.author
+            if author not in self._saved_authors:
+                cert = self.members.certificate(author)
+                if cert is not None:
+                    new.append((author, cert.encode()))
+                    self._saved_authors.add(author)
+        if new:
+            self.store.save_certificates(new)
 
     def stop(self) -> None:
         """Unregister, stop every thread and worker, close the database. Idempotent."""
@@ -207,6 +259,8 @@ class Node:
         for effect in effects:
             match effect:  # the receive path's three first: each case is an isinstance
                 case AppendBlock(block=block, done=done):
+                    if block.author not in self._saved_authors:
+                        self._save_certificates((block,))
                     self.store.append(block, done=done)
                 case AbortMining():
                     self.pool.abort()
@@ -217,6 +271,7 @@ class Node:
                 case QueueVote(tx=tx):
                     self.store.add_pending(tx)
                 case ReplaceFrom(first_id=first_id, blocks=blocks, requeue=requeue, done=done):
+                    self._save_certificates(blocks)
                     self.store.replace_from(first_id, blocks, requeue=requeue, done=done)
                 case DropVotes(tx_ids=tx_ids):
                     self.store.drop_pending(tx_ids)
@@ -233,8 +288,8 @@ class Node:
 
     # ------------------------------------------------------------ inbound side
 
-    def handle(self, msg: Message, source: Address) -> Message:
-        """Answer one request from another peer."""
+    def handle(self, msg: Message, source: Address, peer: PeerIdentity) -> Message:
+        """Answer one request from another peer (`peer`: who its handshake proved)."""
         if not self.network_active:
             return Error("network inactive")
         if isinstance(msg, GetLatest):
@@ -243,10 +298,24 @@ class Node:
         if isinstance(msg, GetBlocks):
             with self._lock:
                 batch = self.chain.blocks_from(msg.from_id, min(msg.limit, MAX_BATCH_BLOCKS))
-            return Blocks(tuple(batch))
+            return Blocks(tuple(batch), self._certificates_of(batch))
         if isinstance(msg, Add):
-            return self.receive_block(msg.block, msg.public_key, source)
+            if not peer.member or peer.key is None:
+                name = self.config.membership.network.name if self.config.membership else "?"
+                reason = (f"not a member of network {name!r}: an observer may read the chain "
+                          "but not add blocks")
+                log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
+                return AddResult("rejected", reason)
+            return self.receive_block(msg.block, peer.key, source)
         return Error(f"unexpected {type(msg).__name__} message")
+
+    def _certificates_of(self, batch: list[Block]) -> tuple[bytes, ...]:
+        """The certificates of a batch's authors, each once (none on an open network)."""
+        if self.members is None:
+            return ()
+        authors = dict.fromkeys(b.author for b in batch if b.id > 0)
+        certs = (self.members.certificate(author) for author in authors)
+        return tuple(cert.encode() for cert in certs if cert is not None)
 
     def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
         """The seed design's 'add a block' request (docs/design.md): screen and
@@ -348,7 +417,7 @@ class Node:
     def create(self, data: bytes, timeout: float = 60.0) -> Block:
         """The seed design's create() (docs/design.md): mine `data` into a block of
         our chain and broadcast it."""
-        tx = Transaction(tx_id=secrets.token_bytes(TX_ID_BYTES), timestamp=now_ms(), data=data)
+        tx = Transaction(timestamp=now_ms(), data=data, salt=secrets.token_bytes(SALT_BYTES))
         self.submit(tx)
         block = self.wait_for_tx(tx.tx_id, timeout)
         if block is None:

@@ -52,7 +52,12 @@ CREATE TABLE IF NOT EXISTS pending (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tx_id BLOB NOT NULL UNIQUE,
     timestamp INTEGER NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    salt BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    member BLOB PRIMARY KEY,
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tally (
     category TEXT PRIMARY KEY,
@@ -60,7 +65,11 @@ CREATE TABLE IF NOT EXISTS tally (
 );
 """
 
-# meta keys: the difficulty; the height up to which the stored blocks were fully
+# The layout of the tables and of the stored blocks. 2: transactions carry a
+# salt and their id is derived (block.py), certificates are stored.
+SCHEMA_VERSION = 2
+
+# meta keys: the schema version; the difficulty; the height up to which the stored blocks were fully
 # verified; and "1" once the tally table is kept (absent: rebuild it).
 _VERIFIED = "verified_height"
 _TALLY_KEPT = "tally"
@@ -76,9 +85,10 @@ class ChainStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, data_dir: Path, difficulty: int) -> ChainStore:
-        """Open or create the store; refuse one made for another difficulty, or a
-        damaged file (StoreError)."""
+    def open(cls, data_dir: Path, difficulty: int, genesis: Block | None = None) -> ChainStore:
+        """Open or create the store for the network whose genesis is `genesis`
+        (default: the open network's); refuse one made for another network, a
+        difficulty or a schema, or a damaged file (StoreError)."""
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         db = path / DB_FILE
@@ -98,10 +108,22 @@ class ChainStore:
             conn.close()
             raise
         store = cls(conn)
+        genesis = genesis or genesis_block()
         if conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0:
             # The genesis is stored too, so the table alone is a complete chain
             # that `votechain verify` can check from its first row.
-            store.append(genesis_block())
+            store._set_meta("schema", str(SCHEMA_VERSION))
+            store.append(genesis)
+        schema = store._meta("schema")
+        if schema != str(SCHEMA_VERSION):
+            conn.close()
+            raise StoreError(f"{db} was made by an older votechain (schema {schema or 1}, this "
+                             f"one reads {SCHEMA_VERSION}); move it away and the node re-syncs")
+        row = conn.execute("SELECT hash FROM blocks WHERE id = 0").fetchone()
+        if row is None or bytes(row[0]) != genesis.hash:
+            conn.close()
+            raise StoreError(f"{db} holds another network's chain (its genesis is not "
+                             f"{genesis.hash.hex()[:16]}…)")
         stored = store._meta("difficulty")
         if stored is None:
             store._set_meta("difficulty", str(difficulty))
@@ -178,8 +200,8 @@ class ChainStore:
             self._conn.execute("DELETE FROM blocks WHERE id >= ?", (first_id,))
             self._conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", rows)
             self._conn.executemany(
-                "INSERT OR IGNORE INTO pending (tx_id, timestamp, data) VALUES (?, ?, ?)",
-                [(t.tx_id, t.timestamp, t.data) for t in requeue],
+                "INSERT OR IGNORE INTO pending (tx_id, timestamp, data, salt) VALUES (?, ?, ?, ?)",
+                [(t.tx_id, t.timestamp, t.data, t.salt) for t in requeue],
             )
             self._conn.executemany(
                 "DELETE FROM pending WHERE tx_id = ?", [(tx_id,) for tx_id in done]
@@ -230,8 +252,8 @@ class ChainStore:
     def add_pending(self, tx: Transaction) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR IGNORE INTO pending (tx_id, timestamp, data) VALUES (?, ?, ?)",
-                (tx.tx_id, tx.timestamp, tx.data),
+                "INSERT OR IGNORE INTO pending (tx_id, timestamp, data, salt) VALUES (?, ?, ?, ?)",
+                (tx.tx_id, tx.timestamp, tx.data, tx.salt),
             )
 
     def drop_pending(self, tx_ids: Iterable[bytes]) -> None:
@@ -244,9 +266,22 @@ class ChainStore:
         """Votes accepted by this node and not yet in its chain, oldest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT tx_id, timestamp, data FROM pending ORDER BY seq"
+                "SELECT timestamp, data, salt FROM pending ORDER BY seq"
             ).fetchall()
-        return [Transaction(bytes(t), int(ts), bytes(d)) for t, ts, d in rows]
+        return [Transaction(int(ts), bytes(d), bytes(salt)) for ts, d, salt in rows]
+
+    def save_certificates(self, certificates: Iterable[tuple[bytes, bytes]]) -> None:
+        """Keep (member key, encoded certificate) pairs, so the directory alone
+        proves every stored block's author a member (`votechain verify`)."""
+        with self._lock:
+            self._conn.executemany("INSERT OR IGNORE INTO certificates VALUES (?, ?)",
+                                   list(certificates))
+
+    def certificates(self) -> list[bytes]:
+        """The encoded certificates kept by `save_certificates`."""
+        with self._lock:
+            rows = self._conn.execute("SELECT body FROM certificates").fetchall()
+        return [bytes(body) for (body,) in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -8,8 +8,10 @@ strict decoder with ``PEER_LIMITS`` and the frame cap ``MAX_FRAME_BYTES``.
 The conversation::
 
     initiator                              acceptor
-    Hello            ------------------>
+    Hello            ------------------>                (with a fresh random challenge)
                      <------------------   Hello        (then both run check_hello)
+    Auth             ------------------>                (signs the acceptor's challenge)
+                     <------------------   Auth         (signs the initiator's challenge)
     GetLatest        ------------------>
                      <------------------   Latest
     Add              ------------------>
@@ -37,7 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
-from votechain.core.block import HASH_BYTES, MAX_AUTHOR_BYTES, MAX_BLOCK_BYTES, Block
+from votechain.core.block import (
+    HASH_BYTES,
+    MAX_AUTHOR_BYTES,
+    MAX_BLOCK_BYTES,
+    MAX_SIGNATURE_BYTES,
+    Block,
+)
 from votechain.core.codec import Codec, Limits, quote
 from votechain.errors import (
     MAX_REASON_CHARS,
@@ -50,7 +58,13 @@ from votechain.errors import (
 from votechain.protocol.framing import FrameCap
 from votechain.protocol.messages import MessageSet, cut_reason
 
-PROTOCOL_VERSION = 1
+# 2: the authenticated handshake (Auth), salted transactions with derived ids,
+# certificates in Blocks (docs/protocol.md).
+PROTOCOL_VERSION = 2
+CHALLENGE_BYTES = 32
+# A certificate is ~600 bytes with an RSA-2048 member key (membership.py);
+# 2 KiB allows larger keys.
+MAX_CERTIFICATE_BYTES = 2048
 
 # A frame is buffered whole before it is decoded, so this is the most memory
 # one connection can make us hold. It must fit a full Blocks batch:
@@ -66,7 +80,8 @@ MAX_BATCH_BLOCKS = 256
 
 ADD_STATUSES = ("added", "known", "fork", "rejected")
 
-assert MAX_BATCH_BLOCKS * (MAX_BLOCK_BYTES + 16) + 64 <= MAX_FRAME_BYTES, "a full batch must fit"
+assert (MAX_BATCH_BLOCKS * (MAX_BLOCK_BYTES + MAX_CERTIFICATE_BYTES + 32) + 64
+        <= MAX_FRAME_BYTES), "a full batch, a certificate per block, must fit"
 
 # The limits handed to msgpack, so that a declared length is refused before
 # any allocation and a frame can never decode to more than our messages need.
@@ -76,9 +91,9 @@ PEER_LIMITS = Limits(
     max_str_len=4 * MAX_REASON_CHARS,
     # Every bin field is capped at 1 KiB by block.py; a whole block is 8 KiB.
     max_bin_len=MAX_BLOCK_BYTES,
-    # The only array is Blocks.blocks.
+    # The only arrays are Blocks.blocks and Blocks.certificates.
     max_array_len=MAX_BATCH_BLOCKS,
-    # A message map has at most 4 entries and a block map 7; 16 is generous.
+    # A message map has at most 5 entries and a block map 7; 16 is generous.
     max_map_len=16,
 )
 _CODEC = Codec(PEER_LIMITS, MalformedMessage)
@@ -90,8 +105,11 @@ class Hello:
 
     TYPE: ClassVar[str] = "hello"
     version: int
-    genesis: bytes  # the hash of the sender's block 0
+    genesis: bytes  # the hash of the sender's block 0: the network id
     difficulty: int  # leading zero hex digits every block hash must have
+    # Fresh random bytes per connection, which the other side signs in its Auth:
+    # a recorded Auth from another connection is worthless.
+    challenge: bytes = bytes(CHALLENGE_BYTES)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -99,15 +117,50 @@ class Hello:
             "version": self.version,
             "genesis": self.genesis,
             "difficulty": self.difficulty,
+            "challenge": self.challenge,
         }
 
     @classmethod
     def from_wire(cls, obj: object) -> Hello:
-        fields = _CODEC.fields(obj, cls.TYPE, ("version", "genesis", "difficulty"), tagged=True)
+        fields = _CODEC.fields(obj, cls.TYPE, ("version", "genesis", "difficulty", "challenge"),
+                               tagged=True)
         return cls(
             version=_CODEC.uint(fields["version"], "hello.version"),
             genesis=_CODEC.binary(fields["genesis"], "hello.genesis", HASH_BYTES, exact=True),
             difficulty=_CODEC.uint(fields["difficulty"], "hello.difficulty"),
+            challenge=_CODEC.binary(fields["challenge"], "hello.challenge", CHALLENGE_BYTES,
+                                    exact=True),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The second message from both sides: who the sender is, proven.
+
+    `signature` is the sender's signature, under `public_key`, of the handshake
+    digest (protocol/handshake.py), which covers the other side's challenge;
+    `certificate` its member certificate (membership.Certificate.encode). An
+    observer sends all three empty; a key without a certificate is a
+    non-member, which may read but not write either."""
+
+    TYPE: ClassVar[str] = "auth"
+    public_key: bytes = b""
+    certificate: bytes = b""
+    signature: bytes = b""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "public_key": self.public_key,
+                "certificate": self.certificate, "signature": self.signature}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Auth:
+        fields = _CODEC.fields(obj, cls.TYPE, ("public_key", "certificate", "signature"),
+                               tagged=True)
+        return cls(
+            public_key=_CODEC.binary(fields["public_key"], "auth.public_key", MAX_AUTHOR_BYTES),
+            certificate=_CODEC.binary(fields["certificate"], "auth.certificate",
+                                      MAX_CERTIFICATE_BYTES),
+            signature=_CODEC.binary(fields["signature"], "auth.signature", MAX_SIGNATURE_BYTES),
         )
 
 
@@ -144,26 +197,19 @@ class Latest:
 
 @dataclass(frozen=True, slots=True)
 class Add:
-    """Offer a newly mined block, with the sender's public key (DER)."""
+    """Offer a block the sender mined. Its author must be the key the sender
+    proved in the handshake, and a member (an observer's Add is refused)."""
 
     TYPE: ClassVar[str] = "add"
     block: Block
-    public_key: bytes
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "block": _block_to_wire(self.block, "add.block"),
-            "public_key": self.public_key,
-        }
+        return {"type": self.TYPE, "block": _block_to_wire(self.block, "add.block")}
 
     @classmethod
     def from_wire(cls, obj: object) -> Add:
-        fields = _CODEC.fields(obj, cls.TYPE, ("block", "public_key"), tagged=True)
-        return cls(
-            block=_block(fields["block"], "add.block"),
-            public_key=_CODEC.binary(fields["public_key"], "add.public_key", MAX_AUTHOR_BYTES),
-        )
+        fields = _CODEC.fields(obj, cls.TYPE, ("block",), tagged=True)
+        return cls(block=_block(fields["block"], "add.block"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,30 +273,43 @@ class Blocks:
     The decoder checks the count (at most MAX_BATCH_BLOCKS) and that the ids
     are consecutive; whether they start at the asked ``from_id`` and link by
     hash is for the asker to check, since only it knows what it asked.
+    ``certificates`` are the member certificates of the batch's authors (each
+    once), so the asker can check authorship of blocks by members it never
+    met; an open network sends none.
     """
 
     TYPE: ClassVar[str] = "blocks"
     blocks: tuple[Block, ...]
+    certificates: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept any sequence (a list from a store query) but hold a tuple, so
         # messages stay hashable and compare equal however they were built.
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
+        if isinstance(self.certificates, list):
+            object.__setattr__(self, "certificates", tuple(self.certificates))
 
     def to_wire(self) -> dict[str, Any]:
         if not isinstance(self.blocks, tuple):
             raise LocalProtocolError(
                 f"blocks.blocks must be a tuple, got {type(self.blocks).__name__}"
             )
+        if len(self.certificates) > MAX_BATCH_BLOCKS:
+            raise LocalProtocolError("blocks.certificates: more than one per block")
         return {
             "type": self.TYPE,
             "blocks": [_block_to_wire(b, "blocks.blocks[]") for b in self.blocks],
+            "certificates": list(self.certificates),
         }
 
     @classmethod
     def from_wire(cls, obj: object) -> Blocks:
-        fields = _CODEC.fields(obj, cls.TYPE, ("blocks",), tagged=True)
+        fields = _CODEC.fields(obj, cls.TYPE, ("blocks", "certificates"), tagged=True)
+        certs = fields["certificates"]
+        if not isinstance(certs, list) or len(certs) > MAX_BATCH_BLOCKS:
+            raise MalformedMessage(f"blocks.certificates must be an array of at most "
+                                   f"{MAX_BATCH_BLOCKS}")
         items = fields["blocks"]
         if not isinstance(items, list):
             raise MalformedMessage(f"blocks.blocks must be an array, got {type(items).__name__}")
@@ -264,7 +323,9 @@ class Blocks:
                 raise MalformedMessage(
                     f"blocks.blocks are not consecutive: block {block.id} follows {prev.id}"
                 )
-        return cls(blocks=blocks)
+        return cls(blocks=blocks, certificates=tuple(
+            _CODEC.binary(c, f"blocks.certificates[{i}]", MAX_CERTIFICATE_BYTES)
+            for i, c in enumerate(certs)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,11 +350,12 @@ class Error:
         return cls(reason=_CODEC.text(fields["reason"], "error.reason", MAX_REASON_CHARS))
 
 
-Message: TypeAlias = Hello | GetLatest | Latest | Add | AddResult | GetBlocks | Blocks | Error
+Message: TypeAlias = (Hello | Auth | GetLatest | Latest | Add | AddResult | GetBlocks | Blocks
+                      | Error)
 
 PEER: MessageSet[Message] = MessageSet(
     what="message",
-    classes=(Hello, GetLatest, Latest, Add, AddResult, GetBlocks, Blocks, Error),
+    classes=(Hello, Auth, GetLatest, Latest, Add, AddResult, GetBlocks, Blocks, Error),
     codec=_CODEC,
     cap=FrameCap("MAX_FRAME_BYTES", MAX_FRAME_BYTES),
     unknown=UnknownMessageType,
