@@ -33,7 +33,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from votechain import mining
 from votechain.app import bench
 from votechain.core import rules
-from votechain.core.block import HASH_BYTES, Block, Transaction, genesis_block
+from votechain.core.block import HASH_BYTES, SALT_BYTES, Block, Transaction, genesis_block
 from votechain.core.keys import NodeKey
 from votechain.mining import backend as backend_mod
 
@@ -215,7 +215,7 @@ def test_blocks_mined_and_signed_per_second(
 
     def one_block() -> None:
         n = next(counter)
-        tx = Transaction(n.to_bytes(16, "big"), 1_700_000_000_000 + n, b"bench")
+        tx = Transaction(1_700_000_000_000 + n, b"bench", n.to_bytes(SALT_BYTES, "big"))
         mine_and_sign(genesis, tx, key, BLOCK_DIFFICULTY)
 
     clock = Clock(one_block)
@@ -232,8 +232,9 @@ def test_block_validations_per_second(
     blocks: list[Block] = []
     prev = genesis_block()
     for n in range(VALIDATION_BLOCKS):
-        prev = mine_and_sign(prev, Transaction(n.to_bytes(16, "big"), 1_700_000_000_000,
-                                               b"validate"), key, BLOCK_DIFFICULTY)
+        prev = mine_and_sign(prev, Transaction(1_700_000_000_000, b"validate",
+                                               n.to_bytes(SALT_BYTES, "big")),
+                             key, BLOCK_DIFFICULTY)
         blocks.append(prev)
     now_ms = 1_800_000_000_000
     rules.check_block_alone(blocks[0], difficulty=BLOCK_DIFFICULTY, now_ms=now_ms)  # warm

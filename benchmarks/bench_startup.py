@@ -27,7 +27,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from blockkit import LOW_DIFFICULTY, NOW, T0, fixed_key, make_block
-from votechain.core.block import Block, Transaction, genesis_block
+from votechain.core.block import SALT_BYTES, Block, Transaction, genesis_block
 from votechain.core.node_state import NodeState
 from votechain.node.store import ChainStore
 
@@ -42,7 +42,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Block]]
     store = ChainStore.open(data_dir, LOW_DIFFICULTY)
     blocks = [genesis_block()]
     for n in range(BLOCKS):
-        tx = Transaction(n.to_bytes(16, "big"), T0 + n, f"c{n % 7}".encode())
+        tx = Transaction(T0 + n, f"c{n % 7}".encode(), n.to_bytes(SALT_BYTES, "big"))
         blocks.append(make_block(blocks[-1], tx))
     store.replace_from(1, blocks[1:], requeue=())  # one transaction: verified_height = BLOCKS
     assert store.verified_height == BLOCKS

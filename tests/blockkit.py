@@ -90,7 +90,7 @@ def extend(
 ) -> list[Block]:
     """Blocks after `prev`, one per label (not including `prev`)."""
     blocks: list[Block] = []
-    for i, label in enumerate(labels):
+    for label in labels:
         blocks.append(make_block(blocks[-1] if blocks else prev, tx_for(label, timestamp),
                                  key=key))
     return blocks

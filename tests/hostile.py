@@ -35,6 +35,7 @@ from votechain.core import block, codec
 from votechain.errors import MAX_REASON_CHARS, RemoteProtocolError
 from votechain.protocol import framing, messages, peer
 from votechain.protocol.framing import PREFIX_BYTES
+from votechain.protocol.handshake import INITIATOR, LocalIdentity, make_auth
 from votechain.protocol.peer import PEER, Hello, Message, decode_payload, encode
 
 __all__ = [
@@ -185,8 +186,14 @@ class RawPeer:
         self.send(msg)
         return self.recv()
 
-    def handshake(self, hello: Hello) -> Message:
-        return self.request(hello)
+    def handshake(self, hello: Hello, identity: LocalIdentity | None = None) -> Message:
+        """The initiator's side of the handshake: our Hello, then our Auth (as
+        `identity`; default a keyless observer). The node's Auth once both went
+        through, else the reply that stopped it (the node's Error)."""
+        theirs = self.request(hello)
+        if not isinstance(theirs, Hello):
+            return theirs
+        return self.request(make_auth(identity or LocalIdentity(), INITIATOR, hello, theirs))
 
     def wait_closed(self, timeout: float = 5.0) -> bytes:
         return wait_closed(self.sock, timeout)

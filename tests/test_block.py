@@ -22,6 +22,7 @@ from votechain.core.block import (
     MAX_DATA_BYTES,
     MAX_NONCE,
     MAX_SIGNATURE_BYTES,
+    SALT_BYTES,
     TX_ID_BYTES,
     Block,
     Transaction,
@@ -30,6 +31,7 @@ from votechain.core.block import (
     genesis_block,
     leading_zero_hex_digits,
     meets_difficulty,
+    transaction_id,
 )
 from votechain.errors import EncodingError
 
@@ -57,9 +59,9 @@ blocks_strategy = st.builds(
     id=st.integers(0, MAX_NONCE),
     transaction=st.builds(
         Transaction,
-        tx_id=st.binary(min_size=TX_ID_BYTES, max_size=TX_ID_BYTES),
         timestamp=st.integers(0, MAX_NONCE),
         data=st.binary(max_size=MAX_DATA_BYTES),
+        salt=st.binary(min_size=SALT_BYTES, max_size=SALT_BYTES),
     ),
     nonce=st.integers(0, MAX_NONCE),
     prev_hash=st.binary(min_size=HASH_BYTES, max_size=HASH_BYTES),
@@ -88,12 +90,13 @@ def test_round_trip_any_block_within_caps(block: Block) -> None:
     assert len(raw) <= MAX_BLOCK_BYTES  # the caps alone bound the encoding
     assert Block.decode(raw) == block
     assert Block.decode(raw).encode() == raw
+    assert Block.decode(raw).transaction.tx_id == block.transaction.tx_id
 
 
 def test_largest_block_fits_the_cap() -> None:
     biggest = Block(
         id=MAX_NONCE,
-        transaction=Transaction(b"\xff" * TX_ID_BYTES, MAX_NONCE, b"\xff" * MAX_DATA_BYTES),
+        transaction=Transaction(MAX_NONCE, b"\xff" * MAX_DATA_BYTES, b"\xff" * SALT_BYTES),
         nonce=MAX_NONCE,
         prev_hash=b"\xff" * HASH_BYTES,
         hash=b"\xff" * HASH_BYTES,
@@ -105,10 +108,13 @@ def test_largest_block_fits_the_cap() -> None:
 
 
 def test_hash_layout() -> None:
-    """content = SHA-256(msgpack [id, [tx_id, timestamp, data], prev_hash, author]);
+    """tx_id = SHA-256(msgpack [timestamp, data, salt]);
+    content = SHA-256(msgpack [id, [timestamp, data, salt], prev_hash, author]);
     hash = SHA-256(content || nonce as 8 bytes big-endian)."""
     tx = BLOCK.transaction
-    body = packb([BLOCK.id, [tx.tx_id, tx.timestamp, tx.data], BLOCK.prev_hash, BLOCK.author])
+    assert tx.tx_id == hashlib.sha256(packb([tx.timestamp, tx.data, tx.salt])).digest()
+    assert len(tx.tx_id) == TX_ID_BYTES
+    body = packb([BLOCK.id, [tx.timestamp, tx.data, tx.salt], BLOCK.prev_hash, BLOCK.author])
     content = hashlib.sha256(body).digest()
     assert BLOCK.content() == content == content_digest(BLOCK.id, tx, BLOCK.prev_hash,
                                                         BLOCK.author)
@@ -119,16 +125,48 @@ def test_hash_layout() -> None:
     assert replace(BLOCK, signature=b"x").content() == content
 
 
+def test_transaction_id_is_derived_from_every_field() -> None:
+    """No one chooses a tx_id: it is the hash of the content, so two
+    transactions with one id and different content cannot be built; changing
+    any field (the salt included) changes the id."""
+    tx = BLOCK.transaction
+    assert tx.tx_id == transaction_id(tx.timestamp, tx.data, tx.salt)
+    assert Transaction(tx.timestamp, tx.data, tx.salt).tx_id == tx.tx_id
+    variants = [
+        replace(tx, timestamp=tx.timestamp + 1),
+        replace(tx, data=tx.data + b"!"),
+        replace(tx, salt=bytes(b ^ 1 for b in tx.salt)),
+    ]
+    ids = {tx.tx_id, *(v.tx_id for v in variants)}
+    assert len(ids) == 4  # every change is a different vote
+    for variant in variants:  # and the id follows the content it was rebuilt with
+        assert variant.tx_id == transaction_id(variant.timestamp, variant.data, variant.salt)
+    # The id is no field of the transaction's own: not given, not compared, not sent.
+    with pytest.raises(TypeError):
+        Transaction(tx.timestamp, tx.data, tx.salt, tx.tx_id)  # type: ignore[call-arg]
+    assert "tx_id" not in BLOCK.to_wire()["transaction"]
+
+
 def test_genesis_is_deterministic() -> None:
     genesis = genesis_block()
     assert genesis == genesis_block()
     assert genesis.encode() == genesis_block().encode()
     assert genesis.id == 0 and genesis.nonce == 0
     assert genesis.prev_hash == bytes(HASH_BYTES)
-    assert genesis.transaction == Transaction(bytes(TX_ID_BYTES), 0, GENESIS_DATA)
+    assert genesis.transaction == Transaction(0, GENESIS_DATA, bytes(SALT_BYTES))
     assert genesis.signature == b"" and genesis.author == b""
     assert genesis.computed_hash() == genesis.hash
     assert Block.decode(genesis.encode()) == genesis
+
+
+def test_genesis_names_its_network() -> None:
+    """The genesis carries the network's descriptor: another descriptor, another
+    genesis hash, so two networks never share a chain."""
+    other = genesis_block(b"another network")
+    assert other == genesis_block(b"another network")
+    assert other.transaction.data == b"another network"
+    assert other.hash != genesis_block().hash
+    assert other.computed_hash() == other.hash
 
 
 # --- the decoder refuses -----------------------------------------------------------------
@@ -166,7 +204,7 @@ def test_missing_field_rejected(field: str) -> None:
         Block.decode(packb(obj))
 
 
-@pytest.mark.parametrize("field", ["tx_id", "timestamp", "data"])
+@pytest.mark.parametrize("field", ["timestamp", "data", "salt"])
 def test_missing_tx_field_rejected(field: str) -> None:
     obj = BLOCK.to_wire()
     del obj["transaction"][field]
@@ -179,6 +217,9 @@ def test_unknown_fields_rejected() -> None:
         Block.decode(packb(wire(extra=1)))
     with pytest.raises(EncodingError, match="transaction has unknown fields extra"):
         Block.decode(packb(with_tx(extra=1)))
+    # A tx_id sent along (as version 1 did) is refused: the id is derived, never taken.
+    with pytest.raises(EncodingError, match="transaction has unknown fields tx_id"):
+        Block.decode(packb(with_tx(tx_id=BLOCK.transaction.tx_id)))
 
 
 def test_non_string_keys_rejected() -> None:
@@ -204,8 +245,8 @@ def test_non_string_keys_rejected() -> None:
         wire(hash=list(BLOCK.hash)),
         wire(signature=None),
         wire(author="author"),
-        wire(transaction=[BLOCK.transaction.tx_id, 0, b""]),
-        with_tx(tx_id="x" * TX_ID_BYTES),
+        wire(transaction=[0, b"", BLOCK.transaction.salt]),
+        with_tx(salt="x" * SALT_BYTES),
         with_tx(timestamp="0"),
         with_tx(timestamp=-5),
         with_tx(data="alice"),
@@ -225,12 +266,12 @@ def test_wrong_types_rejected(obj: object) -> None:
         wire(hash=bytes(HASH_BYTES + 1)),
         wire(signature=bytes(MAX_SIGNATURE_BYTES + 1)),
         wire(author=bytes(MAX_AUTHOR_BYTES + 1)),
-        with_tx(tx_id=bytes(TX_ID_BYTES + 1)),
-        with_tx(tx_id=bytes(TX_ID_BYTES - 1)),
+        with_tx(salt=bytes(SALT_BYTES + 1)),
+        with_tx(salt=bytes(SALT_BYTES - 1)),
         with_tx(data=bytes(MAX_DATA_BYTES + 1)),
     ],
     ids=["prev_hash-short", "prev_hash-long", "hash-long", "signature", "author",
-         "tx_id-long", "tx_id-short", "data"],
+         "salt-long", "salt-short", "data"],
 )
 def test_oversized_or_wrong_length_fields_rejected(obj: dict[str, Any]) -> None:
     raw = packb(obj)

@@ -87,11 +87,21 @@ def test_version_and_info_name_the_miner(args: list[str]) -> None:
         [],
         ["frobnicate"],
         ["peer"],
-        ["peer", "--tracker", "nonsense"],
+        ["peer", "--network", "x.network", "--tracker", "nonsense"],
+        # The network decides: a peer takes no --network-less start, no --difficulty.
+        ["peer", "--tracker", "127.0.0.1:8000"],
+        ["peer", "--network", "x.network", "--tracker", "127.0.0.1:8000", "--difficulty", "4"],
         ["tracker", "--port", "70000"],
         ["demo", "--peers", "0"],
-        ["peer", "--tracker", "127.0.0.1:8000", "--difficulty", "99"],
         ["vote", "--timeout", "0", "alice"],
+        ["network"],
+        ["network", "dissolve"],
+        ["network", "create"],
+        ["network", "create", "n", "--difficulty", "99"],
+        ["network", "admit", "n.network", "--data-dir", "d"],
+        ["network", "revoke", "n.network", "--authority", "n.authority"],
+        ["network", "revoke", "n.network", "--authority", "a", "--member", "d",
+         "--from-height", "-1"],
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
@@ -123,6 +133,30 @@ def test_verify_without_a_chain_is_one_line_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "no chain" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify", "--data-dir", "{tmp}", "--network", "{tmp}/missing.network"],
+        ["peer", "--network", "{tmp}/missing.network", "--tracker", "127.0.0.1:9"],
+        ["network", "admit", "{tmp}/missing.network", "--authority", "{tmp}/a",
+         "--data-dir", "{tmp}/d"],
+        ["network", "revoke", "{tmp}/missing.network", "--authority", "{tmp}/a",
+         "--member", "{tmp}/d"],
+        ["network", "create", "n", "--out", "/proc/votechain"],
+    ],
+)
+def test_a_missing_or_unwritable_network_file_is_one_line_exit_1(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = run(*(arg.replace("{tmp}", str(tmp_path)) for arg in command), timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith(f"votechain {' '.join(command[:2 if command[0] == 'network' else 1])}"
+                           ": error: ")
+    assert "missing.network" in line or "/proc/votechain" in line
 
 
 # ---------------------------------------------------------------- against a node

@@ -1,6 +1,7 @@
-"""End to end through the real `votechain` command: a tracker and three peers, each its
-own process on loopback, votes cast on different peers at once, every peer's tally
-equal and complete; `verify` on an honest and on a tampered store; a wrong cookie.
+"""End to end through the real `votechain` command: an organizer's network, a
+tracker and three admitted peers, each its own process on loopback, votes cast
+on different peers at once, every peer's tally equal and complete; `verify` on
+an honest and on a tampered store; a wrong cookie.
 
 Nothing here sleeps to synchronise: conditions are awaited under a deadline.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.members import Organizer
 from framework.processes import ChildProcess, Processes, run
 from framework.waiting import wait_until
 from votechain.app.demo import child_env
@@ -41,26 +43,31 @@ class Network:
     peers: list[ChildProcess]
     dirs: list[Path]
     processes: Processes
+    organizer: Organizer
 
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("e2e")
     processes = Processes(root)
+    # The organizer's part, done once: the network, and each station admitted.
+    organizer = Organizer(root / "organizer", "e2e", difficulty=DIFFICULTY)
+    dirs = [root / f"peer{i}" for i in range(PEERS)]
+    for data_dir in dirs:
+        organizer.admit(data_dir)
     try:
         tracker = processes.start("tracker", "tracker", "--port", "0")
         assert tracker.address is not None
         host, port = tracker.address
-        dirs = [root / f"peer{i}" for i in range(PEERS)]
         peers = [
             processes.start(
                 f"peer{i}",
                 *("peer", "--tracker", f"{host}:{port}", "--data-dir", str(data_dir)),
-                *("--difficulty", str(DIFFICULTY), "--workers", "1"),
+                *("--network", str(organizer.network_path), "--workers", "1"),
             )
             for i, data_dir in enumerate(dirs)
         ]
-        yield Network(tracker, peers, dirs, processes)
+        yield Network(tracker, peers, dirs, processes, organizer)
     finally:
         processes.stop_all()
 
@@ -138,6 +145,11 @@ def test_verify_accepts_an_honest_store_and_rejects_an_altered_vote(
     assert honest.returncode == 0, honest.stderr
     assert "chain OK" in honest.stdout
     assert f"{len(VOTES)} votes" in honest.stdout
+    # Checked against the network the directory belongs to, every author a
+    # member: each peer mined the votes cast on it, so the store holds the
+    # certificates of all three.
+    network_id = network.organizer.network.id.hex()
+    assert f"network 'e2e' id {network_id}, every author one of {PEERS} members," in honest.stdout
 
     with sqlite3.connect(data_dir / "chain.sqlite3") as db:
         (body,) = db.execute("SELECT body FROM blocks WHERE id = 2").fetchone()
@@ -167,3 +179,4 @@ def test_demo_runs_a_network_and_shows_the_tally(tmp_path: Path) -> None:
     assert "█" in result.stdout
     assert sum(line.startswith("peer") and "/s" in line for line in lines) == 2
     assert "4/4" in result.stderr
+    assert "2 members admitted" in result.stderr

@@ -6,17 +6,19 @@ a flaky test elsewhere."""
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from blockkit import make_block, tx_for
+from blockkit import fixed_key, make_block, tx_for
 from framework.fakes_net import SilentPeer, scripted_tracker
 from framework.memory import Background, connection_pair, handshake, raw_pair, tcp_pair
 from framework.network import Network, Target, converged, tips
 from framework.waiting import TIMEOUT_FACTOR_ENV, timeout_factor, wait_until
 from votechain.core.block import genesis_block
 from votechain.errors import ConnectionClosed, TrackerError
+from votechain.net.connection import LocalIdentity
 from votechain.net.tracker_client import TrackerClient
 from votechain.protocol.peer import PROTOCOL_VERSION, GetLatest, Hello, Latest, encode
 
@@ -62,7 +64,13 @@ def test_timeout_factor(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_connection_pair_carries_messages_both_ways() -> None:
     with connection_pair() as (left, right):
-        assert handshake(left, right, HELLO) == (HELLO, HELLO)
+        got_left, got_right = handshake(left, right, HELLO)
+        # Each side got the other's Hello, with a fresh challenge of its own,
+        # and (no identity given) a keyless observer behind it.
+        for got in (got_left, got_right):
+            assert replace(got.hello, challenge=HELLO.challenge) == HELLO
+            assert (got.key, got.certificate, got.member) == (None, None, False)
+        assert len({HELLO.challenge, got_left.hello.challenge, got_right.hello.challenge}) == 3
         left.send(GetLatest())
         assert right.recv() == GetLatest()
         right.send(Latest(genesis_block()))
@@ -70,6 +78,15 @@ def test_connection_pair_carries_messages_both_ways() -> None:
     assert left.closed and right.closed
 
 
+def test_handshake_helper_proves_the_identity_it_is_given() -> None:
+    with connection_pair() as (left, right):
+        got_left, got_right = handshake(left, right, HELLO,
+                                        left_identity=LocalIdentity(fixed_key()))
+        # On an open network (no members given) any proven key is a member.
+        assert (got_right.key, got_right.member) == (fixed_key().public_der, True)
+        assert (got_left.key, got_left.member) == (None, False)
+        left.send(GetLatest())  # and the conversation goes on after it
+        assert right.recv() == GetLatest()
 def test_raw_pair_reads_what_the_raw_side_writes() -> None:
     with raw_pair() as (raw, conn):
         frame = encode(GetLatest())

@@ -36,6 +36,7 @@ from hostile import (
     wait_closed,
 )
 from votechain.core.block import HASH_BYTES, MAX_DATA_BYTES, Block, meets_difficulty
+from votechain.core.keys import NodeKey
 from votechain.errors import ControlError
 from votechain.net.control_client import ControlClient
 from votechain.net.control_server import MAX_CONTROL_CONNECTIONS, ControlServer
@@ -48,6 +49,7 @@ from votechain.protocol.peer import (
     Error,
     GetBlocks,
     GetLatest,
+    Hello,
     Latest,
     encode,
 )
@@ -173,9 +175,12 @@ FIELD_CASES: list[tuple[object, str]] = [
         ({"type": 7}, "must be a string"),
         ({"kind": "get_latest"}, "must be a string"),
         ([1, 2, 3], "must be a map"),
-        ({"type": "add", "public_key": b"k"}, "missing block"),
-        ({"type": "add", "block": "a block", "public_key": b"k"}, "must be a map"),
-        ({"type": "add", "block": {"id": 1}, "public_key": b"k"}, "is missing"),
+        ({"type": "add"}, "missing block"),
+        ({"type": "add", "block": "a block"}, "must be a map"),
+        ({"type": "add", "block": {"id": 1}}, "is missing"),
+        # Version 1's Add named its sender's key; the key is now the one the
+        # handshake proved, and a field claiming another is refused.
+        ({"type": "add", "block": {"id": 1}, "public_key": b"k"}, "unknown fields public_key"),
 ]
 
 
@@ -201,7 +206,7 @@ def test_mistyped_block_fields_get_an_error(target: Target) -> None:
     ]
     with target.raw() as raw:
         for block_map, words in cases:
-            raw.send_obj({"type": "add", "block": block_map, "public_key": block.author})
+            raw.send_obj({"type": "add", "block": block_map})
             reply = raw.recv()
             assert isinstance(reply, Error) and words in reply.reason, (words, reply)
     target.assert_unharmed()
@@ -211,11 +216,10 @@ def test_oversized_block_data_is_refused_by_the_decoder(
     target: Target, peer_log: pytest.LogCaptureFixture
 ) -> None:
     block = make_block(target.tip, tx_for("big"), difficulty=DIFFICULTY)
-    transaction = {"tx_id": block.transaction.tx_id, "timestamp": 1,
-                   "data": b"x" * (MAX_DATA_BYTES + 1)}
+    transaction = {"timestamp": 1, "data": b"x" * (MAX_DATA_BYTES + 1),
+                   "salt": block.transaction.salt}
     with target.raw() as raw:
-        raw.send_obj({"type": "add", "block": _block_map(block, transaction=transaction),
-                      "public_key": block.author})
+        raw.send_obj({"type": "add", "block": _block_map(block, transaction=transaction)})
         reply = raw.recv()
         assert isinstance(reply, Error)
         assert "transaction.data is 1025 bytes, over its cap of 1024" in reply.reason
@@ -274,7 +278,7 @@ def test_a_connection_that_sends_nothing_is_closed(
     monkeypatch.setattr(target.node.config, "handshake_timeout", 0.3)
     with connect(target.address) as loris:
         wait_closed(loris, timeout=3.0)
-    logged(peer_log, "no hello within 0.3 s")
+    logged(peer_log, "no handshake within 0.3 s")
     target.assert_unharmed()
 
 
@@ -287,7 +291,7 @@ def test_a_hello_sent_a_byte_at_a_time_is_cut_off(
         sent, seconds = drip(loris, hello, interval=0.05)
     # Every read saw a byte well within INBOUND_IDLE_TIMEOUT; only the deadline ended it.
     assert sent < len(hello) and seconds < 3.0
-    logged(peer_log, "no hello within 0.5 s")
+    logged(peer_log, "no handshake within 0.5 s")
     target.assert_unharmed()
 
 
@@ -343,8 +347,9 @@ def _mined_without_difficulty(prev: Block, label: str) -> Block:
     return replace(candidate, signature=fixed_key().sign(candidate.hash))
 
 
-def _bad_blocks(tip: Block) -> dict[str, tuple[Block, bytes | None, str]]:
-    """name -> (block, public key sent or None for the block's author, words of the reason)."""
+def _bad_blocks(tip: Block) -> dict[str, tuple[Block, NodeKey | None, str]]:
+    """name -> (block, the key the sender proves in its handshake or None for the
+    block's author, words of the reason)."""
     good = make_block(tip, tx_for("attack"), difficulty=DIFFICULTY)
     future = make_block(tip, tx_for("future", timestamp=now_ms() + 3_600_000),
                         difficulty=DIFFICULTY)
@@ -353,7 +358,7 @@ def _bad_blocks(tip: Block) -> dict[str, tuple[Block, bytes | None, str]]:
     return {
         "bad signature": (signed_by_other, None, "bad signature"),
         "garbage signature": (replace(good, signature=os.urandom(256)), None, "bad signature"),
-        "author not the key sent": (good, other_key().public_der, "author does not match"),
+        "author not the sender's key": (good, other_key(), "author does not match"),
         "wrong hash": (replace(good, nonce=good.nonce + 1), None, "hash does not match"),
         "difficulty not met": (_mined_without_difficulty(tip, "easy"), None,
                                "does not meet the difficulty"),
@@ -363,7 +368,7 @@ def _bad_blocks(tip: Block) -> dict[str, tuple[Block, bytes | None, str]]:
 
 
 BAD_BLOCKS = [
-    "bad signature", "garbage signature", "author not the key sent", "wrong hash",
+    "bad signature", "garbage signature", "author not the sender's key", "wrong hash",
     "difficulty not met", "timestamp far in the future", "a vote already in the chain",
 ]
 
@@ -377,6 +382,21 @@ def test_bad_block_is_rejected_with_its_reason(
     assert reply.status == "rejected" and words in reply.reason, reply
     logged(peer_log, f"rejected block {block.id} from")
     logged(peer_log, words)
+    target.assert_unharmed()
+
+
+def test_a_keyless_observer_may_read_but_not_add(
+    target: Target, peer_log: pytest.LogCaptureFixture
+) -> None:
+    """Even on an open network, a block must come from the key its sender proved:
+    a connection that proved none is refused before the block is looked at."""
+    block = make_block(target.tip, tx_for("from an observer"), difficulty=DIFFICULTY)
+    with target.connection() as conn:
+        assert conn.request(GetLatest()) == Latest(target.tip)
+        reply = conn.request(Add(block))
+    assert isinstance(reply, AddResult) and reply.status == "rejected", reply
+    assert "observer may read the chain but not add blocks" in reply.reason
+    logged(peer_log, "refused a block from")
     target.assert_unharmed()
 
 
@@ -409,9 +429,9 @@ def test_block_that_does_not_extend_the_tip_is_a_fork_left_to_the_majority(
 
 def test_a_stream_of_fork_blocks_does_not_make_the_node_spin(target: Target) -> None:
     stale = make_block(target.chain[-2], tx_for("stale"), difficulty=DIFFICULTY)
-    with target.connection() as conn:
+    with target.connection(fixed_key()) as conn:
         for _ in range(300):
-            assert conn.request(Add(stale, stale.author)) == AddResult("fork")
+            assert conn.request(Add(stale)) == AddResult("fork")
     # Resolution runs at most every MIN_RESOLVE_INTERVAL, and stops with the stream.
     target.assert_unharmed()
 
@@ -421,7 +441,7 @@ def test_a_stream_of_fork_blocks_does_not_make_the_node_spin(target: Target) -> 
     [
         ("genesis", "(a different chain)"),
         ("difficulty", "difficulty 3, expected 2"),
-        ("version", "protocol version 2, expected 1"),
+        ("version", f"protocol version {PROTOCOL_VERSION + 1}, expected {PROTOCOL_VERSION}"),
     ],
 )
 def test_another_network_is_refused_at_hello(
@@ -434,7 +454,9 @@ def test_another_network_is_refused_at_hello(
         "version": replace(ours, version=PROTOCOL_VERSION + 1),
     }[case]
     with RawPeer(target.address) as raw:
-        assert raw.request(foreign) == target.node.hello  # both sides see the mismatch
+        theirs = raw.request(foreign)  # both sides see the mismatch
+        assert isinstance(theirs, Hello)
+        assert replace(theirs, challenge=ours.challenge) == ours  # the challenge is fresh
         reply = raw.recv()
         assert isinstance(reply, Error) and reply.reason.startswith("incompatible: ")
         assert words in reply.reason

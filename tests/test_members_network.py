@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,8 @@ from framework.members import ForgedPeer, Organizer, forge_chain
 from framework.network import Network, converged
 from framework.waiting import wait_until
 from votechain.core.keys import NodeKey
-from votechain.core.membership import Certificate, Network as NetworkSpec
-from votechain.errors import IncompatiblePeer
+from votechain.core.membership import Certificate
+from votechain.errors import IncompatiblePeer, InvalidVote
 from votechain.net.connection import Connection, LocalIdentity
 from votechain.net.tracker_client import TrackerClient
 from votechain.node.runtime import Node, now_ms
@@ -42,7 +43,7 @@ def net(tmp_path: Path) -> Iterator[Network]:
         yield network
 
 
-def member(net: Network, org: Organizer, name: str, **overrides: object) -> Node:
+def member(net: Network, org: Organizer, name: str, **overrides: Any) -> Node:
     return net.add_node(name, membership=org.admit(net.root / name), **overrides)
 
 
@@ -171,7 +172,6 @@ def test_handshake_with_a_bad_certificate_is_refused_clearly(
     target = member(net, org, "a")
     key = NodeKey.generate()
     elsewhere = Organizer(tmp_path / "elsewhere", name="other", difficulty=DIFFICULTY)
-    other_net = NetworkSpec(org.network.name, DIFFICULTY, NodeKey.generate().public_der)
     cases = {
         "not signed by this network's authority":
             Certificate.issue(NodeKey.generate(), org.network, key.public_der, "x").encode(),
@@ -180,12 +180,11 @@ def test_handshake_with_a_bad_certificate_is_refused_clearly(
         "another key": org.certify(other_key(), "x").encode(),
         "array of 4": b"\x93\x01\x02\x03",
     }
-    del other_net
     for why, cert in cases.items():
-        with Connection.open(*target.address) as conn:
-            with pytest.raises(IncompatiblePeer, match=why):
-                conn.handshake(target.hello, initiator=True,
-                               identity=LocalIdentity(key, cert), members=org.members())
+        with Connection.open(*target.address) as conn, pytest.raises(IncompatiblePeer,
+                                                                     match=why):
+            conn.handshake(target.hello, initiator=True,
+                           identity=LocalIdentity(key, cert), members=org.members())
     assert target.status().height == 0  # and it still serves
     with Connection.open(*target.address) as conn:
         conn.handshake(target.hello, initiator=True)
@@ -258,7 +257,9 @@ def test_an_observer_syncs_and_audits_but_cannot_vote_or_count(
                                                                 observer=True))
     wait_until(converged([*nodes, watcher], 4), DEADLINE, what="the observer to sync")
     assert watcher.tally(recount=True) == nodes[0].tally()
-    assert not watcher.state.vote_submitted(nodes[0].blocks()[1].transaction).queued
+    with pytest.raises(InvalidVote, match="observer"):
+        watcher.submit_vote("sneaky")
+    assert watcher.state.pending_count == 0
     # Its tip is nobody's vote: a member's resolution ignores the observer.
     with Connection.open(*watcher.address) as conn:
         peer = conn.handshake(watcher.hello, initiator=True, members=org.members())

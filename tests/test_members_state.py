@@ -105,9 +105,11 @@ def test_a_newer_revocation_list_replaces_an_older_one_never_the_reverse() -> No
 def test_only_members_write() -> None:
     chain = chain_by(fixed_key(), other_key())
     with pytest.raises(NotAMember, match=f"block 2 {chain[2].hash.hex()[:16]}"):
-        validate_chain(chain, difficulty=LOW_DIFFICULTY, now_ms=NOW, members=members(fixed_key()))
+        validate_chain(chain, difficulty=LOW_DIFFICULTY, now_ms=NOW, members=members(fixed_key()),
+                       genesis=network().genesis)
     assert validate_chain(chain, difficulty=LOW_DIFFICULTY, now_ms=NOW,
-                          members=members(fixed_key(), other_key())) == 2
+                          members=members(fixed_key(), other_key()),
+                          genesis=network().genesis) == 2
 
 
 def test_a_revocation_applies_from_its_height() -> None:
@@ -115,9 +117,12 @@ def test_a_revocation_applies_from_its_height() -> None:
     revoked = Revocations.issue(authority(), network(), 1,
                                 (Revoked(fingerprint(other_key().public_der), 3),))
     registry = members(fixed_key(), other_key(), revocations=revoked)
-    validate_chain(chain[:3], difficulty=LOW_DIFFICULTY, now_ms=NOW, members=registry)
+    genesis = network().genesis
+    validate_chain(chain[:3], difficulty=LOW_DIFFICULTY, now_ms=NOW, members=registry,
+                   genesis=genesis)
     with pytest.raises(NotAMember, match="revoked from height 3"):
-        validate_chain(chain, difficulty=LOW_DIFFICULTY, now_ms=NOW, members=registry)
+        validate_chain(chain, difficulty=LOW_DIFFICULTY, now_ms=NOW, members=registry,
+                       genesis=genesis)
 
 
 def test_restore_drops_what_a_new_revocation_invalidates() -> None:

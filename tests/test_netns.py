@@ -10,6 +10,8 @@ after every process in them is stopped.
 
 The control channel binds 127.0.0.1 inside each peer's namespace, so votes, status
 and tallies go through `ip netns exec NS votechain ...`, the CLI an operator uses.
+The peers form a members-only network, set up beforehand with `votechain network
+create` and `network admit` as an organizer would (files only: no namespace).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from faults import verify
-from framework.processes import wait_for
+from framework.processes import run, wait_for
 from votechain.app.demo import START_TIMEOUT, ChildProcess, child_env, stop_all
 
 pytestmark = pytest.mark.slow
@@ -132,6 +134,19 @@ def nodes_seen_from(ns: str, tracker: str) -> list[str]:
     return result.stdout.split() if result.returncode == 0 else []
 
 
+def organize(root: Path, data_dirs: Sequence[Path]) -> Path:
+    """A network of `data_dirs`, made and admitted with the organizer's commands;
+    its NAME.network, for `votechain peer --network`."""
+    made = run("network", "create", "netns", "--difficulty", str(DIFFICULTY), "--out", str(root))
+    assert made.returncode == 0, made.stderr
+    network, authority = root / "netns.network", root / "netns.authority"
+    for data_dir in data_dirs:
+        admitted = run("network", "admit", str(network), "--authority", str(authority),
+                       "--data-dir", str(data_dir))
+        assert admitted.returncode == 0, admitted.stderr
+    return network
+
+
 @pytest.fixture
 def namespaces() -> Iterator[Namespaces]:
     reason = _unavailable()
@@ -155,10 +170,11 @@ def test_peers_in_separate_namespaces_converge(namespaces: Namespaces, tmp_path:
         children.append(tracker)
         assert tracker.wait_listening(START_TIMEOUT) == (tracker_ip, TRACKER_PORT)
         dirs = [tmp_path / f"peer{i}" for i in range(PEERS)]
+        network = organize(tmp_path / "organizer", dirs)
         for i, ((ns, ip), data_dir) in enumerate(zip(hosts, dirs, strict=True)):
-            args = ["peer", "--tracker", f"{tracker_ip}:{TRACKER_PORT}", "--host", ip,
-                    "--port", str(PEER_PORT), "--data-dir", str(data_dir),
-                    "--difficulty", str(DIFFICULTY), "--workers", "1"]  # fmt: skip
+            args = ["peer", "--network", str(network), "--tracker", f"{tracker_ip}:{TRACKER_PORT}",
+                    "--host", ip, "--port", str(PEER_PORT), "--data-dir", str(data_dir),
+                    "--workers", "1"]  # fmt: skip
             children.append(NsChild(ns, f"peer{i}", args, tmp_path / f"peer{i}.log"))
         for child, (_ns, ip) in zip(children[1:], hosts, strict=True):
             assert child.wait_listening(START_TIMEOUT) == (ip, PEER_PORT)

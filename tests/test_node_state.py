@@ -61,8 +61,14 @@ def tip(block: Block) -> Tip:
     return Tip(block.id, block.hash)
 
 
-def vote(block: Block, source: tuple[str, int]) -> Vote:
-    return Vote(tip(block), source)
+def voter(source: tuple[str, int]) -> bytes:
+    """The member key answering at `source` (a stand-in: the state only compares keys)."""
+    return f"member at {source[0]}:{source[1]}".encode()
+
+
+def vote(block: Block, source: tuple[str, int], key: bytes | None = None) -> Vote:
+    """`source`'s vote for `block`'s tip, by the member answering there (or `key`)."""
+    return Vote(tip(block), source, key or voter(source))
 
 
 def mine(state: NodeState) -> tuple[MineJob, Block]:
@@ -301,6 +307,41 @@ def test_holding_the_majority_tip_needs_no_fetch() -> None:
     plan = state.tips_collected([vote(chain[-1], P1), vote(chain[-1], P2)])
     assert plan.winner == tip(chain[-1]) and plan.votes[0] == Vote(tip(chain[-1]), None)
     assert state.next_fetch(plan) is None and plan.done
+
+
+def test_one_vote_per_member_key_ours_included_once() -> None:
+    """A member answering at several addresses counts once (its first answer); an
+    observer's tip, and our own key heard from elsewhere, count for nothing."""
+    chain = [GENESIS, *extend(GENESIS, ["v0"])]
+    a1 = theirs(GENESIS, "a1")
+    state = state_of(chain)
+    sybil = voter(P1)
+    plan = state.tips_collected([
+        vote(a1, P1), vote(a1, P2, key=sybil), vote(a1, P3, key=sybil),  # one key, 3 places
+        Vote(tip(a1), P2, None),  # an observer
+        vote(a1, P3, key=me()),  # someone answering with our own key
+    ])
+    assert plan.votes == (Vote(tip(chain[-1]), None), vote(a1, P1))
+    # Two distinct members outvote us; one key's copies above did not add up.
+    plan = state.tips_collected([vote(a1, P1), vote(a1, P2), vote(a1, P3, key=sybil)])
+    assert plan.votes == (Vote(tip(chain[-1]), None), vote(a1, P1), vote(a1, P2))
+    assert plan.winner == tip(a1)
+
+
+def test_an_observers_own_tip_is_no_vote() -> None:
+    chain = [GENESIS, *extend(GENESIS, ["v0"])]
+    state, _ = NodeState.restore(me(), LOW_DIFFICULTY, chain, [], now_ms=NOW, member=False)
+    a1 = theirs(GENESIS, "a1")
+    plan = state.tips_collected([vote(a1, P1)])
+    assert plan.votes == (vote(a1, P1),) and plan.winner == tip(a1)
+    assert state.tips_collected([]).votes == ()
+
+
+def test_an_observer_queues_no_vote() -> None:
+    state, _ = NodeState.restore(me(), LOW_DIFFICULTY, [GENESIS], [], now_ms=NOW, member=False)
+    decision = state.vote_submitted(tx_for("a"))
+    assert not decision.queued and "observer" in decision.reason
+    assert decision.effects == () and state.pending == () and state.next_job() is None
 
 
 def test_majority_switch_requeues_only_our_orphaned_votes_ahead_of_the_queue() -> None:

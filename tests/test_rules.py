@@ -13,6 +13,7 @@ from votechain.core.block import (
     MAX_AUTHOR_BYTES,
     MAX_DATA_BYTES,
     MAX_SIGNATURE_BYTES,
+    SALT_BYTES,
     genesis_block,
 )
 from votechain.core.rules import (
@@ -147,14 +148,15 @@ def test_author_key_not_rsa_or_too_small() -> None:
 @pytest.mark.parametrize(
     ("field", "size"),
     [("data", MAX_DATA_BYTES + 1), ("author", MAX_AUTHOR_BYTES + 1),
-     ("signature", MAX_SIGNATURE_BYTES + 1), ("tx_id", 15), ("prev_hash", 33)],
+     ("signature", MAX_SIGNATURE_BYTES + 1), ("salt", SALT_BYTES - 1),
+     ("salt", SALT_BYTES + 1), ("prev_hash", 33)],
 )
 def test_oversized(field: str, size: int) -> None:
     blob = b"\x01" * size
     tx = GOOD.transaction
     block = {
         "data": replace(GOOD, transaction=replace(tx, data=blob)),
-        "tx_id": replace(GOOD, transaction=replace(tx, tx_id=blob)),
+        "salt": replace(GOOD, transaction=replace(tx, salt=blob)),
         "author": replace(GOOD, author=blob),
         "signature": replace(GOOD, signature=blob),
         "prev_hash": replace(GOOD, prev_hash=blob),

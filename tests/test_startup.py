@@ -16,12 +16,14 @@ import pytest
 from framework.network import Network
 from framework.waiting import wait_until
 from votechain.core.block import Block
+from votechain.net.connection import PeerIdentity
 from votechain.node.store import DB_FILE
 from votechain.protocol.peer import Blocks, GetBlocks, GetLatest, Latest
 
 DEADLINE = 30.0
 VOTES = ["v0", "v1", "v2", "v3", "v4"]
 EDITED = 3  # the block whose vote is edited: VOTES[2]
+READER = ("127.0.0.1", 1)  # where the requests below claim to come from
 
 
 @pytest.fixture
@@ -58,8 +60,11 @@ def test_an_edited_block_is_dropped_logged_and_never_served(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"invalid from block {EDITED}" in e and "hash" in e for e in errors), errors
 
+    # Whoever asks may read: a keyless observer, as its handshake would prove it.
+    observer = PeerIdentity(again.hello, key=None, certificate=None, member=False)
+
     def served() -> list[Block]:
-        reply = again.handle(GetBlocks(0), ("127.0.0.1", 1))
+        reply = again.handle(GetBlocks(0), READER, observer)
         assert isinstance(reply, Blocks)
         return list(reply.blocks)
 
@@ -70,7 +75,7 @@ def test_an_edited_block_is_dropped_logged_and_never_served(
     chain = served()
     assert chain[:EDITED] == honest[:EDITED]
     assert all(b.transaction.data != b"mallory" and b != edited for b in chain)
-    latest = again.handle(GetLatest(), ("127.0.0.1", 1))
+    latest = again.handle(GetLatest(), READER, observer)
     assert isinstance(latest, Latest) and latest.block != edited
     assert again.tally() == again.tally(recount=True)  # the kept tally was recounted
     assert again.store.verified_height == again.chain.height

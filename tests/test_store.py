@@ -10,17 +10,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import votechain
 from blockkit import NOW, T0, extend, make_block, make_chain, tx_for
-from votechain.core.block import Block, Transaction, genesis_block
+from votechain.core.block import SALT_BYTES, TX_ID_BYTES, Block, Transaction, genesis_block
 from votechain.core.rules import validate_chain
 from votechain.core.voting import tally
 from votechain.errors import StoreError
-from votechain.node.store import DB_FILE, ChainStore
+from votechain.node.store import DB_FILE, SCHEMA_VERSION, ChainStore
 
 D = 1
 BASE = make_chain(4)
@@ -63,9 +64,17 @@ def test_pending_queue(store: ChainStore) -> None:
     for tx in txs:
         store.add_pending(tx)
     store.add_pending(txs[1])  # already queued: ignored, keeps its place
-    store.add_pending(Transaction(txs[0].tx_id, 99, b"other data, same id"))
     assert store.pending() == txs  # oldest first = insertion order
-    store.drop_pending([txs[1].tx_id, txs[3].tx_id, b"\x00" * 16])
+    # The same content but for the salt: another vote (its id is derived from
+    # all three fields), queued after the others; each reads back whole, salt
+    # and derived id included.
+    twin = replace(txs[0], salt=bytes(SALT_BYTES))
+    assert twin.tx_id != txs[0].tx_id
+    store.add_pending(twin)
+    assert store.pending() == [*txs, twin]
+    assert [(t.salt, t.tx_id) for t in store.pending()] == [(t.salt, t.tx_id)
+                                                             for t in [*txs, twin]]
+    store.drop_pending([txs[1].tx_id, txs[3].tx_id, twin.tx_id, b"\x00" * TX_ID_BYTES])
     assert store.pending() == [txs[0], txs[2]]
     store.drop_pending([])
     assert store.pending() == [txs[0], txs[2]]
@@ -117,6 +126,29 @@ def test_refuses_another_difficulty(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="difficulty 4, not 5"):
         ChainStore.open(tmp_path, 5)
     ChainStore.open(tmp_path, 4).close()  # the refusal left the store intact
+
+
+def test_refuses_another_networks_chain(tmp_path: Path) -> None:
+    other = genesis_block(b"another network")
+    s = ChainStore.open(tmp_path, D, other)
+    assert s.blocks() == [other]  # a new store starts with the network's own genesis
+    s.close()
+    with pytest.raises(StoreError, match="another network's chain"):
+        ChainStore.open(tmp_path, D)  # the open network's genesis
+    again = ChainStore.open(tmp_path, D, other)  # the refusal left the store intact
+    assert again.blocks() == [other]
+    again.close()
+
+
+def test_refuses_a_database_of_an_older_schema(store: ChainStore, tmp_path: Path) -> None:
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:  # as a store made before schema 2 (unsalted transactions) was
+        conn.execute("DELETE FROM meta WHERE key = 'schema'")
+    conn.close()
+    with pytest.raises(StoreError,
+                       match=rf"older votechain \(schema 1, this one reads {SCHEMA_VERSION}\)"):
+        ChainStore.open(tmp_path, D)
 
 
 def test_open_readonly(tmp_path: Path) -> None:
@@ -224,7 +256,7 @@ def test_kill_9_leaves_a_consistent_store(tmp_path: Path) -> None:
 def test_store_holds_any_chain_shape(tmp_path: Path) -> None:
     """Blocks are stored by their encoding, so the store never alters one."""
     s = ChainStore.open(tmp_path, D)
-    odd: list[Block] = [BASE[0], make_block(BASE[0], Transaction(b"\x00" * 16, 0, b""))]
+    odd: list[Block] = [BASE[0], make_block(BASE[0], Transaction(0, b"", bytes(SALT_BYTES)))]
     for block in odd:
         s.append(block)
     assert s.blocks() == odd
@@ -298,8 +330,8 @@ def test_a_file_that_is_not_a_database_is_refused_at_open(tmp_path: Path) -> Non
 def vote_chain(prev: Block, categories: list[str], tag: str) -> list[Block]:
     blocks: list[Block] = []
     for i, category in enumerate(categories):
-        tx = Transaction(hashlib.sha256(f"{tag}{i}".encode()).digest()[:16], T0 + i,
-                         category.encode())
+        tx = Transaction(T0 + i, category.encode(),
+                         hashlib.sha256(f"{tag}{i}".encode()).digest()[:SALT_BYTES])
         blocks.append(make_block(blocks[-1] if blocks else prev, tx))
     return blocks
 

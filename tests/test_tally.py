@@ -22,7 +22,7 @@ from votechain.core.voting import tally, vote_transaction
 from votechain.node.store import ChainStore
 
 DEADLINE = 30.0
-PEER = ("10.0.0.9", 9009)
+PEER, OTHER_PEER = ("10.0.0.9", 9009), ("10.0.0.8", 9008)
 
 
 def carry_out(store: ChainStore, effects: Iterable[Effect]) -> None:
@@ -72,7 +72,9 @@ def test_kept_tally_equals_the_recount_after_appends_switches_and_restarts(
     branch = [theirs(state.chain[2], "violet")]
     for label in ("violet", "red", "white"):
         branch.append(theirs(branch[-1], label))
-    plan = state.tips_collected([Vote(Tip(branch[-1].id, branch[-1].hash), PEER)] * 2)
+    majority = Tip(branch[-1].id, branch[-1].hash)
+    plan = state.tips_collected([Vote(majority, PEER, b"member one"),
+                                 Vote(majority, OTHER_PEER, b"member two")])
     fetch = state.next_fetch(plan)
     assert fetch is not None
     decision = state.branch_fetched(plan, fetch, branch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +17,7 @@ from votechain.core.block import (
     MAX_AUTHOR_BYTES,
     MAX_DATA_BYTES,
     MAX_SIGNATURE_BYTES,
-    TX_ID_BYTES,
+    SALT_BYTES,
     Block,
     Transaction,
     genesis_block,
@@ -67,7 +68,7 @@ def big_batch() -> Blocks:
             Block(
                 id=i,
                 transaction=Transaction(
-                    tx_id=bytes(TX_ID_BYTES), timestamp=i, data=b"d" * MAX_DATA_BYTES
+                    timestamp=i, data=b"d" * MAX_DATA_BYTES, salt=bytes(SALT_BYTES)
                 ),
                 nonce=i,
                 prev_hash=bytes(HASH_BYTES),
@@ -153,8 +154,12 @@ def test_local_error_sends_nothing(pair: tuple[Connection, Connection]) -> None:
 def test_handshake(pair: tuple[Connection, Connection]) -> None:
     left, right = pair
     accepting = Background(lambda: right.handshake(HELLO, initiator=False))
-    assert left.handshake(HELLO, initiator=True) == HELLO
-    assert accepting.result() == HELLO
+    initiator_saw = left.handshake(HELLO, initiator=True).hello
+    acceptor_saw = accepting.result().hello
+    # Each side sent HELLO, with a fresh random challenge of its own in place of ours.
+    for got in (initiator_saw, acceptor_saw):
+        assert replace(got, challenge=HELLO.challenge) == HELLO
+    assert len({HELLO.challenge, initiator_saw.challenge, acceptor_saw.challenge}) == 3
 
 
 def test_handshake_mismatch_fails_both_sides_with_a_reason(
@@ -175,7 +180,8 @@ def test_handshake_mismatch_fails_both_sides_with_a_reason(
 def test_handshake_refused_by_peer(pair: tuple[Connection, Connection]) -> None:
     left, right = pair
     initiating = Background(lambda: left.handshake(HELLO, initiator=True))
-    assert right.recv() == HELLO
+    got = right.recv()
+    assert isinstance(got, Hello) and replace(got, challenge=HELLO.challenge) == HELLO
     right.send(Error(reason="too many peers"))
     with pytest.raises(IncompatiblePeer, match="peer refused the handshake: too many peers"):
         initiating.result()
@@ -184,9 +190,20 @@ def test_handshake_refused_by_peer(pair: tuple[Connection, Connection]) -> None:
 def test_handshake_requires_hello_first(pair: tuple[Connection, Connection]) -> None:
     left, right = pair
     left.send(GetLatest())
-    with pytest.raises(MalformedMessage, match="expected hello first, got get_latest"):
+    with pytest.raises(MalformedMessage, match="expected hello in the handshake, got get_latest"):
         right.handshake(HELLO, initiator=False)
-    assert left.recv() == Error(reason="expected hello first, got get_latest")
+    assert left.recv() == Error(reason="expected hello in the handshake, got get_latest")
+
+
+def test_handshake_requires_auth_after_the_hellos(pair: tuple[Connection, Connection]) -> None:
+    left, right = pair
+    accepting = Background(lambda: right.handshake(HELLO, initiator=False))
+    left.send(HELLO)
+    assert isinstance(left.recv(), Hello)
+    left.send(GetLatest())  # where the initiator's Auth belongs
+    with pytest.raises(MalformedMessage, match="expected auth in the handshake, got get_latest"):
+        accepting.result()
+    assert left.recv() == Error(reason="expected auth in the handshake, got get_latest")
 
 
 # ---------------------------------------------------------------- endings

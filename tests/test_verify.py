@@ -19,6 +19,7 @@ from blockkit import NOW, extend, make_block, make_chain, other_key, resign
 from votechain.app import cli, verify
 from votechain.core.block import Block
 from votechain.core.chain import Chain
+from votechain.core.membership import Members
 from votechain.errors import BadSignature, CliError, InvalidBlock
 from votechain.node.store import ChainStore
 
@@ -221,10 +222,11 @@ class _InterruptedChain(Chain):
     """Ctrl-C arriving while the parent checks block K, with chunks already queued."""
 
     def append(self, block: Block, *, difficulty: int, now_ms: int,
-               signature: bool = True) -> None:
+               signature: bool = True, members: Members | None = None) -> None:
         if block.id == K + CHUNK:
             raise KeyboardInterrupt
-        super().append(block, difficulty=difficulty, now_ms=now_ms, signature=signature)
+        super().append(block, difficulty=difficulty, now_ms=now_ms, signature=signature,
+                       members=members)
 
 
 @pytest.mark.usefixtures("small_chunks")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from votechain.core.block import (
     HASH_BYTES,
     MAX_DATA_BYTES,
+    SALT_BYTES,
     TX_ID_BYTES,
     Block,
     Transaction,
@@ -43,7 +44,9 @@ def chain_of(*txs: Transaction) -> list[Block]:
 
 
 def vote(category: str, n: int) -> Transaction:
-    return vote_transaction(category, now_ms=1_700_000_000_000 + n, tx_id=n.to_bytes(16, "big"))
+    """Vote number `n`: the same (category, n), the same transaction and tx_id."""
+    return vote_transaction(category, now_ms=1_700_000_000_000 + n,
+                            salt=n.to_bytes(SALT_BYTES, "big"))
 
 
 # ---------------------------------------------------------------- categories
@@ -92,22 +95,36 @@ def test_vote_transaction_carries_the_canonical_category() -> None:
 
 
 def test_tx_ids_are_random() -> None:
-    ids = {vote_transaction("alice", now_ms=0).tx_id for _ in range(100)}
-    assert len(ids) == 100
+    # The same category in the same millisecond: a fresh salt, so another vote.
+    txs = [vote_transaction("alice", now_ms=0) for _ in range(100)]
+    assert len({tx.salt for tx in txs}) == 100 and len({tx.tx_id for tx in txs}) == 100
+    assert all(len(tx.salt) == SALT_BYTES for tx in txs)
+
+
+def test_a_given_salt_makes_the_vote_reproducible() -> None:
+    salt = bytes(range(SALT_BYTES))
+    one = vote_transaction(" alice", now_ms=5, salt=salt)
+    assert one == vote_transaction("alice ", now_ms=5, salt=salt)
+    assert one.tx_id == vote_transaction("alice", now_ms=5, salt=salt).tx_id
+    assert one.salt == salt
 
 
 def test_vote_transaction_rejects_bad_input() -> None:
     with pytest.raises(InvalidVote):
         vote_transaction("", now_ms=0)
-    with pytest.raises(ValueError, match="tx_id"):
-        vote_transaction("alice", now_ms=0, tx_id=b"short")
+    with pytest.raises(ValueError, match="salt must be 16 bytes, got 5"):
+        vote_transaction("alice", now_ms=0, salt=b"short")
+    with pytest.raises(ValueError, match="salt must be 16 bytes, got 17"):
+        vote_transaction("alice", now_ms=0, salt=bytes(SALT_BYTES + 1))
+    with pytest.raises(ValueError, match="negative"):
+        vote_transaction("alice", now_ms=-1)
 
 
 @pytest.mark.parametrize(
     "data", [b"", b"\xff\xfe", b" alice", b"a\nb", b"x" * (4 * MAX_CATEGORY_CHARS + 1)]
 )
 def test_data_that_is_not_a_vote(data: bytes) -> None:
-    assert category_of(Transaction(tx_id=bytes(range(16)), timestamp=1, data=data)) is None
+    assert category_of(Transaction(timestamp=1, data=data, salt=bytes(range(16)))) is None
 
 
 def test_the_genesis_transaction_is_not_a_vote() -> None:
@@ -144,7 +161,7 @@ def test_the_same_vote_mined_twice_counts_once() -> None:
 
 
 def test_tally_skips_transactions_that_are_not_votes() -> None:
-    junk = Transaction(tx_id=bytes(16), timestamp=5, data=b"\x00\x01")
+    junk = Transaction(timestamp=5, data=b"\x00\x01", salt=bytes(SALT_BYTES))
     assert tally(chain_of(junk, vote("alice", 1))) == {"alice": 1}
 
 

@@ -32,7 +32,7 @@ from votechain.core.block import (
     MAX_DATA_BYTES,
     MAX_NONCE,
     MAX_SIGNATURE_BYTES,
-    TX_ID_BYTES,
+    SALT_BYTES,
     Block,
     Transaction,
     genesis_block,
@@ -49,14 +49,18 @@ from votechain.errors import (
     UnknownMessageType,
 )
 from votechain.protocol.framing import FrameCap
+from votechain.protocol.handshake import ACCEPTOR, INITIATOR, handshake_digest
 from votechain.protocol.peer import (
+    CHALLENGE_BYTES,
     MAX_BATCH_BLOCKS,
+    MAX_CERTIFICATE_BYTES,
     MAX_FRAME_BYTES,
     MESSAGE_TYPES,
     PEER,
     PROTOCOL_VERSION,
     Add,
     AddResult,
+    Auth,
     Blocks,
     Error,
     GetBlocks,
@@ -75,11 +79,16 @@ KEY_FILE = VECTORS_DIR / "wire_key.pem"
 PROTOCOL_DOC = Path(__file__).parent.parent / "docs" / "protocol.md"
 
 # The example block: block 1 on the genesis block, a vote for "Alice", signed
-# with the stored key. The nonce was found once by mining at difficulty 4;
-# test_example_block_is_valid checks it still meets the difficulty.
+# with the stored key. The nonce was found once by mining at difficulty 4 (the
+# first from 0); test_example_block_is_valid checks it still meets the difficulty.
 EXAMPLE_DIFFICULTY = 4
-EXAMPLE_NONCE = 51071
+EXAMPLE_NONCE = 65625
 EXAMPLE_TIMESTAMP = 1_700_000_000_000
+EXAMPLE_SALT = bytes(range(SALT_BYTES))
+# The example handshake's challenges (in real use, fresh random bytes each):
+# the Hello is the initiator's, the Auth the initiator's answer to the acceptor's.
+INITIATOR_CHALLENGE = bytes(range(CHALLENGE_BYTES))
+ACCEPTOR_CHALLENGE = bytes(range(0xA0, 0xA0 + CHALLENGE_BYTES))
 
 
 # Cached: loading an RSA key checks it (tens of ms), and the examples are frozen values.
@@ -94,9 +103,7 @@ def example_block() -> Block:
     genesis = genesis_block()
     unsigned = Block(
         id=1,
-        transaction=Transaction(
-            tx_id=bytes(range(TX_ID_BYTES)), timestamp=EXAMPLE_TIMESTAMP, data=b"Alice"
-        ),
+        transaction=Transaction(timestamp=EXAMPLE_TIMESTAMP, data=b"Alice", salt=EXAMPLE_SALT),
         nonce=0,
         prev_hash=genesis.hash,
         hash=b"",
@@ -119,17 +126,24 @@ def example_messages() -> dict[str, Message]:
     """One example of each message, in the order of a real conversation."""
     genesis = genesis_block()
     block = example_block()
+    key = example_key()
+    # On the open network a key needs no certificate: the initiator signs the
+    # acceptor's challenge (protocol/handshake.py) and sends no certificate.
+    digest = handshake_digest(INITIATOR, genesis.hash, ACCEPTOR_CHALLENGE, INITIATOR_CHALLENGE)
     return {
-        "hello": Hello(version=PROTOCOL_VERSION, genesis=genesis.hash, difficulty=4),
+        "hello": Hello(version=PROTOCOL_VERSION, genesis=genesis.hash, difficulty=4,
+                       challenge=INITIATOR_CHALLENGE),
+        "auth": Auth(public_key=key.public_der, certificate=b"", signature=key.sign(digest)),
+        "auth_observer": Auth(),
         "get_latest": GetLatest(),
         "latest": Latest(block=genesis),
-        "add": Add(block=block, public_key=block.author),
+        "add": Add(block=block),
         "add_result": AddResult(status="added"),
         "add_result_rejected": AddResult(status="rejected", reason="block 7: bad signature"),
         "get_blocks": GetBlocks(from_id=1, limit=MAX_BATCH_BLOCKS),
         "blocks": Blocks(blocks=(block,)),
         "blocks_empty": Blocks(blocks=()),
-        "error": Error(reason="expected hello first, got get_latest"),
+        "error": Error(reason="expected hello in the handshake, got get_latest"),
     }
 
 
@@ -161,6 +175,20 @@ def test_example_block_is_valid() -> None:
         difficulty=EXAMPLE_DIFFICULTY,
         now_ms=EXAMPLE_TIMESTAMP,
     )
+
+
+def test_example_auth_proves_the_example_key() -> None:
+    """The `auth` example is what the acceptor of the example handshake accepts."""
+    from votechain.protocol.handshake import authenticate
+
+    auth = example_messages()["auth"]
+    initiator = example_messages()["hello"]
+    assert isinstance(auth, Auth) and isinstance(initiator, Hello)
+    acceptor = dataclasses.replace(initiator, challenge=ACCEPTOR_CHALLENGE)
+    peer = authenticate(auth, INITIATOR, acceptor, initiator, None)
+    assert (peer.key, peer.member) == (example_key().public_der, True)
+    with pytest.raises(IncompatiblePeer, match="does not hold the key"):
+        authenticate(auth, ACCEPTOR, acceptor, initiator, None)  # reflected: another digest
 
 
 def test_docs_show_the_vectors() -> None:
@@ -237,7 +265,7 @@ def test_full_batch_of_largest_blocks_fits_in_a_frame() -> None:
         Block(
             id=MAX_NONCE - MAX_BATCH_BLOCKS + 1 + i,
             transaction=Transaction(
-                tx_id=b"\xff" * TX_ID_BYTES, timestamp=MAX_NONCE, data=b"d" * MAX_DATA_BYTES
+                timestamp=MAX_NONCE, data=b"d" * MAX_DATA_BYTES, salt=b"\xff" * SALT_BYTES
             ),
             nonce=MAX_NONCE,
             prev_hash=b"p" * HASH_BYTES,
@@ -247,9 +275,12 @@ def test_full_batch_of_largest_blocks_fits_in_a_frame() -> None:
         )
         for i in range(MAX_BATCH_BLOCKS)
     ]
-    frame = encode(Blocks(blocks=tuple(big)))
+    # With a certificate at its cap for every block (each author's, on a
+    # members-only network).
+    certificates = tuple(bytes([i]) * MAX_CERTIFICATE_BYTES for i in range(MAX_BATCH_BLOCKS))
+    frame = encode(Blocks(blocks=tuple(big), certificates=certificates))
     assert len(frame) - 4 <= MAX_FRAME_BYTES
-    assert _decode_frame(frame) == Blocks(blocks=tuple(big))
+    assert _decode_frame(frame) == Blocks(blocks=tuple(big), certificates=certificates)
 
 
 # ---------------------------------------------------------------- check_hello
@@ -259,12 +290,15 @@ def test_check_hello_accepts_a_match() -> None:
     hello = example_messages()["hello"]
     assert isinstance(hello, Hello)
     check_hello(hello, hello)
+    # The challenges differ on every connection: no part of the match.
+    check_hello(hello, dataclasses.replace(hello, challenge=ACCEPTOR_CHALLENGE))
 
 
 @pytest.mark.parametrize(
     ("field", "value", "words"),
     [
-        ("version", PROTOCOL_VERSION + 1, "protocol version 2, expected 1"),
+        ("version", PROTOCOL_VERSION + 1,
+         f"protocol version {PROTOCOL_VERSION + 1}, expected {PROTOCOL_VERSION}"),
         ("genesis", b"\x11" * 32, "genesis block 1111"),
         ("difficulty", 5, "difficulty 5, expected 4"),
     ],
@@ -319,14 +353,18 @@ def test_not_a_message(obj: object, words: str) -> None:
         ("hello", "version"),
         ("hello", "genesis"),
         ("hello", "difficulty"),
+        ("hello", "challenge"),
+        ("auth", "public_key"),
+        ("auth", "certificate"),
+        ("auth", "signature"),
         ("latest", "block"),
         ("add", "block"),
-        ("add", "public_key"),
         ("add_result", "status"),
         ("add_result", "reason"),
         ("get_blocks", "from_id"),
         ("get_blocks", "limit"),
         ("blocks", "blocks"),
+        ("blocks", "certificates"),
         ("error", "reason"),
     ],
 )
@@ -355,8 +393,15 @@ def test_extra_field(name: str) -> None:
         ("hello", "difficulty", None, "must be an integer, got NoneType"),
         ("latest", "block", b"", "latest.block: block must be a map, got bytes"),
         ("latest", "block", {"id": 1}, "latest.block: block is missing"),
-        ("add", "public_key", b"k" * (MAX_AUTHOR_BYTES + 1), "over its cap of 1024"),
-        ("add", "public_key", [], "must be bytes, got list"),
+        ("hello", "challenge", b"\x00" * 31, "hello.challenge must be 32 bytes, got 31"),
+        ("hello", "challenge", None, "hello.challenge must be bytes, got NoneType"),
+        ("auth", "public_key", b"k" * (MAX_AUTHOR_BYTES + 1), "over its cap of 1024"),
+        ("auth", "public_key", [], "auth.public_key must be bytes, got list"),
+        ("auth", "certificate", b"c" * (MAX_CERTIFICATE_BYTES + 1), "over its cap of 2048"),
+        ("auth", "certificate", "cert", "auth.certificate must be bytes, got str"),
+        ("auth", "signature", b"s" * (MAX_SIGNATURE_BYTES + 1), "over its cap of 1024"),
+        # Version 1's Add carried the sender's key; version 2 takes the handshake's.
+        ("add", "public_key", b"k", "unknown fields public_key"),
         ("add_result", "status", "maybe", "not one of added, known, fork, rejected"),
         ("add_result", "status", 0, "must be a string, got int"),
         ("add_result", "reason", b"", "must be a string, got bytes"),
@@ -366,6 +411,10 @@ def test_extra_field(name: str) -> None:
         ("get_blocks", "limit", MAX_BATCH_BLOCKS + 1, "limit=257 is out of range"),
         ("blocks", "blocks", {}, "must be an array, got dict"),
         ("blocks", "blocks", [None], r"blocks.blocks\[0\]: block must be a map"),
+        ("blocks", "certificates", {}, "blocks.certificates must be an array"),
+        ("blocks", "certificates", [None], r"blocks.certificates\[0\] must be bytes"),
+        ("blocks", "certificates", [b"c" * (MAX_CERTIFICATE_BYTES + 1)],
+         r"blocks.certificates\[0\] is 2049 bytes, over its cap of 2048"),
         ("error", "reason", "r" * (MAX_REASON_CHARS + 1), "501 characters, over 500"),
         ("error", "reason", None, "must be a string, got NoneType"),
     ],
@@ -388,14 +437,19 @@ def test_bad_block_fields_are_malformed() -> None:
 def test_blocks_must_be_consecutive() -> None:
     genesis = genesis_block().to_wire()
     block = example_block().to_wire()
-    _reject({"type": "blocks", "blocks": [block, genesis]}, MalformedMessage, "not consecutive")
-    _reject({"type": "blocks", "blocks": [block, block]}, MalformedMessage, "1 follows 1")
+    _reject({"type": "blocks", "blocks": [block, genesis], "certificates": []}, MalformedMessage,
+            "not consecutive")
+    _reject({"type": "blocks", "blocks": [block, block], "certificates": []}, MalformedMessage,
+            "1 follows 1")
 
 
 def test_too_many_blocks() -> None:
     block = genesis_block().to_wire()
     # msgpack refuses the declared array length before decoding any element.
-    _reject({"type": "blocks", "blocks": [block] * 257}, MalformedMessage, "max_array_len")
+    _reject({"type": "blocks", "blocks": [block] * 257, "certificates": []}, MalformedMessage,
+            "max_array_len")
+    _reject({"type": "blocks", "blocks": [], "certificates": [b""] * 257}, MalformedMessage,
+            "max_array_len")
 
 
 def test_trailing_bytes() -> None:
@@ -521,7 +575,9 @@ def test_buffer_is_bounded_by_one_frame() -> None:
         (AddResult(status="known", reason="already have it"), "must be empty"),
         (Latest(block="genesis"), "latest.block must be a Block, got str"),  # type: ignore[arg-type]
         (Blocks(blocks=(genesis_block(), genesis_block())), "not consecutive"),
-        (Add(block=genesis_block(), public_key="key"), "must be bytes"),  # type: ignore[arg-type]
+        (Auth(public_key="key"), "must be bytes"),  # type: ignore[arg-type]
+        (Hello(version=2, genesis=b"\x00" * 32, difficulty=4, challenge=b""), "must be 32 bytes"),
+        (Blocks(blocks=(), certificates=(b"c",) * (MAX_BATCH_BLOCKS + 1)), "more than one per"),
         (Error(reason="\ud800"), "cannot encode error"),  # a lone surrogate is not UTF-8
     ],
 )
@@ -568,9 +624,9 @@ def _blocks(draw: st.DrawFn, first_id: int | None = None) -> Block:
     return Block(
         id=draw(_uint64) if first_id is None else first_id,
         transaction=Transaction(
-            tx_id=draw(st.binary(min_size=TX_ID_BYTES, max_size=TX_ID_BYTES)),
             timestamp=draw(_uint64),
             data=draw(st.binary(max_size=64)),
+            salt=draw(st.binary(min_size=SALT_BYTES, max_size=SALT_BYTES)),
         ),
         nonce=draw(_uint64),
         prev_hash=draw(st.binary(min_size=HASH_BYTES, max_size=HASH_BYTES)),
@@ -584,16 +640,24 @@ def _blocks(draw: st.DrawFn, first_id: int | None = None) -> Block:
 def _batches(draw: st.DrawFn) -> Blocks:
     count = draw(st.integers(min_value=0, max_value=3))
     start = draw(st.integers(min_value=0, max_value=MAX_NONCE - 3))
-    return Blocks(blocks=tuple(draw(_blocks(first_id=start + i)) for i in range(count)))
+    return Blocks(blocks=tuple(draw(_blocks(first_id=start + i)) for i in range(count)),
+                  certificates=tuple(draw(st.lists(st.binary(max_size=64), max_size=count))))
 
 
 _messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(
-        Hello, version=_uint64, genesis=st.binary(min_size=32, max_size=32), difficulty=_uint64
+        Hello, version=_uint64, genesis=st.binary(min_size=32, max_size=32), difficulty=_uint64,
+        challenge=st.binary(min_size=CHALLENGE_BYTES, max_size=CHALLENGE_BYTES),
+    ),
+    st.builds(
+        Auth,
+        public_key=st.binary(max_size=MAX_AUTHOR_BYTES),
+        certificate=st.binary(max_size=MAX_CERTIFICATE_BYTES),
+        signature=st.binary(max_size=MAX_SIGNATURE_BYTES),
     ),
     st.just(GetLatest()),
     st.builds(Latest, block=_blocks()),
-    st.builds(Add, block=_blocks(), public_key=st.binary(max_size=MAX_AUTHOR_BYTES)),
+    st.builds(Add, block=_blocks()),
     st.builds(AddResult, status=st.sampled_from(["added", "known", "fork"])),
     st.builds(AddResult, status=st.just("rejected"), reason=st.text(max_size=50)),
     st.builds(

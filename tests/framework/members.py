@@ -122,6 +122,7 @@ class ForgedPeer:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.refusals: list[str] = []  # why honest nodes refused our handshake
+        self.polls = 0  # GetLatest requests answered: how often its tip was asked for
         self._thread = threading.Thread(target=self._accept, daemon=True, name="forged-peer")
         self._thread.start()
 
@@ -142,6 +143,8 @@ class ForgedPeer:
             while not self._stopping.is_set():
                 msg = conn.recv()
                 if isinstance(msg, GetLatest):
+                    with self._lock:
+                        self.polls += 1
                     conn.send(Latest(self.chain[-1]))
                 elif isinstance(msg, GetBlocks):
                     batch = self.chain[msg.from_id: msg.from_id + min(msg.limit,

@@ -10,7 +10,8 @@ tests that push events between two in-memory connections.
   TCP has (TCP_NODELAY, resets, peer addresses).
 - `Background`: run one call in a thread (the other side of a blocking
   exchange) and collect its result or exception.
-- `handshake(left, right, hello)`: both sides of the Hello exchange at once.
+- `handshake(left, right, hello)`: both sides of the handshake (Hellos, then
+  Auths) at once; each side a keyless observer unless given an identity.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, cast
 
-from votechain.net.connection import FRAME_DEADLINE, Connection
+from votechain.net.connection import FRAME_DEADLINE, Connection, LocalIdentity, PeerIdentity
 from votechain.protocol.peer import Hello
 
 T = TypeVar("T")
@@ -97,9 +98,19 @@ class Background(Generic[T]):
         return cast(T, self._value)  # run() set it: no error was raised
 
 
-def handshake(left: Connection, right: Connection, hello: Hello,
-              right_hello: Hello | None = None) -> tuple[Hello, Hello]:
-    """Exchange Hellos, `left` initiating: (the Hello left got, the Hello right got)."""
-    accepting = Background(lambda: right.handshake(right_hello or hello, initiator=False))
-    got_left = left.handshake(hello, initiator=True)
+def handshake(
+    left: Connection,
+    right: Connection,
+    hello: Hello,
+    right_hello: Hello | None = None,
+    *,
+    left_identity: LocalIdentity | None = None,
+    right_identity: LocalIdentity | None = None,
+) -> tuple[PeerIdentity, PeerIdentity]:
+    """The whole handshake, `left` initiating, on an open network (any proven key
+    is a member): (who left found at the other end, who right found). A side
+    with no identity is a keyless observer."""
+    accepting = Background(lambda: right.handshake(
+        right_hello or hello, initiator=False, identity=right_identity or LocalIdentity()))
+    got_left = left.handshake(hello, initiator=True, identity=left_identity or LocalIdentity())
     return got_left, accepting.result()

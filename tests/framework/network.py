@@ -25,12 +25,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from blockkit import key_for
 from framework.waiting import wait_idle, wait_until
 from votechain.core.block import Block
-from votechain.net.connection import Connection
+from votechain.core.keys import NodeKey
+from votechain.net.connection import Connection, LocalIdentity
 from votechain.net.tracker_server import TrackerServer
 from votechain.node.runtime import Node, NodeConfig
-from votechain.protocol.peer import Add, AddResult, Blocks, GetBlocks, GetLatest, Hello, Latest
+from votechain.protocol.peer import (
+    Add,
+    AddResult,
+    Auth,
+    Blocks,
+    GetBlocks,
+    GetLatest,
+    Hello,
+    Latest,
+)
 
 if TYPE_CHECKING:
     from hostile import RawPeer
@@ -209,18 +220,21 @@ class Target:
     def tip(self) -> Block:
         return self.chain[-1]
 
-    def connection(self) -> Connection:
-        """An honest connection, handshake done."""
+    def connection(self, key: NodeKey | None = None) -> Connection:
+        """An honest connection, handshake done: proving `key` (on the open
+        network every proven key is a member, and may add the blocks it
+        authored), or a keyless observer, which may only read."""
         conn = Connection.open(*self.address, timeout=5.0)
         try:
-            conn.handshake(self.node.hello, initiator=True)
+            conn.handshake(self.node.hello, initiator=True, identity=LocalIdentity(key))
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def raw(self, *, hello: bool = True) -> RawPeer:
-        """A hand-driven connection, after a good handshake unless `hello=False`."""
+    def raw(self, *, hello: bool = True, key: NodeKey | None = None) -> RawPeer:
+        """A hand-driven connection, after a good handshake (Hellos and Auths, as
+        `key` or a keyless observer) unless `hello=False`."""
         # Imported here: the attack toolkit is the hostile tests' own, and the
         # benchmarks and network tests using this module need none of it.
         from hostile import RawPeer
@@ -228,16 +242,17 @@ class Target:
         raw = RawPeer(self.address)
         if hello:
             try:
-                assert isinstance(raw.handshake(self.node.hello), Hello)
+                assert isinstance(raw.handshake(self.node.hello, LocalIdentity(key)), Auth)
             except BaseException:
                 raw.close()
                 raise
         return raw
 
-    def add(self, block: Block, public_key: bytes | None = None) -> AddResult:
-        """Offer `block` as an honest peer would; the node's verdict."""
-        with self.connection() as conn:
-            reply = conn.request(Add(block, public_key or block.author))
+    def add(self, block: Block, key: NodeKey | None = None) -> AddResult:
+        """Offer `block` as an honest peer would, over a connection proving `key`
+        (default: the test key that authored `block`); the node's verdict."""
+        with self.connection(key or key_for(block.author)) as conn:
+            reply = conn.request(Add(block))
         assert isinstance(reply, AddResult), reply
         return reply
 

@@ -10,6 +10,11 @@
   restarted on the same directory; `stop_all()` resumes whatever is frozen,
   then stops everything, miner workers included. Its `wait_converged` and
   `wait_peers_listed` are the process twins of `framework.network`'s helpers.
+  A cluster is one members-only network: its `organizer`
+  (`framework.members.Organizer`, created on first use) admits each peer's
+  data directory before the peer starts with `--network`, as an organizer
+  would with `votechain network admit`; `add_peers(..., observer=True)`
+  starts observers instead, admitted to nothing.
 - `wait_for`: `wait_until` for conditions read from processes, where a node
   restarting (control port refused, database locked) means "not yet".
 
@@ -30,11 +35,13 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from framework.members import Organizer
 from framework.waiting import wait_until
 from votechain.app.demo import START_TIMEOUT, STOP_GRACE, ChildProcess, child_env, stop_all
 from votechain.errors import ControlError, TrackerError
 from votechain.net.control_client import ControlClient
 from votechain.net.tracker_client import fetch_nodes
+from votechain.node.membership_files import CERTIFICATE_FILE
 
 __all__ = [
     "NOT_YET",
@@ -165,6 +172,21 @@ class Cluster:
         self.frozen: set[int] = set()
         self.peers: list[Peer] = []
         self._logs = itertools.count()
+        self._organizer: Organizer | None = None
+
+    @property
+    def organizer(self) -> Organizer:
+        """The cluster's network and its authority, made on first use (an RSA key,
+        ~0.1 s) in a directory of its own beside the peers' data directories."""
+        if self._organizer is None:
+            self._organizer = Organizer(self.root / "organizer", "cluster", self.difficulty)
+        return self._organizer
+
+    @property
+    def network_path(self) -> Path:
+        """NAME.network: what every peer of this cluster starts with, and what
+        `votechain verify --network` checks a data directory against."""
+        return self.organizer.network_path
 
     def _spawn(self, name: str, args: list[str]) -> ChildProcess:
         log = self.root / f"{name}.{next(self._logs)}.log"
@@ -177,15 +199,20 @@ class Cluster:
         child.wait_listening(START_TIMEOUT)
         return child
 
-    def add_peers(self, names: Iterable[str], tracker: Address, *extra: str) -> list[Peer]:
-        """Start one peer per name against `tracker`, all at once (startup is
-        RSA key generation and a miner spawn: seconds each on a loaded machine)."""
+    def add_peers(self, names: Iterable[str], tracker: Address, *extra: str,
+                  observer: bool = False) -> list[Peer]:
+        """Start one peer per name against `tracker`, all at once (startup is a
+        miner spawn: seconds each on a loaded machine). Each is admitted to the
+        cluster's network first (its key made then), unless it is an observer."""
         peers = []
         for name in names:
+            data_dir = self.root / name
+            if not observer and not (data_dir / CERTIFICATE_FILE).exists():
+                self.organizer.admit(data_dir, name)
             args = ["peer", "--tracker", f"{tracker[0]}:{tracker[1]}",
-                    "--data-dir", str(self.root / name), "--difficulty", str(self.difficulty),
-                    "--workers", "1", *extra]  # fmt: skip
-            peers.append(Peer(name, self.root / name, args))
+                    "--network", str(self.network_path), "--data-dir", str(data_dir),
+                    "--workers", "1", *(["--observer"] if observer else []), *extra]  # fmt: skip
+            peers.append(Peer(name, data_dir, args))
         self.peers += peers
         self._start(peers)
         return peers

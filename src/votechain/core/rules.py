@@ -20,7 +20,7 @@ block and the reason: the caller logs it and drops the block, never crashes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from votechain.core import keys
 from votechain.core.block import (
@@ -44,8 +44,13 @@ from votechain.errors import (
     SignatureError,
 )
 
-if TYPE_CHECKING:
-    from votechain.core.membership import Members
+
+
+class Members(Protocol):
+    """What rule 6 needs of core/membership.Members (named here, not imported:
+    membership imports this module for the difficulty check)."""
+
+    def check_author(self, block: Block) -> None: ...
 
 DEFAULT_DIFFICULTY = 4
 MAX_DIFFICULTY = 16
@@ -155,10 +160,11 @@ def validate_block(block: Block, prev: Block, *, difficulty: int, now_ms: int,
 
 
 def validate_chain(blocks: Iterable[Block], *, difficulty: int, now_ms: int,
-                   members: Members | None = None) -> int:
-    """Check a whole chain from genesis; return its height. Raises at the first bad block."""
+                   members: Members | None = None, genesis: Block | None = None) -> int:
+    """Check a whole chain from `genesis` (default: the open network's); return its
+    height. Raises at the first bad block."""
     iterator = iter(blocks)
-    genesis = members.network.genesis if members is not None else genesis_block()
+    genesis = genesis or genesis_block()
     first = next(iterator, None)
     if first != genesis:
         raise BadGenesis(first or genesis, "the chain must start with this network's genesis")

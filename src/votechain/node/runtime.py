@@ -60,7 +60,7 @@ from votechain.core.node_effects import (
 )
 from votechain.core.node_state import NodeState
 from votechain.core.rules import check_difficulty
-from votechain.errors import BadCertificate, NodeStopping
+from votechain.errors import BadCertificate, InvalidVote, NodeStopping
 from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
 from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
@@ -391,9 +391,13 @@ class Node:
     # ---------------------------------------------------- application (owner)
 
     def submit(self, tx: Transaction) -> None:
-        """Queue a transaction for mining; it survives a restart from here on."""
+        """Queue a transaction for mining; it survives a restart from here on.
+        An observer refuses (InvalidVote: the control channel's "refused")."""
         with self._changed:
-            self._carry_out(self.state.vote_submitted(tx).effects)
+            decision = self.state.vote_submitted(tx)
+            self._carry_out(decision.effects)
+        if not decision.queued and not self.state.member:
+            raise InvalidVote(decision.reason)
 
     def submit_vote(self, category: str) -> bytes:
         tx = voting.vote_transaction(voting.validate_category(category), now_ms())
