@@ -45,7 +45,6 @@ from votechain.errors import (
 )
 
 
-
 class Members(Protocol):
     """What rule 6 needs of core/membership.Members (named here, not imported:
     membership imports this module for the difficulty check)."""

@@ -301,8 +301,9 @@ class Node:
             return Blocks(tuple(batch), self._certificates_of(batch))
         if isinstance(msg, Add):
             if not peer.member or peer.key is None:
-                name = self.config.membership.network.name if self.config.membership else "?"
-                reason = (f"not a member of network {name!r}: an observer may read the chain "
+                network = (f"network {self.config.membership.network.name!r}"
+                           if self.config.membership else "this open network (no key proven)")
+                reason = (f"not a member of {network}: an observer may read the chain "
                           "but not add blocks")
                 log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
                 return AddResult("rejected", reason)
