@@ -1,7 +1,8 @@
 """Members-only networks as a user meets them: `votechain network create`,
-`admit` and `revoke`, a peer that refuses to start without a valid
-certificate, and `votechain verify` checking every block's author; all through
-the real command, in subprocesses, with exit codes and one-line errors.
+`admit` and `revoke`; `join`, `admit --member-key` and `install`, where the
+station's private key never leaves it; a peer that refuses to start without a
+valid certificate, and `votechain verify` checking every block's author; all
+through the real command, in subprocesses, with exit codes and one-line errors.
 
 Data directories for `verify` are built directly (ChainStore + blockkit), so a
 test can put exactly the block it needs into a chain: an outsider's, a revoked
@@ -151,13 +152,15 @@ def test_admit_with_a_file_that_is_no_key_is_refused(tmp_path: Path, org: Organi
     fails_with(result, "not an RSA private key")
 
 
-def test_revoke_by_directory_certificate_or_key_accumulates_signed_entries(
+def test_revoke_by_directory_certificate_or_keys_accumulates_signed_entries(
     tmp_path: Path, org: Organizer
 ) -> None:
-    dirs = [tmp_path / f"s{i}" for i in range(3)]
+    dirs = [tmp_path / f"s{i}" for i in range(4)]
     keys = [org.admit(d).key.public_der for d in dirs]
-    members = [str(dirs[0]), str(dirs[1] / files.CERTIFICATE_FILE), str(dirs[2] / KEY_FILE)]
-    for serial, (member, height) in enumerate(zip(members, (0, 7, 0), strict=True), 1):
+    (dirs[3] / "s3.pub").write_text(files.public_pem(keys[3]))  # what `join` sends
+    members = [str(dirs[0]), str(dirs[1] / files.CERTIFICATE_FILE), str(dirs[2] / KEY_FILE),
+               str(dirs[3] / "s3.pub")]
+    for serial, (member, height) in enumerate(zip(members, (0, 7, 0, 2), strict=True), 1):
         result = run("network", "revoke", str(org.network_path), "--authority",
                      str(org.authority_path), "--member", member, "--from-height", str(height))
         assert result.returncode == 0, result.stderr
@@ -165,10 +168,11 @@ def test_revoke_by_directory_certificate_or_key_accumulates_signed_entries(
     revoked_path = org.root / "vote.revoked"
     revocations = files.read_revocations(revoked_path)
     org.members().revoke(revocations)  # this network's, signed by its authority
-    assert revocations.serial == 3
+    assert revocations.serial == 4
     assert set(revocations.revoked) == {Revoked(fingerprint(keys[0]), 0),
                                         Revoked(fingerprint(keys[1]), 7),
-                                        Revoked(fingerprint(keys[2]), 0)}
+                                        Revoked(fingerprint(keys[2]), 0),
+                                        Revoked(fingerprint(keys[3]), 2)}
 
 
 def test_revoke_of_nothing_is_one_line(tmp_path: Path, org: Organizer) -> None:
@@ -186,6 +190,213 @@ def test_admit_refuses_a_revoked_key(tmp_path: Path, org: Organizer) -> None:
     result = run("network", "admit", str(org.network_path), "--authority",
                  str(org.authority_path), "--data-dir", str(data_dir))
     fails_with(result, "is revoked", "move that file away")
+
+
+# ================================================================ join, admit --member-key, install
+
+
+def join(network: Path, data_dir: Path) -> Result:
+    return run("network", "join", str(network), "--data-dir", str(data_dir))
+
+
+def admit_key(org: Organizer, member_key: Path, *extra: str, cwd: Path | None = None) -> Result:
+    return run("network", "admit", str(org.network_path), "--authority",
+               str(org.authority_path), "--member-key", str(member_key), *extra, cwd=cwd)
+
+
+def install(network: Path, data_dir: Path, certificate: Path) -> Result:
+    return run("network", "install", str(network), "--data-dir", str(data_dir),
+               "--certificate", str(certificate))
+
+
+def test_join_makes_the_key_and_writes_its_public_half(tmp_path: Path, org: Organizer) -> None:
+    data_dir = tmp_path / "station"
+    result = join(org.network_path, data_dir)
+    assert result.returncode == 0, result.stderr
+    key = NodeKey.from_pem((data_dir / KEY_FILE).read_bytes())
+    assert stat.S_IMODE((data_dir / KEY_FILE).stat().st_mode) == 0o600
+    pub_path = data_dir / files.PUBLIC_KEY_FILE
+    assert pub_path.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert "PRIVATE" not in pub_path.read_text()
+    assert files.read_public_key(pub_path) == key.public_der
+    assert files.read_network(data_dir / files.NETWORK_COPY) == org.network
+    assert not (data_dir / files.CERTIFICATE_FILE).exists()
+    assert str(pub_path) in result.stdout
+    assert fingerprint(key.public_der).hex() in result.stdout
+    # Again: the same key, the same public file.
+    before = snapshot(data_dir)
+    assert join(org.network_path, data_dir).returncode == 0
+    assert snapshot(data_dir) == before
+
+
+def test_join_refuses_a_directory_of_another_network(tmp_path: Path, org: Organizer) -> None:
+    data_dir = tmp_path / "station"
+    Organizer(tmp_path / "other", "other").admit(data_dir)
+    before = snapshot(data_dir)
+    fails_with(join(org.network_path, data_dir), "belongs to network 'other'", "not 'vote'")
+    assert snapshot(data_dir) == before
+
+
+def test_admit_member_key_writes_label_cert_beside_the_pub_or_out(
+    tmp_path: Path, org: Organizer
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    key = fixed_key()
+    (inbox / "town-hall.pub").write_text(files.public_pem(key.public_der))
+    result = admit_key(org, inbox / "town-hall.pub")
+    assert result.returncode == 0, result.stderr
+    cert = files.read_certificate(inbox / "town-hall.cert")
+    assert (cert.member, cert.label, cert.network) == (key.public_der, "town-hall", org.network.id)
+    org.members().admit(cert)  # signed by the authority
+    assert fingerprint(key.public_der).hex() in result.stdout
+    assert str(inbox / "town-hall.cert") in result.stdout
+    # A label that is no plain file name still gives one; --out goes where it says.
+    assert admit_key(org, inbox / "town-hall.pub", "--label", "Town hall/2").returncode == 0
+    assert files.read_certificate(inbox / "Town-hall-2.cert").label == "Town hall/2"
+    out = tmp_path / "outbox" / "th.cert"
+    assert admit_key(org, inbox / "town-hall.pub", "--out", str(out)).returncode == 0
+    assert files.read_certificate(out) == cert  # deterministic signature, same label
+
+
+# Each refusal of `admit --member-key`: how to set it up, what the line says.
+def _member_pub_without_label(org: Organizer, inbox: Path) -> list[str]:
+    (inbox / "member.pub").write_text(files.public_pem(fixed_key().public_der))
+    return ["--member-key", str(inbox / "member.pub")]
+
+
+def _private_key_sent(org: Organizer, inbox: Path) -> list[str]:
+    (inbox / "node_key.pem").write_bytes(fixed_key().to_pem())
+    return ["--member-key", str(inbox / "node_key.pem"), "--label", "x"]
+
+
+def _not_a_key(org: Organizer, inbox: Path) -> list[str]:
+    (inbox / "x.pub").write_text("-----BEGIN PUBLIC KEY-----\nnonsense\n")
+    return ["--member-key", str(inbox / "x.pub")]
+
+
+def _revoked_public_key(org: Organizer, inbox: Path) -> list[str]:
+    org.revoke(fixed_key().public_der)
+    (inbox / "x.pub").write_text(files.public_pem(fixed_key().public_der))
+    return ["--member-key", str(inbox / "x.pub")]
+
+
+def _label_of_another_key(org: Organizer, inbox: Path) -> list[str]:
+    (inbox / "x.pub").write_text(files.public_pem(fixed_key().public_der))
+    (inbox / "x.cert").write_text(org.certify(other_key(), "x").to_json())
+    return ["--member-key", str(inbox / "x.pub")]
+
+
+ADMIT_KEY_REFUSALS: dict[str, tuple[Callable[[Organizer, Path], list[str]], Sequence[str]]] = {
+    "member.pub without --label": (_member_pub_without_label, ["give --label"]),
+    "a private key": (_private_key_sent, ["holds a private key", "votechain network join"]),
+    "not a key": (_not_a_key, ["not a PEM public key"]),
+    "revoked key": (_revoked_public_key, ["is revoked", "votechain network join"]),
+    "a label taken by another key": (_label_of_another_key,
+                                     ["certificate of another key", "refusing to replace"]),
+}
+
+
+@pytest.mark.parametrize("case", ADMIT_KEY_REFUSALS)
+def test_admit_member_key_refusals_are_one_line_and_write_nothing(
+    tmp_path: Path, org: Organizer, case: str
+) -> None:
+    setup, fragments = ADMIT_KEY_REFUSALS[case]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    extra = setup(org, inbox)
+    before = snapshot(inbox)
+    fails_with(run("network", "admit", str(org.network_path), "--authority",
+                   str(org.authority_path), *extra), *fragments)
+    assert snapshot(inbox) == before
+
+
+@pytest.mark.parametrize("extra", [["--data-dir", "d", "--member-key", "k.pub"], [],
+                                   ["--data-dir", "d", "--out", "x.cert"]])
+def test_admit_takes_exactly_one_of_data_dir_and_member_key(
+    tmp_path: Path, org: Organizer, extra: list[str]
+) -> None:
+    result = run("network", "admit", str(org.network_path), "--authority",
+                 str(org.authority_path), *extra, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert one_line(result.stderr).startswith("votechain")
+    assert not (tmp_path / "d").exists()
+
+
+def joined(org: Organizer, data_dir: Path) -> bytes:
+    """A station that ran `join` (in process: the CLI's is tested above); its public key."""
+    member, _ = files.join(org.network, data_dir)
+    return member
+
+
+def _certificate_of_another_key(org: Organizer, member: bytes, tmp: Path) -> Certificate:
+    return org.certify(other_key(), "neighbour")
+
+
+def _certificate_of_another_network(org: Organizer, member: bytes, tmp: Path) -> Certificate:
+    other = Organizer(tmp / "other", "other")
+    return Certificate.issue(other.authority, other.network, member, "station")
+
+
+def _certificate_of_another_authority(org: Organizer, member: bytes, tmp: Path) -> Certificate:
+    return Certificate.issue(other_key(), org.network, member, "forged")
+
+
+def _certificate_of_a_revoked_key(org: Organizer, member: bytes, tmp: Path) -> Certificate:
+    org.revoke(member)  # vote.revoked, beside the network file
+    return Certificate.issue(org.authority, org.network, member, "station")
+
+
+INSTALL_REFUSALS: dict[str, tuple[Callable[[Organizer, bytes, Path], Certificate | str],
+                                  Sequence[str]]] = {
+    "another key": (_certificate_of_another_key, ["certifies another key", "member.pub"]),
+    "another network": (_certificate_of_another_network, ["for another network"]),
+    "another authority": (_certificate_of_another_authority,
+                          ["not signed by this network's authority"]),
+    "revoked key": (_certificate_of_a_revoked_key, ["is revoked from height 0"]),
+    "malformed": (lambda org, member, tmp: '{"format": "votechain-certificate/1", ',
+                  ["not JSON"]),
+    "not a certificate": (lambda org, member, tmp: org.network.to_json(),
+                          ["not a votechain-certificate/1 file"]),
+}
+
+
+@pytest.mark.parametrize("case", INSTALL_REFUSALS)
+def test_install_refuses_a_wrong_certificate_in_one_line_changing_nothing(
+    tmp_path: Path, org: Organizer, case: str
+) -> None:
+    make, fragments = INSTALL_REFUSALS[case]
+    data_dir = tmp_path / "station"
+    member = joined(org, data_dir)
+    made = make(org, member, tmp_path)
+    cert_path = tmp_path / "mail" / "station.cert"
+    cert_path.parent.mkdir()
+    cert_path.write_text(made if isinstance(made, str) else made.to_json())
+    before = snapshot(data_dir)
+    line = fails_with(install(org.network_path, data_dir, cert_path), *fragments)
+    assert line.startswith("votechain network install: error: ")
+    assert snapshot(data_dir) == before
+    assert not (data_dir / files.CERTIFICATE_FILE).exists()
+
+
+def test_install_before_join_says_to_join(tmp_path: Path, org: Organizer) -> None:
+    cert_path = tmp_path / "station.cert"
+    cert_path.write_text(org.certify(fixed_key(), "station").to_json())
+    data_dir = tmp_path / "station"
+    fails_with(install(org.network_path, data_dir, cert_path), "no node_key.pem",
+               "votechain network join")
+    assert not data_dir.exists()
+
+
+def test_install_refuses_a_directory_of_another_network(tmp_path: Path, org: Organizer) -> None:
+    data_dir = tmp_path / "station"
+    Organizer(tmp_path / "other", "other").admit(data_dir)
+    cert_path = tmp_path / "station.cert"
+    key = NodeKey.from_pem((data_dir / KEY_FILE).read_bytes())
+    cert_path.write_text(org.certify(key, "station").to_json())
+    before = snapshot(data_dir)
+    fails_with(install(org.network_path, data_dir, cert_path), "belongs to network 'other'")
+    assert snapshot(data_dir) == before
 
 
 # ================================================================ a peer refuses to start
@@ -354,6 +565,56 @@ def test_a_member_writes_and_an_observer_reads_and_audits(
         assert verified.returncode == 0, verified.stderr
         assert f"network 'vote' id {org.network.id.hex()}" in verified.stdout
         assert "2 votes" in verified.stdout
+
+
+@pytest.mark.slow
+def test_join_admit_member_key_install_then_the_station_writes(
+    tmp_path: Path, org: Organizer, processes: Processes
+) -> None:
+    """The multi-host flow: the station's private key never leaves its directory.
+    The organizer admits from a directory holding only the network, the
+    authority and the station's public key."""
+    station = tmp_path / "station-host" / "town-hall"
+    join_result = join(org.network_path, station)
+    assert join_result.returncode == 0, join_result.stderr
+    private_pem = (station / KEY_FILE).read_bytes()
+
+    # The organizer's machine: the .pub arrived by mail, under the station's name.
+    desk = tmp_path / "organizer-host"
+    desk.mkdir()
+    for path in (org.network_path, org.authority_path):
+        (desk / path.name).write_bytes(path.read_bytes())
+    (desk / "town-hall.pub").write_bytes((station / files.PUBLIC_KEY_FILE).read_bytes())
+    assert sorted(p.name for p in desk.iterdir()) == ["town-hall.pub", "vote.authority",
+                                                     "vote.network"]
+    admitted = run("network", "admit", "vote.network", "--authority", "vote.authority",
+                   "--member-key", "town-hall.pub", "--label", "Town hall", cwd=desk)
+    assert admitted.returncode == 0, admitted.stderr
+    # The fingerprint the organizer reads out is the one the station printed.
+    key = NodeKey.from_pem(private_pem)
+    shown = fingerprint(key.public_der).hex()
+    assert shown in join_result.stdout and shown in admitted.stdout
+    assert sorted(p.name for p in desk.iterdir()) == ["Town-hall.cert", "town-hall.pub",
+                                                     "vote.authority", "vote.network"]
+
+    # Back at the station (it has its own copy of the network file).
+    installed = install(station / files.NETWORK_COPY, station, desk / "Town-hall.cert")
+    assert installed.returncode == 0, installed.stderr
+    assert (station / KEY_FILE).read_bytes() == private_pem
+    cert = files.read_certificate(station / files.CERTIFICATE_FILE)
+    assert (cert.member, cert.label) == (key.public_der, "Town hall")
+
+    tracker = processes.start("tracker", "tracker", "--port", "0")
+    assert tracker.address is not None
+    at = f"{tracker.address[0]}:{tracker.address[1]}"
+    peer_ = processes.start("town-hall", "peer", "--network", str(org.network_path),
+                            "--tracker", at, "--workers", "1", "--data-dir", str(station))
+    voted = run("vote", "--data-dir", str(station), "blue")
+    assert voted.returncode == 0, voted.stderr
+    assert processes.stop(peer_) == 0
+    verified = run("verify", "--data-dir", str(station))
+    assert verified.returncode == 0, verified.stderr
+    assert "1 votes" in verified.stdout
 
 
 # ================================================================ verify checks every author

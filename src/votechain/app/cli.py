@@ -32,6 +32,7 @@ from votechain.core.voting import validate_category
 from votechain.errors import CliError, InvalidVote
 
 if TYPE_CHECKING:
+    from votechain.core.membership import Revocations
     from votechain.net.control_client import ControlClient
     from votechain.node.membership_files import Membership
 
@@ -213,22 +214,89 @@ def cmd_network_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network_join(args: argparse.Namespace) -> int:
+    from votechain.core.keys import KEY_FILE
+    from votechain.core.membership import fingerprint
+    from votechain.node import membership_files as files
+
+    with _membership_errors():
+        network = files.read_network(args.network)
+        member, pub_path = files.join(network, args.data_dir)
+    _out(f"{args.data_dir} joins network {network.name!r} (id {network.id.hex()})")
+    _out(f"wrote {pub_path}: send it to the organizer; {args.data_dir / files.NETWORK_COPY} "
+         f"is kept, and {args.data_dir / KEY_FILE} stays here")
+    _out(f"key fingerprint {fingerprint(member).hex()}: read it to the organizer, who sees "
+         "the same one when admitting it")
+    _out(f"then: votechain network install {args.network} --data-dir {args.data_dir} "
+         "--certificate FILE")
+    return 0
+
+
 def cmd_network_admit(args: argparse.Namespace) -> int:
     from votechain.core.membership import fingerprint
     from votechain.node import membership_files as files
 
+    if args.member_key is None:
+        return _admit_directory(args)
+    key_path: Path = args.member_key
+    if args.label is None and key_path.name == files.PUBLIC_KEY_FILE:
+        # Every station's `join` writes member.pub: the name says nothing of whose it is.
+        raise CliError(f"{key_path} does not say which station it is: give --label "
+                       "(or save it as, e.g., town-hall.pub)")
+    label = args.label or key_path.name.removesuffix(files.PUBLIC_KEY_SUFFIX)
+    out = args.out or files.default_certificate_path(key_path, label)
+    with _membership_errors():
+        network = files.read_network(args.network)
+        authority = files.read_authority(args.authority)
+        member = files.read_public_key(key_path)
+        cert = files.admit_key(network, authority, member, label, out, _revocations(args))
+    _out(f"admitted {cert.label!r} to network {network.name!r}: "
+         f"key fingerprint {fingerprint(cert.member).hex()}")
+    _out(f"wrote {out}: check the fingerprint with the station, then send it the file "
+         "(`votechain network install`)")
+    return 0
+
+
+def _admit_directory(args: argparse.Namespace) -> int:
+    from votechain.core.membership import fingerprint
+    from votechain.node import membership_files as files
+
+    if args.out is not None:
+        raise CliError("--out goes with --member-key (with --data-dir the certificate "
+                       f"is written to DIR/{files.CERTIFICATE_FILE})", code=2)
     # Default label: the directory's own name, resolved so that "." names something.
     label = args.label or Path(args.data_dir).resolve().name
     with _membership_errors():
         network = files.read_network(args.network)
         authority = files.read_authority(args.authority)
-        revoked_path = files.beside(args.network, files.REVOKED_SUFFIX)
-        revoked = files.read_revocations(revoked_path) if revoked_path.exists() else None
-        cert = files.admit(network, authority, args.data_dir, label, revoked)
+        cert = files.admit(network, authority, args.data_dir, label, _revocations(args))
     _out(f"admitted {cert.label!r} to network {network.name!r}: "
          f"key fingerprint {fingerprint(cert.member).hex()}")
     _out(f"wrote {Path(args.data_dir) / files.CERTIFICATE_FILE} and "
          f"{Path(args.data_dir) / files.NETWORK_COPY}")
+    return 0
+
+
+def _revocations(args: argparse.Namespace) -> Revocations | None:
+    """The revocation list beside the network file, if there (call inside _membership_errors)."""
+    from votechain.node import membership_files as files
+
+    revoked_path = files.beside(args.network, files.REVOKED_SUFFIX)
+    return files.read_revocations(revoked_path) if revoked_path.exists() else None
+
+
+def cmd_network_install(args: argparse.Namespace) -> int:
+    from votechain.core.membership import fingerprint
+    from votechain.node import membership_files as files
+
+    with _membership_errors():
+        network = files.read_network(args.network)
+        cert = files.install(network, args.data_dir, args.certificate,
+                             network_path=args.network)
+    _out(f"installed {args.data_dir / files.CERTIFICATE_FILE}: {cert.label!r} is a member of "
+         f"network {network.name!r}, key fingerprint {fingerprint(cert.member).hex()}")
+    _out(f"start the peer: votechain peer --network {args.network} --data-dir {args.data_dir} "
+         "--tracker HOST:PORT")
     return 0
 
 
@@ -442,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="miner backend (default: native if built, else pure)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
-    about = "a members-only network: create it, admit members, revoke keys"
+    about = "a members-only network: create it, join, admit and install members, revoke keys"
     network = sub.add_parser("network", help=about, description=about)
     steps = network.add_subparsers(dest="step", metavar="STEP", required=True)
 
@@ -465,20 +533,46 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=Path("."),
                    help="directory for the two files (default: the current one)")
 
-    q = step("admit", cmd_network_admit,
-             "admit a data directory: its key (created if missing) gets a certificate")
-    network_and_authority(q)
+    q = step("join", cmd_network_join,
+             "a station: make its key (if missing) and write member.pub for the organizer")
+    q.add_argument("network", type=Path, metavar="NAME.network", help="the network file")
     q.add_argument("--data-dir", type=Path, required=True,
-                   help="the member's data directory (created if missing)")
+                   help="the station's data directory (created if missing); its private "
+                        "key stays there")
+
+    q = step("admit", cmd_network_admit,
+             "the organizer: certify a station's public key (--member-key), or a data "
+             "directory's key on this machine (--data-dir)")
+    network_and_authority(q)
+    whose = q.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--member-key", type=Path, metavar="FILE.pub",
+                       help="the station's public key (its member.pub, from `votechain "
+                            "network join`): writes a certificate to send back")
+    whose.add_argument("--data-dir", type=Path,
+                       help="a data directory on this machine: its key (made if missing) "
+                            "gets DIR/member.cert; for one machine and the demo")
     q.add_argument("--label", default=None,
-                   help="who the member is, e.g. a polling station (default: the "
-                        "directory's name)")
+                   help="who the member is, e.g. a polling station (default: the .pub "
+                        "file's name, or the directory's name)")
+    q.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="with --member-key: where to write the certificate (default: "
+                        "LABEL.cert beside the .pub file)")
+
+    q = step("install", cmd_network_install,
+             "a station: check the organizer's certificate and make it DIR/member.cert")
+    q.add_argument("network", type=Path, metavar="NAME.network", help="the network file")
+    q.add_argument("--data-dir", type=Path, required=True,
+                   help="the station's data directory (where `join` made its key)")
+    q.add_argument("--certificate", type=Path, required=True, metavar="FILE",
+                   help="the certificate the organizer sent (`votechain network admit "
+                        "--member-key`)")
 
     q = step("revoke", cmd_network_revoke,
              "revoke a member's key in NAME.revoked, beside the network file")
     network_and_authority(q)
     q.add_argument("--member", type=Path, required=True, metavar="PATH",
-                   help="the member: its data directory, member.cert or node_key.pem")
+                   help="the member: its certificate (.cert), public key (.pub), data "
+                        "directory or node_key.pem")
     q.add_argument("--from-height", type=_height, default=0, metavar="H",
                    help="its blocks from this height on become invalid (default 0: all)")
 

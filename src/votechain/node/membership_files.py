@@ -9,8 +9,14 @@ what each one is):
 
 In a member's (or an observer's) data directory:
 
-- node_key.pem      the node's own key (core/keys.py), mode 0600;
-- member.cert       its certificate, written by `votechain network admit`;
+- node_key.pem      the node's own key (core/keys.py), mode 0600; it never
+                    has to leave the station (`join`, `admit --member-key`,
+                    `install`);
+- member.pub        its public key (PEM SubjectPublicKeyInfo), written by
+                    `votechain network join` for the station to send to the
+                    organizer;
+- member.cert       its certificate, written by `votechain network install`
+                    (or, on one machine, by `votechain network admit --data-dir`);
 - network.json      a copy of the network file, so the directory alone is
                     enough to audit its chain offline (`votechain verify`);
 - revocations.json  the newest revocation list this node has seen.
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from votechain.core import keys
 from votechain.core.membership import (
@@ -35,9 +43,12 @@ from votechain.core.membership import (
     Revoked,
     fingerprint,
 )
-from votechain.errors import BadCertificate, NotAdmitted
+from votechain.errors import BadCertificate, NotAdmitted, SignatureError
 
 CERTIFICATE_FILE = "member.cert"
+PUBLIC_KEY_FILE = "member.pub"
+CERTIFICATE_SUFFIX = ".cert"
+PUBLIC_KEY_SUFFIX = ".pub"
 NETWORK_COPY = "network.json"
 REVOCATIONS_COPY = "revocations.json"
 NETWORK_SUFFIX = ".network"
@@ -153,30 +164,160 @@ def create_network(name: str, difficulty: int, out_dir: Path) -> tuple[Path, Pat
 def admit(network: Network, authority: keys.NodeKey, data_dir: Path, label: str,
           revocations: Revocations | None = None) -> Certificate:
     """Create the node key in `data_dir` if missing, and write its certificate and
-    a copy of the network file there. A key `revocations` revokes is refused:
-    its certificate would be useless, and the organizer should know why."""
-    if authority.public_der != network.authority:
-        raise BadCertificate("that authority key is not this network's authority")
+    a copy of the network file there: the one-machine shortcut, where the
+    organizer sees the station's private key. A key `revocations` revokes is
+    refused: its certificate would be useless, and the organizer should know why."""
+    _check_authority(network, authority)
     data = Path(data_dir)
     _check_directory_network(data, network)
     key = _node_key(data)
-    if revocations is not None:
-        Members(network, revocations)  # checks it is this network's, and signed
-        if fingerprint(key.public_der) in {r.fingerprint for r in revocations.revoked}:
-            raise BadCertificate(f"the key in {data / keys.KEY_FILE} is revoked; to admit this "
-                                 "station again, move that file away and admit the directory "
-                                 "again (a new key is made)")
+    _check_not_revoked(network, key.public_der, revocations,
+                       f"the key in {data / keys.KEY_FILE} is revoked; to admit this "
+                       "station again, move that file away and admit the directory "
+                       "again (a new key is made)")
     cert = Certificate.issue(authority, network, key.public_der, label)
     _write(data / CERTIFICATE_FILE, cert.to_json())
     _write(data / NETWORK_COPY, network.to_json())
     return cert
 
 
+def _check_authority(network: Network, authority: keys.NodeKey) -> None:
+    if authority.public_der != network.authority:
+        raise BadCertificate("that authority key is not this network's authority")
+
+
+def _check_not_revoked(network: Network, member: bytes, revocations: Revocations | None,
+                       message: str) -> None:
+    """BadCertificate(message) if `revocations` (this network's, signed) revokes `member`."""
+    if revocations is None:
+        return
+    Members(network, revocations)  # checks it is this network's, and signed
+    if fingerprint(member) in {r.fingerprint for r in revocations.revoked}:
+        raise BadCertificate(message)
+
+
+# ================================================================ the station keeps its key
+#
+# join (station) -> admit_key (organizer, from member.pub alone) -> install (station).
+
+
+def public_pem(member: bytes) -> str:
+    """A DER public key as PEM SubjectPublicKeyInfo (what member.pub holds)."""
+    key = serialization.load_der_public_key(member)
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def read_public_key(path: Path) -> bytes:
+    """The DER public key in a PEM SubjectPublicKeyInfo file; BadCertificate
+    (one line) if it is none, or not a key a member may hold."""
+    path = Path(path)
+    text = _read(path, "public key")
+    if "PRIVATE KEY-----" in text:
+        # Refused before parsing: the point of this flow is that it never travels.
+        raise BadCertificate(f"{path} holds a private key: the station must send only its "
+                             f"{PUBLIC_KEY_FILE}, from `votechain network join`, and keep "
+                             f"{keys.KEY_FILE} to itself")
+    try:
+        key = serialization.load_pem_public_key(text.encode("ascii"))
+    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError) as exc:
+        raise BadCertificate(f"the public key {path} is not a PEM public key "
+                             "(-----BEGIN PUBLIC KEY-----)") from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise BadCertificate(f"the public key {path} is not an RSA key")
+    member = key.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        keys.public_key(member)  # what the network accepts: RSA, at least 2048 bits
+    except SignatureError as exc:
+        raise BadCertificate(f"the public key {path}: {exc}") from exc
+    return member
+
+
+def join(network: Network, data_dir: Path) -> tuple[bytes, Path]:
+    """The station's side, before admission: create the node key in `data_dir`
+    if missing, keep a copy of the network file there, and write the public key
+    to DIR/member.pub for the organizer. Returns (the public key, that path).
+    A directory that belongs to another network is refused, changing nothing."""
+    data = Path(data_dir)
+    _check_directory_network(data, network)
+    key = _node_key(data)
+    if not (data / NETWORK_COPY).exists():
+        _write(data / NETWORK_COPY, network.to_json())
+    pub_path = data / PUBLIC_KEY_FILE
+    _write(pub_path, public_pem(key.public_der))
+    return key.public_der, pub_path
+
+
+def admit_key(network: Network, authority: keys.NodeKey, member: bytes, label: str,
+              out: Path, revocations: Revocations | None = None) -> Certificate:
+    """The organizer's side: certify the public key `member` (from a station's
+    member.pub) and write the certificate to `out`. No data directory, no
+    private key: the station's stays on the station. A revoked key is refused;
+    so is an `out` that holds another key's certificate (two stations given one
+    label), or a file that is no certificate at all."""
+    _check_authority(network, authority)
+    _check_not_revoked(network, member, revocations,
+                       f"the key {fingerprint(member).hex()[:16]}… is revoked; the station "
+                       f"must make a new one: move its {keys.KEY_FILE} away and run "
+                       "`votechain network join` again")
+    out = Path(out)
+    if out.exists():
+        try:
+            existing = read_certificate(out)
+        except BadCertificate as exc:
+            raise BadCertificate(f"{out} exists and is not a certificate: refusing to "
+                                 "replace it (choose --out)") from exc
+        if existing.member != member:
+            raise BadCertificate(f"{out} holds the certificate of another key "
+                                 f"({existing.label!r}): refusing to replace it "
+                                 "(choose another --label or --out)")
+    cert = Certificate.issue(authority, network, member, label)
+    _write(out, cert.to_json())
+    return cert
+
+
+def install(network: Network, data_dir: Path, certificate_path: Path, *,
+            network_path: Path | None = None) -> Certificate:
+    """The station's side, after admission: check the certificate is this
+    network's (its id, the authority's signature), for the directory's own key
+    and not revoked, then write it to DIR/member.cert (and the network copy if
+    missing). Nothing is written unless every check passed."""
+    data = Path(data_dir)
+    _check_directory_network(data, network)
+    cert = read_certificate(certificate_path)
+    key_path = data / keys.KEY_FILE
+    if not key_path.exists():
+        raise NotAdmitted(f"{data} has no {keys.KEY_FILE}: run `votechain network join` "
+                          "there first, and have the organizer certify its member.pub")
+    key = _read_key(key_path, "node key")
+    if cert.member != key.public_der:
+        raise BadCertificate(f"{certificate_path} certifies another key "
+                             f"({fingerprint(cert.member).hex()[:16]}…) than {key_path} "
+                             f"({fingerprint(key.public_der).hex()[:16]}…): was it made from "
+                             f"this directory's {PUBLIC_KEY_FILE}?")
+    members = Members(network)
+    for revocations in _revocation_lists(data, network_path):
+        members.revoke(revocations)  # raises if not this network's, or not signed
+    with _naming(Path(certificate_path)):
+        members.admit(cert)  # this network's id, signed by its authority
+        members.check_current(cert.member)  # not revoked
+    _write(data / CERTIFICATE_FILE, cert.to_json())
+    if not (data / NETWORK_COPY).exists():
+        _write(data / NETWORK_COPY, network.to_json())
+    return cert
+
+
+def default_certificate_path(public_key_path: Path, label: str) -> Path:
+    """LABEL.cert beside the .pub file, the label made a plain file name."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in label).lstrip(".")
+    return Path(public_key_path).with_name((safe or "member") + CERTIFICATE_SUFFIX)
+
+
 def revoke(network: Network, authority: keys.NodeKey, revoked_path: Path,
            member: bytes, from_height: int) -> Revocations:
     """Add `member` (a public key) to the list at `revoked_path` with the next serial."""
-    if authority.public_der != network.authority:
-        raise BadCertificate("that authority key is not this network's authority")
+    _check_authority(network, authority)
     entries: tuple[Revoked, ...] = ()
     serial = 1
     if Path(revoked_path).exists():
@@ -191,8 +332,8 @@ def revoke(network: Network, authority: keys.NodeKey, revoked_path: Path,
 
 
 def read_member_key(path: Path) -> bytes:
-    """The public key to revoke, from a data directory, its key or its member.cert;
-    BadCertificate if none of those is there."""
+    """The public key to revoke, from a data directory, its key, its member.pub or
+    its member.cert; BadCertificate if none of those is there."""
     path = Path(path)
     if path.is_dir():
         cert_path, key_path = path / CERTIFICATE_FILE, path / keys.KEY_FILE
@@ -202,6 +343,8 @@ def read_member_key(path: Path) -> bytes:
             return _read_key(key_path, "node key").public_der
         raise BadCertificate(f"{path} holds neither {CERTIFICATE_FILE} nor {keys.KEY_FILE}")
     text = _read(path, "certificate or key")
+    if text.lstrip().startswith("-----BEGIN PUBLIC KEY-----"):
+        return read_public_key(path)
     if text.lstrip().startswith("-----BEGIN"):
         return _read_key(path, "node key").public_der
     return read_certificate(path).member
@@ -221,6 +364,13 @@ def _check_directory_network(data: Path, network: Network) -> None:
             raise NotAdmitted(f"{data} belongs to network {mine.name!r} "
                               f"({mine.id.hex()[:16]}…), not {network.name!r}; "
                               "use another --data-dir")
+
+
+def _revocation_lists(data: Path, network_path: Path | None) -> list[Revocations]:
+    """The lists beside the network file and in the data directory, if there."""
+    paths = [beside(network_path, REVOKED_SUFFIX)] if network_path else []
+    return [read_revocations(path) for path in [*paths, data / REVOCATIONS_COPY]
+            if path.exists()]
 
 
 @dataclass(frozen=True)
@@ -249,12 +399,8 @@ def load_membership(network: Network, data_dir: Path, *, network_path: Path | No
     data = Path(data_dir)
     _check_directory_network(data, network)
     lists = [revocations] if revocations is not None else []
-    for path in ([beside(network_path, REVOKED_SUFFIX)] if network_path else []) + [
-            data / REVOCATIONS_COPY]:
-        if path.exists():
-            lists.append(read_revocations(path))
     members = Members(network)
-    for candidate in lists:
+    for candidate in lists + _revocation_lists(data, network_path):
         members.revoke(candidate)  # raises if not this network's, or not signed
     if observer:
         # An observer's key proves nothing, but the node signs its handshake with one.
@@ -262,9 +408,12 @@ def load_membership(network: Network, data_dir: Path, *, network_path: Path | No
         _keep_copies(data, members)
         return Membership(network, members, key, None)
     shown = network_path or f"{network.name}{NETWORK_SUFFIX}"
-    how = (f"run `votechain network admit {shown} --authority "
-           f"{beside(Path(shown), AUTHORITY_SUFFIX)} --data-dir {data}` (the organizer "
-           f"holds the authority key), or start with --observer to only read and audit")
+    how = (f"run `votechain network join {shown} --data-dir {data}`, send "
+           f"{data / PUBLIC_KEY_FILE} to the organizer and `votechain network install` the "
+           f"certificate you get back (or, where the organizer holds the authority key: "
+           f"`votechain network admit {shown} --authority "
+           f"{beside(Path(shown), AUTHORITY_SUFFIX)} --data-dir {data}`), or start with "
+           f"--observer to only read and audit")
     cert_path, key_path = data / CERTIFICATE_FILE, data / keys.KEY_FILE
     if not cert_path.exists() or not key_path.exists():
         raise NotAdmitted(f"{data} is not a member of network {network.name!r}: {how}")
@@ -284,8 +433,8 @@ def load_membership(network: Network, data_dir: Path, *, network_path: Path | No
         # too, so the way back is a new key.
         raise NotAdmitted(f"{data} may not write to network {network.name!r} ({exc}): the "
                           f"organizer must admit a new key: move {key_path} and {cert_path} "
-                          "away, then admit the directory again; or start with --observer "
-                          "to only read and audit") from exc
+                          "away, then `votechain network join` again (or admit the directory "
+                          "again); or start with --observer to only read and audit") from exc
     _keep_copies(data, members)
     return Membership(network, members, key, cert)
 
