@@ -12,7 +12,7 @@ import pytest
 from framework.fakes import FakeNode
 from framework.processes import Processes, run
 from votechain import __version__
-from votechain.app.cli import parse_hostport
+from votechain.app.args import parse_hostport
 from votechain.app.render import format_hashrate, format_tally
 from votechain.net.control_server import ControlServer
 

@@ -38,7 +38,7 @@ from types import FrameType
 from typing import IO, TypeVar
 
 import votechain
-from votechain.app.render import format_hashrate, format_tally
+from votechain.app.render import format_hashrate, format_tally, out
 from votechain.errors import ControlError, DemoError
 from votechain.net.control_client import ControlClient
 from votechain.node import membership_files
@@ -240,11 +240,11 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
         if snapshot is None:
             snapshot = _snapshot(clients)
         tips = {status.tip for status, _ in snapshot}
-        _out(format_tally(snapshot[0][1], bars=True))
-        _out()
-        _out(f"{'peer':<7}{'height':>7}  {'tip':<16}  hash rate")
+        out(format_tally(snapshot[0][1], bars=True))
+        out()
+        out(f"{'peer':<7}{'height':>7}  {'tip':<16}  hash rate")
         for i, (status, _counts) in enumerate(snapshot):
-            _out(
+            out(
                 f"peer{i:<3}{status.height:>7}  {status.tip[:16]:<16}  "
                 f"{format_hashrate(status.hashrate)}"
             )
@@ -335,5 +335,3 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _out(text: str = "") -> None:
-    print(text, flush=True)

@@ -1,9 +1,16 @@
-"""Text output shared by the command line and the demo: hash rates and tally tables."""
+"""Text output shared by the command line and the demo: hash rates and tally tables,
+and `out`, which the `votechain` subcommands print their lines with."""
 
 from __future__ import annotations
 
 # The longest tally bar, in characters: fits an 80-column terminal beside the table.
 BAR_WIDTH = 40
+
+
+def out(text: str = "") -> None:
+    """Print to stdout and flush at once: scripts and the demo wait for these lines
+    (a peer's "listening" line above all) through a pipe."""
+    print(text, flush=True)
 
 
 def format_hashrate(rate: float) -> str:
