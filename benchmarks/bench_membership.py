@@ -124,4 +124,5 @@ def test_handshake(benchmark: BenchmarkFixture, who: str,
     run(benchmark, handshakes, rounds=3, warmup_rounds=1)
     per_handshake = median(benchmark) / HANDSHAKES
     bench_rates[f"handshake_{who}_ms"] = per_handshake * 1000
-    print(f"\nhandshake, the other side an {who}: {per_handshake * 1000:.2f} ms each")
+    other = "a member" if who == "member" else "an observer"
+    print(f"\nhandshake, the other side {other}: {per_handshake * 1000:.2f} ms each")
