@@ -12,11 +12,10 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import pytest
+from benchkit import median, run
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from votechain import mining
@@ -33,14 +32,6 @@ DIFFICULTY = 2
 HANDSHAKES = 50
 
 
-def run(benchmark: BenchmarkFixture, fn: Callable[..., None], **options: Any) -> None:
-    benchmark.pedantic(fn, **options)  # type: ignore[no-untyped-call]
-
-
-def median(benchmark: BenchmarkFixture) -> float:
-    stats = benchmark.stats
-    assert stats is not None
-    return float(stats.stats.median)
 
 
 @functools.cache
@@ -124,5 +115,5 @@ def test_handshake(benchmark: BenchmarkFixture, who: str,
     run(benchmark, handshakes, rounds=3, warmup_rounds=1)
     per_handshake = median(benchmark) / HANDSHAKES
     bench_rates[f"handshake_{who}_ms"] = per_handshake * 1000
-    other = "a member" if who == "member" else "an observer"
-    print(f"\nhandshake, the other side {other}: {per_handshake * 1000:.2f} ms each")
+    side = "a member" if who == "member" else "an observer"
+    print(f"\nhandshake, the other side {side}: {per_handshake * 1000:.2f} ms each")

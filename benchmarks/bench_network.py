@@ -14,13 +14,13 @@ import os
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import pytest
+from benchkit import median, run
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from framework.network import Network
@@ -35,15 +35,6 @@ from votechain.protocol import peer
 CHAIN_LENGTH = 10_000
 
 
-def run(benchmark: BenchmarkFixture, fn: Callable[..., None], **options: Any) -> None:
-    """pytest-benchmark's pedantic mode (exact rounds; the library is untyped)."""
-    benchmark.pedantic(fn, **options)  # type: ignore[no-untyped-call]
-
-
-def median(benchmark: BenchmarkFixture) -> float:
-    stats = benchmark.stats
-    assert stats is not None
-    return float(stats.stats.median)
 
 CHAIN_DIFFICULTY = 4
 # Named by the block layout too (2: salted transactions with derived ids), so a

@@ -59,11 +59,8 @@ VOTE_TIMEOUT = 20.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, DIFFICULTY)
-    try:
+    with Cluster(tmp_path, DIFFICULTY) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def start_network(cluster: Cluster, names: str) -> tuple[tuple[str, int], list[Peer]]:

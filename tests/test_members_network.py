@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 
 from blockkit import other_key
-from framework.members import ForgedPeer, Organizer, forge_chain
+from framework.members import ForgedPeer, Organizer, forge_chain, sybils
 from framework.network import Network, converged
 from framework.waiting import wait_until
 from votechain.core.keys import NodeKey
 from votechain.core.membership import Certificate
 from votechain.errors import IncompatiblePeer, InvalidVote
 from votechain.net.connection import Connection, LocalIdentity
-from votechain.net.tracker_client import TrackerClient
 from votechain.node.runtime import Node, now_ms
 from votechain.protocol.peer import Add, AddResult, Blocks, GetBlocks, GetLatest, Latest
 
@@ -61,17 +60,12 @@ def voted_network(net: Network, org: Organizer) -> tuple[list[Node], list[bytes]
     return nodes, confirmed
 
 
-def register(net: Network, peers: list[ForgedPeer]) -> list[TrackerClient]:
-    """Register each forged peer at the tracker, as a Sybil attacker would."""
-    clients = []
-    for peer in peers:
-        client = TrackerClient(*net.tracker.address, timeout=5.0)
-        client.connect()
-        client.register(peer.address[1])
-        clients.append(client)
+def listing(net: Network, peers: list[ForgedPeer], nodes: list[Node]) -> None:
+    """Wait until the tracker lists every sybil and every honest node has seen them."""
     wanted = {p.address for p in peers}
     wait_until(lambda: wanted <= set(net.tracker.peers()), DEADLINE, what="sybils registered")
-    return clients
+    wait_until(lambda: all(n.status().peers == len(nodes) - 1 + len(peers) for n in nodes),
+               DEADLINE, what="the honest nodes to list the sybils")
 
 
 def assert_unchanged(nodes: list[Node], chain: list[bytes], tally: dict[str, int],
@@ -119,21 +113,13 @@ def test_sybil_outsider_serving_a_longer_chain_changes_nothing(
         # Signed by the outsider's own "authority" for this very network id.
         cert = Certificate.issue(NodeKey.generate(), org.network, outsider.public_der, "fake")
         identity, certs = LocalIdentity(outsider, cert.encode()), (cert.encode(),)
-    sybils = [ForgedPeer(org.network, forged, identity, certs) for _ in range(SYBILS)]
-    clients = register(net, sybils)
-    try:
-        wait_until(lambda: all(n.status().peers == 2 + SYBILS for n in nodes), DEADLINE,
-                   what="the honest nodes to list the sybils")
+    with sybils(net.tracker.address, SYBILS, org.network, forged, identity, certs) as fakes:
+        listing(net, fakes, nodes)
         for node in nodes:
             assert node.resolve() is None  # no switch
         if presents == "a forged certificate":
-            assert any("certificate refused" in r for s in sybils for r in s.refusals)
+            assert any("certificate refused" in r for s in fakes for r in s.refusals)
         assert_unchanged(nodes, chain, tally, confirmed)
-    finally:
-        for client in clients:
-            client.close()
-        for sybil in sybils:
-            sybil.stop()
 
 
 def test_outsider_add_is_refused_with_a_reason(net: Network, org: Organizer) -> None:
@@ -231,20 +217,12 @@ def test_a_dishonest_member_counts_once_however_many_addresses(
     cert = org.certify(insider, "insider").encode()
     forged = forge_chain(org.network, [org.network.genesis],
                          [f"insider{i}" for i in range(8)], insider, now_ms())
-    sybils = [ForgedPeer(org.network, forged, LocalIdentity(insider, cert), (cert,))
-              for _ in range(SYBILS)]
-    clients = register(net, sybils)
-    try:
-        wait_until(lambda: all(n.status().peers == 2 + SYBILS for n in nodes), DEADLINE,
-                   what="the honest nodes to list the sybils")
+    with sybils(net.tracker.address, SYBILS, org.network, forged,
+                LocalIdentity(insider, cert), (cert,)) as fakes:
+        listing(net, fakes, nodes)
         for node in nodes:
             assert node.resolve() is None
         assert_unchanged(nodes, chain, tally, confirmed)
-    finally:
-        for client in clients:
-            client.close()
-        for sybil in sybils:
-            sybil.stop()
 
 
 # ================================================================ observers

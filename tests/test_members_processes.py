@@ -14,10 +14,9 @@ import pytest
 
 from blockkit import other_key
 from faults import verify
-from framework.members import ForgedPeer, forge_chain
+from framework.members import forge_chain, sybils
 from framework.processes import Cluster, Peer, run, wait_for
 from votechain.net.connection import Connection, LocalIdentity
-from votechain.net.tracker_client import TrackerClient
 from votechain.node.runtime import now_ms
 from votechain.protocol.peer import PROTOCOL_VERSION, Add, AddResult, Blocks, GetBlocks, Hello
 
@@ -28,11 +27,8 @@ DEADLINE = 30.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, DIFFICULTY)
-    try:
+    with Cluster(tmp_path, DIFFICULTY) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def voted(cluster: Cluster) -> tuple[tuple[str, int], list[Peer]]:
@@ -68,28 +64,16 @@ def test_sybil_outsider_cannot_rewrite_confirmed_votes(cluster: Cluster) -> None
     outsider = other_key()
     forged = forge_chain(network, [network.genesis], [f"mallory{i}" for i in range(10)],
                          outsider, now_ms())
-    sybils = [ForgedPeer(network, forged, LocalIdentity(outsider)) for _ in range(SYBILS)]
-    clients = []
-    try:
-        for sybil in sybils:
-            client = TrackerClient(*tracker, timeout=5.0)
-            client.connect()
-            client.register(sybil.address[1])
-            clients.append(client)
+    with sybils(tracker, SYBILS, network, forged, LocalIdentity(outsider)) as fakes:
         # Each peer polls every listed peer each sync round (3 s): wait until
         # every sybil was asked by all three, twice over.
-        wait_for(lambda: all(s.polls >= 2 * len(peers) for s in sybils), DEADLINE,
+        wait_for(lambda: all(s.polls >= 2 * len(peers) for s in fakes), DEADLINE,
                  "every honest peer to poll every sybil")
         assert {p.status()["tip"] for p in peers} == tips
         for peer in peers:
             assert cli_tally(peer) == tally
             verify(peer.data_dir)
             assert "switched to the majority chain" not in peer.log_text()
-    finally:
-        for client in clients:
-            client.close()
-        for sybil in sybils:
-            sybil.stop()
 
 
 def test_outsider_ballot_stuffing_is_refused_with_a_reason(cluster: Cluster) -> None:

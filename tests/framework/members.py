@@ -9,7 +9,8 @@
   of work, valid signatures, no certificate) or a dishonest member's.
 - `ForgedPeer`: a listening peer that serves a given chain to anyone (Latest,
   Blocks with the certificates it chooses) after a handshake under the
-  identity it chooses; what a Sybil attacker registers at the tracker.
+  identity it chooses; `sybils` registers a number of them at a tracker, as
+  one attacker on one address would, and takes them all down on exit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +30,7 @@ from votechain.core.membership import fingerprint as key_fingerprint
 from votechain.errors import ConnectionClosed, RemoteProtocolError
 from votechain.net.connection import Connection, LocalIdentity
 from votechain.net.sockets import stop_listener
+from votechain.net.tracker_client import TrackerClient
 from votechain.node import membership_files
 from votechain.node.membership_files import Membership
 from votechain.protocol.peer import (
@@ -181,3 +183,21 @@ class ForgedPeer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def sybils(tracker: tuple[str, int], count: int, network: Network, chain: Sequence[Block],
+           identity: LocalIdentity,
+           certificates: Sequence[bytes] = ()) -> Iterator[list[ForgedPeer]]:
+    """`count` ForgedPeers serving `chain` as `identity`, each registered at
+    `tracker` over a connection of its own (the registration lives as long as
+    it); all unregistered and stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        peers = [stack.enter_context(ForgedPeer(network, chain, identity, certificates))
+                 for _ in range(count)]
+        for peer in peers:
+            client = TrackerClient(*tracker, timeout=5.0)
+            stack.callback(client.close)
+            client.connect()
+            client.register(peer.address[1])
+        yield peers

@@ -34,6 +34,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import TracebackType
 
 from framework.members import Organizer
 from framework.waiting import wait_until
@@ -262,6 +263,13 @@ class Cluster:
             self.thaw(pid)
         # Peers before trackers, so they do not spend their exit retrying them.
         stop_all(reversed(self.children))
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop_all()
 
     # ------------------------------------------------------------ conditions
 

@@ -51,11 +51,8 @@ class Ledger:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, DIFFICULTY)
-    try:
+    with Cluster(tmp_path, DIFFICULTY) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def forks_resolved(peer: Peer) -> int:
