@@ -7,6 +7,10 @@ which case the package runs the pure-Python (hashlib) miner and says so.
 No -march flag is passed: the SHA-NI and AVX-512 kernels are compiled with
 function-level target attributes and chosen at run time (native/dispatch.c),
 so one build runs on any x86-64 CPU. Each kernel is one native/kernel_*.c.
+
+Every source named here must also be in the sdist, which MANIFEST.in sees to
+(it grafts native/); tests/test_packaging.py builds the wheel from the sdist
+alone, so a file the sdist forgets fails that test, not a user's install.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from framework.fakes import FakeNode
 from framework.processes import Processes, run
 from votechain import __version__
 from votechain.app.args import parse_hostport
-from votechain.app.render import format_hashrate, format_tally
+from votechain.app.render import display_width, format_hashrate, format_table, format_tally
 from votechain.net.control_server import ControlServer
 
 
@@ -59,6 +59,28 @@ def test_format_tally_scales_bars_to_the_largest_count() -> None:
     assert table[2].count("█") == 10
     assert table[-1].split() == ["total", "5"]
     assert format_tally({}) == "no votes yet"
+
+
+def test_tally_columns_align_by_display_width() -> None:
+    # CJK (2 columns each), an emoji (2), a name with a combining accent (0 for
+    # the accent; NFD on purpose), plain ASCII: every count ends in one column.
+    counts = {"東京都": 3, "🗳️ urn": 12, "cafe\u0301": 7, "bob": 100}
+    lines = format_tally(counts).splitlines()
+    assert display_width("東京都") == 6
+    assert display_width("🗳️ urn") == 6  # U+1F5F3 (N) + VS16: emoji, 2 columns
+    assert display_width("cafe\u0301") == 4
+    ends = {display_width(line) for line in lines}
+    assert ends == {display_width("category") + 2 + 5}, lines
+    assert lines[1].startswith("東京都   ")  # padded to "category"'s 8 columns, then 2 spaces
+
+
+def test_format_table_pads_wide_cells_by_columns() -> None:
+    full = "\uff46\uff55\uff4c\uff4c"  # "full" in FULLWIDTH LATIN letters: 8 columns
+    table = format_table(("name", "rate"), [(full, "1.0"), ("x", "22.5")]).splitlines()
+    assert table[0] == "name      rate"
+    assert table[1] == "--------  ----"
+    assert table[2] == full + "   1.0"
+    assert table[3] == "x         22.5"
 
 
 def test_format_hashrate() -> None:

@@ -1,4 +1,4 @@
-"""The control channel over real loopback sockets, with an in-memory node behind it."""
+"""The control channel over real Unix sockets, with an in-memory node behind it."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from votechain.errors import (
     UnknownMessageType,
 )
 from votechain.net.control_client import ControlClient
-from votechain.net.control_server import COOKIE_FILE, PORT_FILE, ControlServer
+from votechain.net.control_server import COOKIE_FILE, SOCKET_FILE, ControlServer
+from votechain.net.sockets import connect_unix, unix_address
 from votechain.protocol.control import (
     CONTROL_REPLIES,
     CONTROL_REQUESTS,
@@ -69,8 +70,9 @@ def server(node: FakeNode, tmp_path: Path) -> Iterator[ControlServer]:
 
 
 def connect(server: ControlServer) -> socket.socket:
-    sock = socket.create_connection(server.address, timeout=5)
-    return sock
+    """A raw connection to the server's socket (unix_address copes with tmp paths
+    over sun_path's 107 bytes)."""
+    return connect_unix(server.path, timeout=5.0)
 
 
 def send(sock: socket.socket, obj: object) -> None:
@@ -210,28 +212,29 @@ def test_requests_are_capped_before_decoding() -> None:
 # ---------------------------------------------------------------- files and binding
 
 
-def test_cookie_file_is_private_and_port_file_names_the_port(
+def test_cookie_and_socket_are_private_in_a_private_directory(
     server: ControlServer, tmp_path: Path
 ) -> None:
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
     cookie = tmp_path / COOKIE_FILE
     assert stat.S_IMODE(cookie.stat().st_mode) == 0o600
     assert len(bytes.fromhex(cookie.read_text().strip())) == 32
-    assert int((tmp_path / PORT_FILE).read_text()) == server.address[1]
+    sock = (tmp_path / SOCKET_FILE).lstat()
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600
+    assert server.path == tmp_path / SOCKET_FILE
+    # No TCP port, and no file naming one.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [COOKIE_FILE, SOCKET_FILE]
 
 
-def test_server_listens_on_loopback_only(server: ControlServer) -> None:
-    assert server.address[0] == "127.0.0.1"
-    # Reach the same port through a non-loopback address of this machine, if it has one.
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
-        own = {str(info[4][0]) for info in infos}
-    except OSError:
-        own = set()
-    for address in own - {"127.0.0.1"}:
-        if address.startswith("127."):
-            continue
-        with pytest.raises(OSError):
-            socket.create_connection((address, server.address[1]), timeout=2).close()
+def test_a_directory_open_to_others_is_refused(node: FakeNode, tmp_path: Path) -> None:
+    data_dir = tmp_path / "open"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    srv = ControlServer(node, data_dir)
+    with pytest.raises(PermissionError, match=r"open to other users \(mode 0755\).*chmod 700"):
+        srv.start()
+    assert list(data_dir.iterdir()) == []  # nothing written, nothing left
+    srv.stop()
 
 
 def test_a_fresh_cookie_at_every_start(node: FakeNode, tmp_path: Path) -> None:
@@ -252,26 +255,25 @@ def test_files_are_removed_on_stop_and_clients_then_see_no_node(
     client = ControlClient.from_data_dir(tmp_path)
     srv.stop()
     assert not (tmp_path / COOKIE_FILE).exists()
-    assert not (tmp_path / PORT_FILE).exists()
+    assert not (tmp_path / SOCKET_FILE).exists()
     with pytest.raises(NodeNotRunning, match="no running node"):
         ControlClient.from_data_dir(tmp_path)
-    with pytest.raises(NodeNotRunning, match="refuses connections"):
+    with pytest.raises(NodeNotRunning, match=r"no control\.sock"):
         client.status()
     srv.stop()  # idempotent
 
 
 def test_stale_files_of_a_killed_node_mean_no_running_node(tmp_path: Path) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    (tmp_path / PORT_FILE).write_text(f"{port}\n")
+    # What a kill -9 leaves: a socket file no one listens on, and the cookie.
+    with socket.socket(socket.AF_UNIX) as dead, unix_address(tmp_path / SOCKET_FILE) as address:
+        dead.bind(address)
     (tmp_path / COOKIE_FILE).write_text("00" * 32)
-    with pytest.raises(NodeNotRunning, match=f"no running node at {tmp_path}"):
+    with pytest.raises(NodeNotRunning, match=f"no running node at {tmp_path}: nothing listens"):
         ControlClient.from_data_dir(tmp_path)
 
 
 def test_empty_data_dir_means_no_running_node(tmp_path: Path) -> None:
-    with pytest.raises(NodeNotRunning, match=f"no running node at {tmp_path}: no control.port"):
+    with pytest.raises(NodeNotRunning, match=rf"no running node at {tmp_path}: no control\.sock"):
         ControlClient.from_data_dir(tmp_path)
 
 
@@ -306,7 +308,7 @@ def test_wrong_cookie_is_refused_and_closed(
     assert is_closed(sock)
     sock.close()
     with pytest.raises(ControlRefused, match="bad cookie"):
-        ControlClient(server.address[1], "11" * 32).vote("alice")
+        ControlClient(server.path, "11" * 32).vote("alice")
     assert node.tally() == {}
 
 
@@ -458,10 +460,15 @@ def test_every_client_error_is_a_control_error() -> None:
     ],
 )
 def test_client_classifies_what_the_node_answers(
-    answer: bytes, error: type[ControlError], words: str
+    answer: bytes, error: type[ControlError], words: str, tmp_path: Path
 ) -> None:
     """A fake node that answers the auth with `answer`, then hangs up."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
+    path = tmp_path / SOCKET_FILE
+    with socket.socket(socket.AF_UNIX) as listener:
+        with unix_address(path) as address:
+            listener.bind(address)
+        listener.listen()
+
         def serve() -> None:
             conn, _ = listener.accept()
             with conn:
@@ -470,7 +477,7 @@ def test_client_classifies_what_the_node_answers(
 
         server = threading.Thread(target=serve, daemon=True)
         server.start()
-        client = ControlClient(listener.getsockname()[1], "00" * 32, timeout=5.0)
+        client = ControlClient(path, "00" * 32, timeout=5.0)
         with pytest.raises(error, match=words):
             client.tally()
         server.join(5)

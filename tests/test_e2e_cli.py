@@ -130,7 +130,7 @@ def test_every_peer_tallies_every_vote(network: Network, voted: dict[str, int]) 
 def test_a_wrong_cookie_is_refused(network: Network, voted: dict[str, int]) -> None:
     real = ControlClient.from_data_dir(network.dirs[0])
     with pytest.raises(ControlError, match="bad cookie"):
-        ControlClient(real.port, "00" * 32).vote("mallory")
+        ControlClient(real.path, "00" * 32).vote("mallory")
     assert tally_of(network.dirs[0]) == voted
 
 
@@ -180,3 +180,37 @@ def test_demo_runs_a_network_and_shows_the_tally(tmp_path: Path) -> None:
     assert sum(line.startswith("peer") and "/s" in line for line in lines) == 2
     assert "4/4" in result.stderr
     assert "2 members admitted" in result.stderr
+
+
+def test_demo_exits_1_and_says_so_when_votes_fail(tmp_path: Path) -> None:
+    # Difficulty 9 (16**9 = 6.9e10 hashes a block, minutes even for the AVX-512
+    # kernel) and a 1 s deadline: no vote is mined in time, so each one fails.
+    result = run(
+        *("demo", "--peers", "2", "--votes", "2", "--difficulty", "9", "--deadline", "1"),
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("votechain demo: error")]
+    assert len(errors) == 1, result.stderr
+    assert "2 of 2 votes failed" in errors[0]
+    assert "not mined within 1 s" in errors[0]
+
+
+def test_demo_verdict_names_each_failure() -> None:
+    from votechain.app.demo import Voting, verdict
+
+    fine = Voting(cast=5, mined=5)
+    assert verdict(fine, agreed=True, held=5, deadline=9) is None
+    assert verdict(fine, agreed=True, held=7, deadline=9) is None  # late votes mined since
+    failed = Voting(cast=5, mined=3, first_failure="vote for bob: not mined within 9 s")
+    assert verdict(failed, agreed=True, held=3, deadline=9) == (
+        "2 of 5 votes failed (the first: vote for bob: not mined within 9 s)")
+    assert verdict(fine, agreed=False, held=5, deadline=9) == "the peers disagree after 9 s"
+    assert verdict(failed, agreed=False, held=3, deadline=9) == (
+        "2 of 5 votes failed (the first: vote for bob: not mined within 9 s); "
+        "the peers disagree after 9 s")
+    assert verdict(fine, agreed=True, held=4, deadline=9) == (
+        "the chain holds 4 of the 5 votes mined")

@@ -40,6 +40,7 @@ from votechain.core.keys import NodeKey
 from votechain.errors import ControlError
 from votechain.net.control_client import ControlClient
 from votechain.net.control_server import MAX_CONTROL_CONNECTIONS, ControlServer
+from votechain.net.sockets import connect_unix
 from votechain.node.runtime import now_ms
 from votechain.protocol.peer import (
     MAX_FRAME_BYTES,
@@ -469,8 +470,13 @@ def test_another_network_is_refused_at_hello(
 # ---------------------------------------------------------------- control channel
 
 
+def _control_connect(path: Path) -> socket.socket:
+    """A raw connection to the control socket at `path` (a Unix socket in the data directory)."""
+    return connect_unix(path, timeout=5.0)
+
+
 def _control_raw(target: Target) -> socket.socket:
-    return connect(target.node.control.address)
+    return _control_connect(target.node.control.path)
 
 
 def test_control_garbage_before_auth(target: Target) -> None:
@@ -485,7 +491,7 @@ def test_control_garbage_before_auth(target: Target) -> None:
 
 def test_control_guessing_cookies_locks_nobody_out(target: Target) -> None:
     for guess in range(50):
-        client = ControlClient(target.node.control.address[1], f"{guess:064x}")
+        client = ControlClient(target.node.control.path, f"{guess:064x}")
         with pytest.raises(ControlError, match="bad cookie"):
             client.status()
     tally = ControlClient.from_data_dir(target.node.data_dir).tally()
@@ -510,7 +516,7 @@ def test_control_auth_sent_a_byte_at_a_time_is_cut_off(
     server.start()
     try:
         auth = raw_frame({"type": "auth", "cookie": "0" * 64})
-        with connect(server.address) as loris:
+        with _control_connect(server.path) as loris:
             sent, seconds = drip(loris, auth, interval=0.05)
         assert sent < len(auth) and seconds < 3.0
         assert ControlClient.from_data_dir(tmp_path).status()["height"] == CHAIN_LENGTH
@@ -520,9 +526,15 @@ def test_control_auth_sent_a_byte_at_a_time_is_cut_off(
 
 
 def test_control_flood_is_capped_and_the_owner_gets_back_in(target: Target) -> None:
-    with open_many(target.node.control.address, MAX_CONTROL_CONNECTIONS + 20) as flood:
+    flood = []
+    try:
+        for _ in range(MAX_CONTROL_CONNECTIONS + 20):
+            flood.append(_control_connect(target.node.control.path))
         refused = flood[-1]
         assert b"too many connections" in wait_closed(refused)
+    finally:
+        for sock in flood:
+            sock.close()
     # The flood is gone (the attacker hung up); its threads give their slots back.
     wait_until(lambda: _control_status(target) is not None, 10.0, what="the owner served")
     target.assert_unharmed()

@@ -162,3 +162,49 @@ def test_unavailable_backend_fails_in_the_caller(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(backend_mod, "native_module", None)
     with pytest.raises(errors.BackendUnavailable, match="native miner is unavailable"):
         MinerPool(1, backend="native")
+
+
+def sigint_ignored(pid: int) -> bool:
+    """Whether `pid` ignores SIGINT: bit SIGINT-1 of SigIgn in /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    raise AssertionError(f"no SigIgn line for {pid}")
+
+
+def test_workers_ignore_sigint_the_parent_decides(pool: MinerPool) -> None:
+    # Ctrl-C reaches every process of the terminal's group: a worker must not
+    # die of it mid-job (the parent stops the pool when it chooses to).
+    assert all(sigint_ignored(pid) for pid in pool.pids)
+    pids = pool.pids
+    pool.submit(content_of(11), IMPOSSIBLE)
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    with pytest.raises(TimeoutError):
+        pool.wait(timeout=0.2)  # still mining
+    pool.abort()
+    assert pool.wait(timeout=DEADLINE) is None
+    assert pool.pids == pids and all(alive(pid) for pid in pids)
+
+
+def test_a_real_death_is_logged_with_its_cause(backend: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="votechain.mining"), \
+            MinerPool(WORKERS, backend=backend) as p:
+        p.submit(content_of(12), IMPOSSIBLE)
+        victim = p.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not alive(victim), what="the killed worker to die")
+        p.abort()
+        assert p.wait(timeout=DEADLINE) is None
+    assert "miner worker 0 died (killed by SIGKILL); restarting it" in caplog.text
+
+
+def test_closing_a_busy_pool_reports_no_death(backend: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="votechain.mining"):
+        p = MinerPool(WORKERS, backend=backend)
+        p.submit(content_of(13), IMPOSSIBLE)
+        p.close()
+        assert p.wait(timeout=DEADLINE) is None
+    assert "died" not in caplog.text

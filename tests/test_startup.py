@@ -16,6 +16,8 @@ import pytest
 from framework.network import Network
 from framework.waiting import wait_until
 from votechain.core.block import Block
+from votechain.core.node_state import RECHECK_TAIL
+from votechain.mining import pure
 from votechain.net.connection import PeerIdentity
 from votechain.node.store import DB_FILE
 from votechain.protocol.peer import Blocks, GetBlocks, GetLatest, Latest
@@ -79,3 +81,43 @@ def test_an_edited_block_is_dropped_logged_and_never_served(
     assert isinstance(latest, Latest) and latest.block != edited
     assert again.tally() == again.tally(recount=True)  # the kept tally was recounted
     assert again.store.verified_height == again.chain.height
+
+
+def test_an_edit_re_mined_below_the_verified_height_is_cut_where_it_is(
+        net: Network, caplog: pytest.LogCaptureFixture) -> None:
+    """More blocks than the re-checked tail, all recorded as verified: an edit to
+    block 2 re-mined up to the tip passes every check below the tail. The node
+    checks every signature again, cuts at block 2, and never counts or mines
+    the edited vote."""
+    votes = [f"w{i}" for i in range(RECHECK_TAIL + 4)]
+    node = net.add_node("a")
+    for category in votes:
+        assert node.wait_for_tx(node.submit_vote(category), DEADLINE) is not None
+    net.stop_node(node)
+    db = node.data_dir / DB_FILE
+    conn = sqlite3.connect(db)
+    blocks = [Block.decode(bytes(body)) for (body,) in
+              conn.execute("SELECT body FROM blocks ORDER BY id").fetchall()]
+    prev = blocks[1]
+    with conn:
+        for index, block in enumerate(blocks[2:]):
+            if index == 0:
+                block = replace(block, transaction=replace(block.transaction, data=b"mallory"))
+            moved = replace(block, prev_hash=prev.hash)
+            nonce = pure.search(moved.content(), net.difficulty, 0, 2**64)
+            assert nonce is not None
+            prev = moved.with_nonce(nonce)  # the signature is left as it was: now wrong
+            conn.execute("UPDATE blocks SET hash = ?, body = ? WHERE id = ?",
+                         (prev.hash, prev.encode(), prev.id))
+    conn.close()
+
+    with caplog.at_level(logging.INFO, logger="votechain.peer"):
+        again = net.add_node("a")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "invalid from block 2 " in errors[0], errors
+    assert "bad signature" in errors[0]
+    # Every block from 2 on was re-mined, so none carries our signature of its
+    # hash: none of their votes is ours to mine again, and the edited one is gone.
+    assert "mallory" not in again.tally()
+    assert again.tally() == again.tally(recount=True) == {"w0": 1}
+    assert again.status().pending == 0

@@ -1,4 +1,4 @@
-"""Fetching a branch in batches (node/outbound.py fetch_branch): a late joiner
+"""Fetching a branch in batches (node/fetch.py fetch_branch): a late joiner
 syncs a chain many batches long, and a fetch from a peer whose chain holds a bad
 block stops at that block, requests nothing after it and adopts nothing.
 
@@ -9,6 +9,7 @@ so a few hundred blocks cross several batches.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -56,10 +57,11 @@ def counting_get_blocks(node: Node, holder: tuple[str, int],
     request = link.request
     asked: list[int] = []
 
-    def recorded(msg: Message, timeout: float | None = None) -> Message:
+    def recorded(msg: Message, timeout: float | None = None, *,
+                 deadline: float | None = None) -> Message:
         if isinstance(msg, GetBlocks):
             asked.append(msg.from_id)
-        return request(msg, timeout)
+        return request(msg, timeout, deadline=deadline)
 
     monkeypatch.setattr(link, "request", recorded)
     return asked
@@ -73,12 +75,20 @@ def test_late_joiner_syncs_a_chain_of_many_batches(net: Network, chain: list[Blo
     assert late.tally() == source.tally(recount=True)  # seeded: only a recount counts it
 
 
+def forged_at(chain: list[Block], bad_id: int) -> list[Block]:
+    """`chain` with block `bad_id`'s signature zeroed: the one bad block in it."""
+    forged = replace(chain[bad_id], signature=bytes(len(chain[bad_id].signature)))
+    return [*chain[:bad_id], forged, *chain[bad_id + 1:]]
+
+
 def test_fetch_stops_at_the_first_bad_block_and_adopts_nothing(
         net: Network, chain: list[Block], monkeypatch: pytest.MonkeyPatch) -> None:
     bad_id = 3 * FETCH_BATCH + 5  # in the fourth batch of ten
-    forged = replace(chain[bad_id], signature=bytes(len(chain[bad_id].signature)))
-    source = seeded(net, "source", [*chain[:bad_id], forged, *chain[bad_id + 1:]])
-    late = net.add_node("late", fetch_batch_blocks=FETCH_BATCH)
+    source = seeded(net, "source", forged_at(chain, bad_id))
+    # No backoff, so the round below asks the peer again (the next test shows
+    # that, by default, a peer that sent a bad block is not asked again soon).
+    late = net.add_node("late", fetch_batch_blocks=FETCH_BATCH, peer_backoff=0.0,
+                        misbehaviour_backoff=0.0)
     # Waits out a background round already under way: only the fetches below run.
     late.set_network_active(False)
     assert late.chain.height == 0
@@ -98,3 +108,22 @@ def test_fetch_stops_at_the_first_bad_block_and_adopts_nothing(
     assert late.resolve() is None
     assert late.chain.height == 0
     assert asked[requested] == 1 and len(asked) < 2 * requested + 2  # it stopped again
+
+
+def test_a_peer_that_sent_a_bad_block_is_not_asked_again(
+        net: Network, chain: list[Block], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender of a bad block is reported (Outbound.misbehaved by default): its
+    address is skipped for misbehaviour_backoff, so the next round neither polls
+    it (its tip does not count) nor fetches from it."""
+    source = seeded(net, "source", forged_at(chain, 5))
+    late = net.add_node("late", fetch_batch_blocks=FETCH_BATCH)
+    late.set_network_active(False)
+    asked = counting_get_blocks(late, source.address, monkeypatch)
+    with pytest.raises(BadSignature, match=r"^block 5 "):
+        late._fetch_branch(source.address, Tip(chain[-1].id, chain[-1].hash))
+    requested = len(asked)
+    link = late.outbound.link(source.address)
+    assert not link.ready(time.monotonic() + late.config.misbehaviour_backoff / 2)
+    late.set_network_active(True)
+    assert late.resolve() is None
+    assert len(asked) == requested and late.chain.height == 0

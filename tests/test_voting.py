@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -138,6 +140,40 @@ def test_category_round_trip(text: str) -> None:
     except InvalidVote:
         return
     assert category_of(vote_transaction(text, now_ms=0)) == canonical
+
+
+CAFE_NFC = "caf\u00e9"  # e with acute, one code point: how most keyboards type it
+CAFE_NFD = "cafe\u0301"  # e, then a combining acute: the same text, decomposed
+
+
+def test_a_category_is_normalised_to_nfc() -> None:
+    assert CAFE_NFC != CAFE_NFD
+    assert validate_category(CAFE_NFD) == validate_category(CAFE_NFC) == CAFE_NFC
+    assert vote_transaction(CAFE_NFD, now_ms=0).data == CAFE_NFC.encode("utf-8")
+    # The cap counts characters after normalisation: 64 decomposed letters fit.
+    assert validate_category("e\u0301" * MAX_CATEGORY_CHARS) == "\u00e9" * MAX_CATEGORY_CHARS
+
+
+@given(st.text(min_size=1, max_size=MAX_CATEGORY_CHARS))
+def test_the_canonical_form_is_canonical(text: str) -> None:
+    try:
+        canonical = validate_category(text)
+    except InvalidVote:
+        return
+    assert validate_category(canonical) == canonical
+    assert unicodedata.is_normalized("NFC", canonical)
+
+
+def test_data_not_in_nfc_is_not_a_vote() -> None:
+    nfd = Transaction(timestamp=1, data=CAFE_NFD.encode("utf-8"), salt=bytes(range(16)))
+    assert category_of(nfd) is None
+
+
+def test_both_encodings_cast_one_category_and_only_nfc_data_counts() -> None:
+    cast_nfd, cast_nfc = vote(CAFE_NFD, 1), vote(CAFE_NFC, 2)
+    # A hand-made block carrying the NFD bytes: not made by vote_transaction.
+    raw_nfd = Transaction(timestamp=3, data=CAFE_NFD.encode("utf-8"), salt=bytes(SALT_BYTES))
+    assert tally(chain_of(cast_nfd, cast_nfc, raw_nfd)) == {CAFE_NFC: 2}
 
 
 # ---------------------------------------------------------------- tally

@@ -116,6 +116,23 @@ class DuplicateTransaction(InvalidBlock):
     reason = "transaction already in the chain"
 
 
+class _RowLike(_BlockLike, Protocol):
+    @property
+    def detail(self) -> str: ...
+
+
+class DamagedRow(InvalidBlock):
+    """Why NodeState.restore cut the stored chain at an unreadable row (a
+    core.node_state.UnreadableRow: undecodable, inconsistent, or missing)."""
+
+    reason = "damaged in the store"
+
+    def __init__(self, row: _RowLike) -> None:
+        super().__init__(row, row.detail)
+        # Not "block N <hash>: ...": the row holds no block to name.
+        self.args = (f"stored row {row.id} {row.detail}",)
+
+
 class NotAMember(InvalidBlock):
     reason = "author is not a member of this network"
 

@@ -16,7 +16,7 @@
   would with `votechain network admit`; `add_peers(..., observer=True)`
   starts observers instead, admitted to nothing.
 - `wait_for`: `wait_until` for conditions read from processes, where a node
-  restarting (control port refused, database locked) means "not yet".
+  restarting (control socket refused, database locked) means "not yet".
 
 Children run the votechain this test imports (see `votechain.app.demo.child_env`),
 with their stderr in a log file whose tail is shown when a start fails. They
@@ -58,7 +58,7 @@ __all__ = [
 Address = tuple[str, int]
 
 # What a condition read from a process may raise while that process is being
-# killed or restarted: its control port refused or reset, its tracker gone, its
+# killed or restarted: its control socket refused or reset, its tracker gone, its
 # database locked mid-write. Each means "not yet", not a failure.
 NOT_YET: tuple[type[Exception], ...] = (ControlError, TrackerError, OSError, sqlite3.Error)
 

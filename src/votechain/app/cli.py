@@ -8,8 +8,10 @@ needs are imported inside it, so `votechain --help` and `votechain vote` start
 fast and do not load the miner, SQLite or the peer.
 
 Exit codes: 0 success, 1 failure (one line on stderr saying why), 2 usage
-error (one line), 130 interrupted by Ctrl-C. Expected failures never print a
-traceback; an unexpected exception is a bug and does.
+error (one line), 130 interrupted by Ctrl-C, except for `tracker` and `peer`,
+whose stop signal SIGINT is (like SIGTERM): they shut down cleanly and exit 0.
+Expected failures never print a traceback; an unexpected exception is a bug
+and does.
 """
 
 from __future__ import annotations
@@ -232,9 +234,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from votechain.app.bench import run_bench
+    from votechain.app.bench import options_from
+    from votechain.app.bench_report import run_bench
 
-    return run_bench(args.json)
+    return run_bench(options_from(args.backend, args.workers, args.repeat, args.seconds,
+                                  args.json, args.plot))
+
+
+def _bench_type(name: str) -> Callable[[str], object]:
+    """bench.py's parser `name`, imported only when the option is given (bench.py
+    loads the miner, which `votechain --help` must not)."""
+
+    def parse(text: str) -> object:
+        from votechain.app import bench
+
+        parser: Callable[[str], object] = getattr(bench, name)
+        return parser(text)
+
+    return parse
 
 
 def _info_lines() -> list[str]:
@@ -356,8 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=parse_timeout, default=300.0, help="seconds (default 300)")
     p.add_argument("--seed", type=int, default=None, help="seed for the random votes")
 
-    p = command("bench", cmd_bench, "measure the miner backends' hash rates")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("bench", cmd_bench, "measure the miner backends' hash rates, by worker count, "
+                "against this machine's single-stream SHA-256 limit")
+    p.add_argument("--backend", type=_bench_type("parse_backends"), default=None,
+                   metavar="native,portable,pure",
+                   help="backends to measure, comma-separated (default: every one this "
+                        "install has)")
+    p.add_argument("--workers", type=_bench_type("parse_worker_counts"), default=None,
+                   metavar="1,2,...",
+                   help="miner pool sizes to measure, comma-separated (default: 1 and one "
+                        "per core)")
+    p.add_argument("--repeat", type=parse_positive_int, default=3, metavar="N",
+                   help="jobs per backend and worker count, for min/median/max (default 3)")
+    p.add_argument("--seconds", type=parse_timeout, default=1.0, metavar="S",
+                   help="about how long each job runs (default 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the machine, the settings, the results")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="also draw the results as a chart (needs matplotlib: "
+                        "pip install votechain[plot])")
 
     command("info", cmd_info, "show the version, miner backend and CPU features")
     return parser

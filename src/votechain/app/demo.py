@@ -8,7 +8,9 @@ tracker and `peers` peers as separate processes (`python -m votechain ...
 --network demo.network`, so nothing is shared but the loopback network and
 those files), casts `votes` random votes on random peers, waits until every
 peer holds the same chain, and prints the tally, each peer's height and tip,
-and the hash rates. Exit 0 when the peers agree and hold every vote.
+and the hash rates. Exit 0 when every vote was mined and the peers agree on
+a chain that holds them all; otherwise exit 1 with one line on stderr saying
+which of these failed (`verdict`).
 
 Every process started is stopped on the way out, also on Ctrl-C: SIGTERM,
 then SIGKILL after a grace period. The children's logs go to files in the
@@ -33,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
@@ -234,7 +237,8 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
             child.wait_listening()
         clients = [_client_for(peer_dir, START_TIMEOUT) for peer_dir in dirs]
 
-        cast = _cast_votes(clients, votes, rng, deadline)
+        voting = _cast_votes(clients, votes, rng, deadline)
+        cast = voting.mined
         print(f"waiting for {peers} peers to agree on {cast} votes", file=sys.stderr)
         snapshot = wait_for(lambda: _converged(clients, cast), deadline)
         if snapshot is None:
@@ -248,14 +252,10 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
                 f"peer{i:<3}{status.height:>7}  {status.tip[:16]:<16}  "
                 f"{format_hashrate(status.hashrate)}"
             )
-        if len(tips) != 1:
-            print(
-                f"votechain demo: error: the peers disagree after {deadline:g} s", file=sys.stderr
-            )
-            return 1
-        held = sum(snapshot[0][1].values())
-        if held < cast:
-            print(f"votechain demo: error: the chain holds {held} of {cast} votes", file=sys.stderr)
+        problem = verdict(voting, agreed=len(tips) == 1, held=sum(snapshot[0][1].values()),
+                          deadline=deadline)
+        if problem is not None:
+            print(f"votechain demo: error: {problem}", file=sys.stderr)
             return 1
         keep = False
         return 0
@@ -290,29 +290,60 @@ def _admit_peers(root: Path, dirs: Sequence[Path], difficulty: int) -> Path:
     return network_path
 
 
+@dataclass
+class Voting:
+    """How the round of votes went: how many were cast and mined, and the first
+    failure's reason (they tend to share one: not mined in time, a peer gone)."""
+
+    cast: int = 0
+    mined: int = 0
+    first_failure: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return self.cast - self.mined
+
+
+def verdict(voting: Voting, *, agreed: bool, held: int, deadline: float) -> str | None:
+    """None if the demo succeeded, else one line saying what failed: votes not
+    mined, peers on different tips, or a chain that lost mined votes."""
+    problems = []
+    if voting.failed:
+        problems.append(f"{voting.failed} of {voting.cast} votes failed "
+                        f"(the first: {voting.first_failure})")
+    if not agreed:
+        problems.append(f"the peers disagree after {deadline:g} s")
+    elif held < voting.mined:
+        problems.append(f"the chain holds {held} of the {voting.mined} votes mined")
+    return "; ".join(problems) or None
+
+
 def _cast_votes(
     clients: Sequence[ControlClient], votes: int, rng: random.Random, deadline: float
-) -> int:
+) -> Voting:
     """Cast `votes` random votes on random peers, as many at once as there are
-    peers (so blocks race and forks get resolved); returns how many were mined."""
+    peers (so blocks race and forks get resolved); how many were mined, and why
+    the others failed. The failures are summed up once, in `verdict`, not one
+    line each: thirty lines of the same timeout say no more than one."""
     progress = _Progress(votes)
     interrupted = threading.Event()
     lock = threading.Lock()
-    mined = 0
+    voting = Voting()
 
     def cast(client: ControlClient, category: str) -> None:
-        nonlocal mined
+        failure = None
         try:
             client.vote(category, timeout=deadline)
-            success = True
         except ControlError as exc:
-            # After Ctrl-C the peers are being stopped: failures are expected, keep quiet.
-            if not interrupted.is_set():
-                print(f"\nvote for {category} failed: {exc}", file=sys.stderr)
-            success = False
+            failure = f"vote for {category}: {exc}"
         with lock:
-            mined += success
-            progress.step(success)
+            voting.cast += 1
+            if failure is None:
+                voting.mined += 1
+            elif voting.first_failure is None and not interrupted.is_set():
+                # After Ctrl-C the peers are being stopped: failures are expected.
+                voting.first_failure = failure
+            progress.step(failure is None)
 
     pool = ThreadPoolExecutor(max_workers=len(clients), thread_name_prefix="demo-vote")
     try:
@@ -328,7 +359,7 @@ def _cast_votes(
     finally:
         # On Ctrl-C do not wait for votes in flight: stopping the peers ends them.
         pool.shutdown(wait=False, cancel_futures=True)
-    return mined
+    return voting
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

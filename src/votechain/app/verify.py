@@ -110,7 +110,8 @@ def verify_store(data_dir: Path, *, workers: int | None = None, now_ms: int | No
 
     The time reported includes reading and decoding the blocks: that is part
     of what `votechain verify` costs."""
-    from votechain.errors import EncodingError, StoreError
+    from votechain.core.node_state import UnreadableRow
+    from votechain.errors import DamagedRow, EncodingError, StoreError
     from votechain.node.store import ChainStore
 
     started = time.perf_counter()
@@ -121,7 +122,7 @@ def verify_store(data_dir: Path, *, workers: int | None = None, now_ms: int | No
         raise CliError(str(exc)) from exc
     try:
         difficulty = store.difficulty
-        blocks = store.blocks()
+        rows = store.rows()
         certificates = store.certificates() if members is not None else []
     except (EncodingError, StoreError, ValueError, OSError) as exc:
         raise CliError(f"{data_dir}: unreadable chain: {exc}") from exc
@@ -129,8 +130,13 @@ def verify_store(data_dir: Path, *, workers: int | None = None, now_ms: int | No
         raise CliError(f"{data_dir}: unreadable chain database: {exc}") from exc
     finally:
         store.close()
-    if not blocks:
+    if not rows:
         raise CliError(f"{data_dir}: unreadable chain: the store holds no block")
+    # The blocks up to the first row that holds none (undecodable, or a gap in
+    # the ids): a bad block below it is the lower, so the verdict.
+    damaged = next((row for row in rows if isinstance(row, UnreadableRow)), None)
+    blocks = [row for row in rows[:damaged.id if damaged is not None else len(rows)]
+              if isinstance(row, Block)]
     refused = 0
     if members is not None:
         network = members.network
@@ -147,6 +153,8 @@ def verify_store(data_dir: Path, *, workers: int | None = None, now_ms: int | No
                              members=members)
     except InvalidBlock as exc:
         raise CliError(f"{data_dir}: bad chain: {exc}") from exc
+    if damaged is not None:
+        raise CliError(f"{data_dir}: bad chain: {DamagedRow(damaged)}")
     return Verified(blocks, difficulty, time.perf_counter() - started, used,
                     network=members.network if members is not None else None,
                     members=len(members.certificates()) if members is not None else 0,

@@ -9,6 +9,10 @@ directly.
 - `chain`: a whole chain: the one-vote-id-once rule, atomic branch switches;
 - `forkchoice`: the majority of the peers' tips, ties broken the same everywhere;
 - `voting`: vote transactions, category rules, the tally;
+- `membership`: the network, its authority, member certificates, revocations,
+  and the registry behind rule 6 (only members write);
+- `discipline`: misbehaviour scores and temporary bans, per member key or
+  address group;
 - `node_state`, `node_effects`: every decision a node makes, and what it
   asks the runtime to do about it.
 """

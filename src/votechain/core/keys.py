@@ -12,13 +12,19 @@ import functools
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from votechain.errors import SignatureError
 
 KEY_BITS = 2048
+# The one public exponent a key may have (docs/protocol.md section 5.1). A
+# verification costs one modular exponentiation by e: 17 multiplications for
+# 65537, but a 2048-bit e would make every block from that author cost as much
+# as signing. And e = 3 is what lax PKCS#1 v1.5 verifiers let forgers exploit
+# (Bleichenbacher, 2006); one fixed value keeps every implementation safe.
+PUBLIC_EXPONENT = 65537
 KEY_FILE = "node_key.pem"
 # Parsing a DER public key costs about a third of a verification; the receive
 # path sees the same few authors over and over, so keep the parsed keys.
@@ -39,7 +45,7 @@ class NodeKey:
 
     @classmethod
     def generate(cls) -> NodeKey:
-        return cls(rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS))
+        return cls(rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=KEY_BITS))
 
     @classmethod
     def from_pem(cls, pem: bytes) -> NodeKey:
@@ -65,7 +71,9 @@ def load_or_create(data_dir: Path) -> NodeKey:
     if path.exists():
         return NodeKey.from_pem(path.read_bytes())
     key = NodeKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # 0700: the data directory holds this key, the control socket and cookie
+    # (node/datadir.py makes an existing looser one private at node start).
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Created 0600 from the start (not chmod afterwards) so the key is never readable by others.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -75,14 +83,22 @@ def load_or_create(data_dir: Path) -> NodeKey:
 
 @functools.lru_cache(maxsize=PUBLIC_KEY_CACHE_SIZE)
 def public_key(der: bytes) -> rsa.RSAPublicKey:
+    """The RSA key `der` (SubjectPublicKeyInfo) holds, if votechain accepts it: at
+    least KEY_BITS bits, exponent PUBLIC_EXPONENT. Every key goes through here: a
+    block's author, a handshake's key, a certificate's member key, the network's
+    authority. SignatureError says what is wrong (a refused key is not cached)."""
     try:
         key = serialization.load_der_public_key(der)
-    except ValueError as exc:
-        raise SignatureError(f"author is not a valid DER public key: {exc}") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SignatureError(f"the key is not a valid DER public key: {exc}") from exc
     if not isinstance(key, rsa.RSAPublicKey):
-        raise SignatureError("author key is not RSA")
+        raise SignatureError("the key is not RSA")
     if key.key_size < KEY_BITS:
-        raise SignatureError(f"author key is {key.key_size} bits, below {KEY_BITS}")
+        raise SignatureError(f"the key is {key.key_size} bits, below {KEY_BITS}")
+    exponent = key.public_numbers().e
+    if exponent != PUBLIC_EXPONENT:
+        raise SignatureError(f"the key's public exponent is {exponent}, "
+                             f"not {PUBLIC_EXPONENT}")
     return key
 
 
@@ -92,4 +108,4 @@ def verify(author_der: bytes, signature: bytes, block_hash: bytes) -> None:
     try:
         key.verify(signature, block_hash, _PADDING, _HASH)
     except InvalidSignature as exc:
-        raise SignatureError("signature does not verify under the block's author key") from exc
+        raise SignatureError("the signature does not verify under that key") from exc

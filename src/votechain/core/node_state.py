@@ -10,24 +10,33 @@ key may write, used by in-process tests of everything but membership).
 
 Inputs, and what they return (node_effects.py lists the effects):
 
-- `restore(blocks, pending, verified_height)`: start-up from the store. The
-  stored chain is re-checked block by block: every block's link, hash,
+- `restore(rows, pending, verified_height)`: start-up from the store. The
+  stored chain is re-checked row by row: every block's link, hash,
   difficulty, sizes and vote (not already in the chain), which is SHA-256 and
   a few microseconds a block; the RSA signature (~30 us, the expensive part)
   only above `verified_height`, the height up to which the store says its
   blocks were fully verified when they entered it, and for the last
-  RECHECK_TAIL blocks. From the first bad block on the chain is dropped, and
-  our own votes in the dropped part are queued again (unless a block's hash
-  no longer matches its content: that vote was edited). Queued votes already
-  in the chain leave the queue.
+  RECHECK_TAIL blocks. The chain is kept up to the first bad row (a block
+  that fails a rule, or an `UnreadableRow`: undecodable, or missing) and
+  dropped from that *position* on; if that happens the store vouches for
+  nothing, so the rows are checked again with every signature, and the cut
+  is at the first block that really fails. Of the dropped blocks, only our
+  own that still verify on their own (hash, difficulty, membership and OUR
+  signature: `check_block_alone`) have their votes queued again; queued
+  votes already in the kept chain leave the queue.
 
   Why that is enough: a change to any field of a block changes its hash, so
   an edit to the file is caught unless the editor also re-mines the block;
   and since each block's hash covers its parent's, re-mining block k means
   re-mining every block after it up to the tip, whose signature then fails
-  unless the editor holds the tip author's private key (then the chain is
-  a validly signed chain: no offline check, `votechain verify` included,
-  could tell, and the majority replaces it at the next resolution).
+  unless the editor holds the tip author's private key. A vote is re-queued
+  only from a block that carries our signature of its hash, so an edited
+  vote (re-mined or not) is never mined again under our key. The limit:
+  whoever can read our `node_key.pem` (the same user, on the same disk as
+  the database) can sign what it likes, and whoever can write the database
+  can also write the `pending` table, whose votes nothing signs; against
+  that user no offline check helps (`votechain verify` included), and the
+  network's majority replaces a forged chain at the next resolution.
 - A block received from a peer, in three steps so the expensive one runs
   outside the node's lock: `screen_block` (cheap: the author must be the key
   the sender named; a block we hold is "known"), `check_alone` (the
@@ -63,6 +72,9 @@ Inputs, and what they return (node_effects.py lists the effects):
   then adopts the branch if it is the majority tip's or contains it, and
   otherwise skips to the next candidate (a longer minority branch gives way
   to a shorter majority; a longer branch that extends the majority wins).
+  A chunk of a branch (the fetch stopped short of the tip, at the cap on
+  blocks held unadopted or at its deadline) is adopted on the same terms if
+  it reaches past our height, and the round goes on from there.
 - Adopting a branch (`adopt`) switches the chain atomically (an invalid
   branch changes nothing). Only OUR votes from the dropped blocks that the
   new branch does not carry go back in the queue, ahead of the votes already
@@ -102,7 +114,7 @@ from votechain.core.node_effects import (
     VoteDecision,
 )
 from votechain.core.rules import check_block_alone, check_difficulty
-from votechain.errors import InvalidBlock, OurBug
+from votechain.errors import BadGenesis, DamagedRow, InvalidBlock, OurBug
 
 if TYPE_CHECKING:
     from votechain.core.membership import Members
@@ -114,6 +126,19 @@ KNOWN = BlockDecision("known")
 # hash and link checks re-mines the tip); 16 costs ~0.5 ms and still holds if
 # the store's verified_height were ever recorded too high.
 RECHECK_TAIL = 16
+
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRow:
+    """A row of the stored chain that holds no usable block (node/store.py's
+    `rows`): its body does not decode or disagrees with its id or hash
+    column, or it is missing (a gap in the ids). `restore` treats it as a
+    block that fails: the chain is kept up to the row before it."""
+
+    id: int  # the row's id, or the first missing one
+    hash: bytes  # the row's hash column; b"" for a missing row
+    detail: str  # what is wrong: "does not decode (...)", "is missing (...)"
 
 
 @dataclass
@@ -167,7 +192,7 @@ class NodeState:
         cls,
         author: bytes,
         difficulty: int,
-        blocks: Sequence[Block],
+        blocks: Sequence[Block | UnreadableRow],
         pending: Iterable[Transaction],
         *,
         now_ms: int,
@@ -175,37 +200,82 @@ class NodeState:
         members: Members | None = None,
         member: bool = True,
     ) -> tuple[NodeState, Restored]:
-        """The state of a node restarting from `blocks` (genesis first) and
-        `pending` (oldest first), as its store holds them. Blocks up to
-        `verified_height` (the default 0: none but the genesis) were fully
-        verified before; their signatures are not checked again (but the
-        last RECHECK_TAIL blocks' are). Membership is checked for every block:
-        a dict lookup, and a revocation loaded since the last start applies."""
-        state = cls(author, difficulty, members, member=member)
-        bad: InvalidBlock | None = None
+        """The state of a node restarting from the stored rows `blocks` (genesis
+        first, one per id; an UnreadableRow for a row that holds no block) and
+        `pending` (oldest first). Blocks up to `verified_height` (the default
+        0: none but the genesis) were fully verified before; their signatures
+        are not checked again (but the last RECHECK_TAIL blocks' are), unless
+        a row fails. Membership is checked for every block: a dict lookup, and
+        a revocation loaded since the last start applies. See the module
+        docstring for what is kept, dropped and queued again."""
         trusted = min(verified_height, len(blocks) - 1 - RECHECK_TAIL)
-        for block in blocks[1:]:
-            try:
-                state.chain.append(block, difficulty=difficulty, now_ms=now_ms,
-                                   signature=block.id > trusted, members=members)
-            except InvalidBlock as exc:
-                bad = exc
-                break
+        state, bad, cut = cls._replay(author, difficulty, members, member, blocks, now_ms,
+                                      trusted)
+        if bad is not None and trusted > 0:
+            # A damaged store vouches for nothing: an edit to block k re-mined up
+            # to the first block whose signature was checked passed every check
+            # below it. Check every signature, so the cut is at block k.
+            state, bad, cut = cls._replay(author, difficulty, members, member, blocks, now_ms,
+                                          0)
         queue = list(pending)
         effects: tuple[Effect, ...] = ()
         if bad is not None:
-            # Our votes go back in the queue only from blocks whose hash still
-            # matches their content: a vote edited in the file is not ours to
-            # re-mine. (Re-mined edits pass this; but an editor of the file can
-            # write to the pending table directly anyway.)
-            lost = tuple(b.transaction for b in blocks[bad.block.id :]
-                         if b.author == author and b.computed_hash() == b.hash)
+            lost = state._ours_intact(blocks[cut:], now_ms)
             queued = {t.tx_id for t in queue}
             # The store appends re-queued votes behind those already waiting.
             queue += [t for t in lost if t.tx_id not in queued]
-            effects = (ReplaceFrom(bad.block.id, (), requeue=lost, done=()),)
+            # Dropped by position, not by the failing block's id: after a missing
+            # row the block at position k is block k+1.
+            keep = () if cut > 0 else (state.chain.genesis,)
+            effects = (ReplaceFrom(cut, keep, requeue=lost, done=()),)
         state._pending = [t for t in queue if state.chain.block_with_tx(t.tx_id) is None]
         return state, Restored(bad, effects)
+
+    @classmethod
+    def _replay(
+        cls, author: bytes, difficulty: int, members: Members | None, member: bool,
+        blocks: Sequence[Block | UnreadableRow], now_ms: int, trusted: int,
+    ) -> tuple[NodeState, InvalidBlock | None, int]:
+        """A state holding the longest valid prefix of `blocks` (signatures
+        checked above `trusted`), the first failure, and its position."""
+        state = cls(author, difficulty, members, member=member)
+        genesis = state.chain.genesis
+        first = blocks[0] if blocks else None
+        if isinstance(first, UnreadableRow):
+            return state, DamagedRow(first), 0
+        if first != genesis:
+            return state, BadGenesis(first or genesis, "stored genesis differs from this "
+                                                       "network's"), 0
+        for position, row in enumerate(blocks[1:], start=1):
+            if isinstance(row, UnreadableRow):
+                return state, DamagedRow(row), position
+            try:
+                state.chain.append(row, difficulty=difficulty, now_ms=now_ms,
+                                   signature=row.id > trusted, members=members)
+            except InvalidBlock as exc:
+                return state, exc, position
+        return state, None, len(blocks)
+
+    def _ours_intact(self, rows: Sequence[Block | UnreadableRow],
+                     now_ms: int) -> tuple[Transaction, ...]:
+        """The votes of our blocks among the dropped `rows` that verify on their
+        own (hash, difficulty, membership, our signature), each once and none
+        the kept chain carries: those a vote is ours to mine again. A block
+        whose vote was edited fails its hash or, re-mined, our signature."""
+        lost: dict[bytes, Transaction] = {}
+        for row in rows:
+            if not isinstance(row, Block) or row.author != self.author:
+                continue
+            tx = row.transaction
+            if tx.tx_id in lost or self.chain.block_with_tx(tx.tx_id) is not None:
+                continue
+            try:
+                check_block_alone(row, difficulty=self.difficulty, now_ms=now_ms,
+                                  members=self.members)
+            except InvalidBlock:
+                continue
+            lost[tx.tx_id] = tx
+        return tuple(lost.values())
 
     # ------------------------------------------------------ a received block
 
@@ -334,15 +404,29 @@ class NodeState:
         return None
 
     def branch_fetched(
-        self, plan: Resolution, fetch: FetchBranch, branch: Sequence[Block]
+        self, plan: Resolution, fetch: FetchBranch, branch: Sequence[Block],
+        *, complete: bool = True,
     ) -> BranchDecision:
         """`fetch.holder` answered with `branch` (each block already through the
-        stand-alone checks, outside the lock): adopt it, or try the next candidate."""
+        stand-alone checks, outside the lock): adopt it, or try the next candidate.
+
+        A branch not `complete` is a chunk: the fetch stopped short of the target
+        (at the cap on blocks held unadopted, or at its deadline). It is adopted
+        on the same terms, and only if it reaches past our height (short of
+        that, switching would shorten our chain); the round then goes on
+        (node/resolver.py says why a chunk is safe to adopt)."""
         winner = plan.winner
         if branch and winner is not None and (
                 fetch.target == winner or self._contains(branch, winner)):
-            plan.done = True
-            return self.adopt(branch)
+            if complete:
+                plan.done = True
+                return self.adopt(branch)
+            if branch[-1].id <= self.chain.height:
+                return BranchDecision("skipped", reason="the chunk fetched does not reach "
+                                                        "past our height")
+            decision = self.adopt(branch)
+            plan.done = decision.status == "invalid"  # as for a whole branch: the round ends
+            return decision
         plan.next_candidate()  # this holder's chain does not extend the majority
         return BranchDecision("skipped", reason="it does not contain the majority tip")
 

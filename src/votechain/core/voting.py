@@ -8,8 +8,14 @@ drops a block, its vote is mined again in another block, and the second copy
 carries the same `tx_id`, so it is counted once.
 
 What counts as a category is `validate_category`'s docstring. A transaction
-whose data is not a valid category (the genesis block's, another
-application's, a hand-made one) is simply not a vote: the tally skips it.
+counts as a vote exactly when its data is the UTF-8 of a category in its
+canonical form (what `validate_category` returns, so NFC, stripped); any
+other data (the genesis block's, another application's, a hand-made one, a
+category in NFD or with surrounding spaces) is simply not a vote: the tally
+skips it. So the two encodings of "café" (NFC `caf\u00e9`, NFD
+`cafe\u0301`) are one category: a vote cast either way is stored as NFC, and
+a block carrying the NFD bytes is no vote at all (counting it would give one
+category two spellings that print alike).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ def validate_category(text: str) -> str:
 
     The rules:
     - surrounding whitespace is stripped ("  Alice " is the category "Alice");
+    - the text is put in Unicode normalisation form NFC, so text that looks the
+      same is the same category: "cafe" + U+0301 (combining acute, NFD) becomes
+      "caf" + U+00E9, as most keyboards type it;
     - what remains is 1 to MAX_CATEGORY_CHARS (64) characters (code points, not bytes);
     - it contains no control or other non-printing format characters (Unicode
       categories Cc, Cf, Cs, Co, Cn: newlines, tabs, escapes, bidi overrides,
@@ -45,7 +54,7 @@ def validate_category(text: str) -> str:
     """
     if not isinstance(text, str):
         raise InvalidVote(f"a category must be text, got {type(text).__name__}")
-    category = text.strip()
+    category = unicodedata.normalize("NFC", text).strip()
     if not category:
         raise InvalidVote("a category must not be empty")
     if len(category) > MAX_CATEGORY_CHARS:
@@ -75,8 +84,9 @@ def vote_transaction(category: str, now_ms: int, salt: bytes | None = None) -> T
 def category_of(tx: Transaction) -> str | None:
     """The category `tx` votes for, or None when it is not a valid vote.
 
-    Only the canonical form counts: data with surrounding whitespace or invalid
-    UTF-8 was not made by `vote_transaction`, so it is not a vote.
+    Only the canonical form counts: data with surrounding whitespace, not in
+    NFC, or invalid UTF-8 was not made by `vote_transaction`, so it is not a
+    vote.
     """
     if tx == _GENESIS_TX:
         return None

@@ -12,6 +12,17 @@ receives a new tip calls abort() the same way, and submits the next job.
 The abort byte lives in a multiprocessing RawArray: anonymous shared memory,
 unlinked at creation, so no segment can outlive the pool whatever kills it.
 
+Signals: a worker ignores SIGINT. Ctrl-C in a terminal signals the whole
+foreground process group, workers included; the parent alone decides what it
+means and stops its workers through the pipe (close()), so a Ctrl-C costs no
+worker a traceback and the pool never mistakes it for a death. SIGINT is
+blocked in the thread that spawns a worker, so the new interpreter starts with
+it blocked (the mask survives fork and exec) and cannot be interrupted while
+it imports, before `_worker_main` ignores it for good. Any other way a worker
+ends outside close() (SIGKILL, SIGTERM, a crash) is a real death: it is logged
+with the worker's exit status, and the worker is replaced unless the pool is
+closing.
+
 Protocol between the pool and a worker (one Pipe each):
   pool -> worker: (job_id, content, difficulty, start, stop, backend) or None (exit)
   worker -> pool: ("ready", pid) once at start, then
@@ -28,8 +39,10 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -50,8 +63,35 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while a worker is spawned (see the top comment).
+    Per thread, so safe from any thread; a SIGINT meanwhile is delivered to
+    another thread, or to this one when the block ends, never lost."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _describe_exit(code: int | None) -> str:
+    """A worker's exit status in words: 'killed by SIGKILL', 'exit status 1'."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 def _worker_main(conn: Connection, abort: Any) -> None:
     """Worker process: wait for a job, search its share of the range, report, repeat."""
+    # Ctrl-C is the parent's to handle (see the top comment). Ignore first, then
+    # unblock: a SIGINT that came while we started is discarded, not delivered.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -125,7 +165,8 @@ class MinerPool:
         process = self._ctx.Process(
             target=_worker_main, args=(theirs, self._abort), daemon=True, name="votechain-miner"
         )
-        process.start()
+        with _sigint_blocked():
+            process.start()
         theirs.close()
         if not ours.poll(START_TIMEOUT):
             process.kill()
@@ -143,11 +184,19 @@ class MinerPool:
             raise MinerPoolError(f"unexpected first message from a miner worker: {tag!r}")
         return _Worker(process, ours)
 
-    def _replace(self, index: int) -> None:
+    def _worker_lost(self, index: int) -> bool:
+        """Worker `index`'s pipe broke. Unless close() is under way (its workers
+        leave on purpose), the worker really died: say how, and start another
+        in its place. Whether it was replaced."""
         dead = self._workers[index]
         dead.conn.close()
         dead.process.join(timeout=1)
+        if self._closed:
+            return False
+        log.warning("miner worker %d died (%s); restarting it",
+                    index, _describe_exit(dead.process.exitcode))
         self._workers[index] = self._spawn()
+        return True
 
     @property
     def pids(self) -> list[int]:
@@ -179,8 +228,8 @@ class MinerPool:
                 except OSError:
                     # The worker died while idle (killed from outside): replace it
                     # before this job, so no share of the range goes unsearched.
-                    log.warning("miner worker %d died; restarting it", index)
-                    self._replace(index)
+                    # (`_closed` cannot be set here: close() takes the lock first.)
+                    self._worker_lost(index)
                     self._workers[index].conn.send(job)
                 self._pending.add(index)
 
@@ -210,9 +259,11 @@ class MinerPool:
                     job_id, nonce, worker_hashes, stopped_at = conn.recv()
                 except (EOFError, OSError):
                     # A killed worker loses its share of this job only; replace it so
-                    # the next job runs at full strength.
-                    log.warning("miner worker %d died; restarting it", index)
-                    self._replace(index)
+                    # the next job runs at full strength. If close() ran meanwhile
+                    # (another thread stopping the pool), the job ends with it.
+                    if not self._worker_lost(index):
+                        self._pending.clear()
+                        break
                     continue
                 if job_id != self._job_id:
                     continue

@@ -1,19 +1,31 @@
 """The control channel's client: what the `votechain` command and the demo use to
 drive a running node (net/control_server.py serves it).
 
-One connection per call: connect, authenticate with the cookie, one request,
-one reply, close. Every failure is a ControlError, and says whose fault it is:
+One connection per call: connect to DATA_DIR/control.sock, authenticate with the
+cookie, one request, one reply, close. Before it sends anything, the client
+makes sure it is talking to the owner's node and no one else's
+(net/control_server.py says why that is enough): the data directory and the
+socket must belong to the directory's owner (or root) and the directory must
+not be writable by anyone else, and the process listening must run as that
+owner or root (SO_PEERCRED, where the system has it). The cookie is read only
+after the connection is made, so it is the cookie of the node that answered.
+
+Every failure is a ControlError, and says whose fault it is:
 
 - ControlRefused: the node refused the request (a bad category, a bad cookie);
-- ControlUnavailable: no answer, or not in time (NodeNotRunning when nothing
-  listens where the data directory says, or its files are missing);
+- ControlUnavailable: no answer, or not in time, or a socket this client will
+  not trust (NodeNotRunning when nothing listens on the data directory's
+  socket, or there is none);
 - ControlReplyError: the node answered something this client cannot accept.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+import stat
+import struct
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,8 +40,9 @@ from votechain.errors import (
     NodeNotRunning,
     RemoteProtocolError,
 )
-from votechain.net.control_server import COOKIE_FILE, HOST, PORT_FILE
+from votechain.net.control_server import COOKIE_FILE, SOCKET_FILE
 from votechain.net.framed import FramedSocket
+from votechain.net.sockets import connect_unix
 from votechain.protocol.control import (
     CONTROL_REPLIES,
     CONTROL_REQUESTS,
@@ -50,34 +63,38 @@ from votechain.protocol.control import (
 
 _R = TypeVar("_R", AuthOk, VoteResult, StatusReply, TallyReply)
 
+# Group or others may write to the directory: then anyone could have put the socket there.
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+# struct ucred {pid_t pid; uid_t uid; gid_t gid;}: what SO_PEERCRED returns on Linux.
+_UCRED = struct.Struct("iII")
+ROOT_UID = 0
+
 
 class ControlClient:
-    """Talks to one node's control channel: one connection per call."""
+    """Talks to one node's control channel, at the Unix socket `path`: one connection per call.
+
+    `cookie` is what to authenticate with; None (what `from_data_dir` gives)
+    reads the node's control.cookie beside the socket at each call."""
 
     def __init__(
-        self, port: int, cookie: str, *, timeout: float = 10.0, where: str | None = None
+        self,
+        path: Path,
+        cookie: str | None = None,
+        *,
+        timeout: float = 10.0,
+        where: str | None = None,
     ) -> None:
-        self.port = port
+        self.path = Path(path)
         self._cookie = cookie
         self.timeout = timeout
-        self._where = where or f"{HOST}:{port}"
+        self._where = where or str(self.path.parent)
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, timeout: float = 10.0) -> ControlClient:
         """A client for the node running on `data_dir`; NodeNotRunning if there is none."""
         data_dir = Path(data_dir)
-        try:
-            port_text = (data_dir / PORT_FILE).read_text(encoding="ascii").strip()
-            cookie = (data_dir / COOKIE_FILE).read_text(encoding="ascii").strip()
-        except FileNotFoundError as exc:
-            missing = Path(str(exc.filename)).name
-            raise NodeNotRunning(f"no running node at {data_dir}: no {missing}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NodeNotRunning(f"no running node at {data_dir}: {exc}") from exc
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise NodeNotRunning(f"no running node at {data_dir}: bad {PORT_FILE} {port_text!r}")
-        client = cls(int(port_text), cookie, timeout=timeout, where=str(data_dir))
-        # Probe now, so a stale port file (a node that was killed) is reported
+        client = cls(data_dir / SOCKET_FILE, timeout=timeout, where=str(data_dir))
+        # Probe now, so a stale socket (a node that was killed) is reported
         # here as "no running node", not later as an obscure socket error.
         client._call(None)
         return client
@@ -103,17 +120,11 @@ class ControlClient:
     def _call(self, request: Request | None, read_timeout: float | None = None) -> Reply:
         """Connect, authenticate, then send `request` (None: authenticate only) and
         return its reply; an ErrorReply is raised as ControlRefused or ControlUnavailable."""
-        try:
-            sock = socket.create_connection((HOST, self.port), timeout=self.timeout)
-        except ConnectionRefusedError as exc:
-            raise NodeNotRunning(
-                f"no running node at {self._where}: port {self.port} refuses connections"
-            ) from exc
-        except OSError as exc:
-            raise ControlUnavailable(f"cannot reach the node at {self._where}: {exc}") from exc
+        sock = self._connect()
         with FramedSocket(sock, CONTROL_REPLIES, CONTROL_REQUESTS, timeout=self.timeout) as conn:
+            cookie = self._cookie if self._cookie is not None else self._read_cookie()
             try:
-                authenticated = self._expect(self._check(conn.request(Auth(self._cookie))), AuthOk)
+                authenticated = self._expect(self._check(conn.request(Auth(cookie))), AuthOk)
                 if request is None:
                     return authenticated
                 if read_timeout is not None:
@@ -121,6 +132,90 @@ class ControlClient:
                 return self._check(conn.request(request))
             except (LocalProtocolError, RemoteProtocolError, ConnectionClosed, OSError) as exc:
                 raise self._failure(exc) from exc
+
+    def _connect(self) -> socket.socket:
+        """A connection to the owner's node at `path`, checked before a byte is sent."""
+        trusted = self._check_files()
+        try:
+            sock = connect_unix(self.path, self.timeout)
+        except FileNotFoundError as exc:
+            raise NodeNotRunning(f"no running node at {self._where}: no {self.path.name}") from exc
+        except ConnectionRefusedError as exc:
+            raise NodeNotRunning(
+                f"no running node at {self._where}: nothing listens on {self.path.name} "
+                "(left by a node that did not stop cleanly)"
+            ) from exc
+        except OSError as exc:
+            raise ControlUnavailable(f"cannot reach the node at {self._where}: {exc}") from exc
+        try:
+            self._check_listener(sock, trusted)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _check_files(self) -> frozenset[int]:
+        """The uids this client trusts to run the node (the directory's owner and
+        root); ControlUnavailable if the directory or the socket could be someone
+        else's, NodeNotRunning if there is no socket."""
+        directory = self.path.parent
+        try:
+            info = os.stat(directory)
+        except FileNotFoundError as exc:
+            raise NodeNotRunning(f"no running node at {self._where}: no such directory") from exc
+        except OSError as exc:
+            raise ControlUnavailable(f"cannot reach the node at {self._where}: {exc}") from exc
+        trusted = frozenset({info.st_uid, ROOT_UID})
+        if os.geteuid() not in trusted:
+            raise ControlUnavailable(
+                f"not talking to the node at {self._where}: the directory belongs to uid "
+                f"{info.st_uid}, not to you (uid {os.geteuid()}); run the command as its owner"
+            )
+        if info.st_mode & _OTHERS_WRITE:
+            raise ControlUnavailable(
+                f"not talking to the node at {self._where}: other users may write to the "
+                f"directory (mode {stat.S_IMODE(info.st_mode):04o}), so its {self.path.name} "
+                f"could be anyone's; chmod 700 {directory}"
+            )
+        try:
+            sock_info = os.lstat(self.path)
+        except FileNotFoundError as exc:
+            raise NodeNotRunning(f"no running node at {self._where}: no {self.path.name}") from exc
+        except OSError as exc:
+            raise ControlUnavailable(f"cannot reach the node at {self._where}: {exc}") from exc
+        if not stat.S_ISSOCK(sock_info.st_mode):
+            raise NodeNotRunning(
+                f"no running node at {self._where}: {self.path.name} is not a socket")
+        if sock_info.st_uid not in trusted:
+            raise ControlUnavailable(
+                f"not talking to the node at {self._where}: {self.path.name} belongs to uid "
+                f"{sock_info.st_uid}, not to the directory's owner (uid {info.st_uid})"
+            )
+        return trusted
+
+    def _check_listener(self, sock: socket.socket, trusted: frozenset[int]) -> None:
+        """The process that listens must run as a trusted uid: the kernel says
+        who it is (SO_PEERCRED, Linux; elsewhere the file checks stand alone)."""
+        option = getattr(socket, "SO_PEERCRED", None)
+        if option is None:
+            return
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+        if uid not in trusted:
+            raise ControlUnavailable(
+                f"not talking to the node at {self._where}: the process listening on "
+                f"{self.path.name} runs as uid {uid}, not as the directory's owner"
+            )
+
+    def _read_cookie(self) -> str:
+        """The node's cookie, read once connected: the node writes it before it
+        listens, so this is the cookie of the node we are connected to."""
+        path = self.path.parent / COOKIE_FILE
+        try:
+            return path.read_text(encoding="ascii").strip()
+        except FileNotFoundError as exc:
+            raise NodeNotRunning(f"no running node at {self._where}: no {COOKIE_FILE}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NodeNotRunning(f"no running node at {self._where}: {exc}") from exc
 
     def _failure(self, exc: Exception) -> ControlError:
         """What the caller hears of a call that ended with `exc`, and whose fault it was."""

@@ -2,17 +2,44 @@
 talks to a running node. The messages are protocol/control.py's; the framing
 and the socket shell are the peer protocol's (net/framed.py).
 
-Only the owner may use it, and a remote peer can never cast a vote as this node:
-- the server binds 127.0.0.1 and nothing else, so it is not reachable off the machine;
-- every connection must first prove it can read the node's data directory, by
-  sending the cookie the server wrote there with mode 0600 (as Bitcoin Core's
-  RPC `.cookie`): 32 random bytes, hex, fresh at every start, compared in
-  constant time. Other local users cannot read it; a stale copy stops working
-  at the next start.
+Only the owner may use it, a remote peer can never cast a vote as this node, and
+the owner's command can never be made to talk to anyone else:
 
-Files in the data directory while the server runs (both removed by `stop()`):
-  control.cookie   the cookie, mode 0600
-  control.port     the TCP port on 127.0.0.1, decimal
+- the server listens on a Unix domain socket, DATA_DIR/control.sock, never on a
+  TCP port, so it is not reachable off the machine. The data directory must be
+  the node's user's and private (mode 0700: node/datadir.py makes it so before
+  the node starts, and start() refuses a looser one). Only that user (and root)
+  can create a file there, so only they can have put control.sock there;
+  the socket file itself is mode 0600, so only they can connect.
+- That is what closes the hole the TCP port had: after a `kill -9` the port was
+  free for any local user to bind, and the owner's next `votechain vote` sent
+  the cookie and the vote to whoever did. A stale control.sock can only be
+  connected to (refused: nothing listens) or replaced by the owner's next node
+  (start() removes it once a probe finds no one listening). The client
+  (net/control_client.py) also checks, before it sends a byte, that the
+  directory and the socket are the owner's and that the process listening runs
+  as the owner (SO_PEERCRED, Linux), and reads the cookie only once connected.
+- The cookie is kept as a second, independent lock: every connection must first
+  send the 32 random bytes (hex) that start() wrote to control.cookie, mode
+  0600, fresh at every start, compared in constant time (as Bitcoin Core's RPC
+  `.cookie`). On Linux the socket's modes alone keep other users out; the
+  cookie still does where a system ignores a socket file's mode (some BSDs)
+  and the directory was loosened while the node runs, as the cookie file's
+  own mode holds everywhere. It no longer has to prove the node to the
+  client: the socket's place does, and the client reads it only once connected.
+- Where a Unix socket cannot be used: a path over sun_path's 107 bytes is
+  reached through /proc/self/fd (net/sockets.py unix_address); where that does
+  not exist either, start() fails with a line that says to use a shorter data
+  directory. It never falls back to TCP. A TCP fallback would have to reverse
+  the old order, the node proving first that it knows the cookie (a
+  challenge-response: the client sends a nonce, the node answers
+  HMAC(cookie, nonce), and only then does the client send anything of its
+  own); that is not built, as every platform votechain runs on has Unix sockets.
+
+Files in the data directory while the server runs (each removed by `stop()`,
+and only if it is still what this server wrote: never another node's):
+  control.cookie   the cookie, mode 0600, written first
+  control.sock     the socket, mode 0600, bound once the cookie is there
 
 A malformed request gets an ErrorReply and the connection stays usable (the
 frame boundary is intact); a bad length prefix, a truncated frame or a failed
@@ -28,8 +55,10 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -44,7 +73,13 @@ from votechain.errors import (
     RemoteProtocolError,
 )
 from votechain.net.framed import FramedSocket
-from votechain.net.sockets import accept_next, stop_listener, wake
+from votechain.net.sockets import (
+    accept_next,
+    connect_unix,
+    stop_listener,
+    unix_address,
+    wake,
+)
 from votechain.protocol.control import (
     CONTROL_REPLIES,
     CONTROL_REQUESTS,
@@ -66,8 +101,10 @@ from votechain.protocol.control import (
 log = logging.getLogger("votechain.control")
 
 COOKIE_FILE = "control.cookie"
-PORT_FILE = "control.port"
-HOST = "127.0.0.1"
+SOCKET_FILE = "control.sock"
+# The directory and both files are the owner's alone; any bit for group or
+# others is refused (the directory) or never set (the files).
+PRIVATE_MASK = 0o077
 
 # Why 64: one owner runs a handful of commands at a time; a cap keeps a local
 # flood of connections from exhausting the node's threads and descriptors.
@@ -79,12 +116,18 @@ MAX_CONTROL_CONNECTIONS = 64
 AUTH_TIMEOUT = 5.0
 # An authenticated client that goes silent this long between requests is gone.
 IDLE_TIMEOUT = 300.0
+# How long start() gives a control.sock it finds to answer before calling it
+# stale; a live server accepts (or queues) a connect at once.
+STALE_PROBE_TIMEOUT = 1.0
 # How long stop() waits, in all, for connection threads (a vote may be waiting in the handler).
 STOP_JOIN_TIMEOUT = 5.0
 
 _TOO_MANY = CONTROL_REPLIES.encode(ErrorReply("too many connections", "unavailable"))
 
 _Channel = FramedSocket[Request, Reply]
+# (st_dev, st_ino, st_ctime_ns): which file a path named when this server made
+# it. The change time too, as a freed inode number is soon handed out again.
+_FileId = tuple[int, int, int]
 
 
 class ControlHandler(Protocol):
@@ -108,7 +151,7 @@ class ControlHandler(Protocol):
 
 
 class ControlServer:
-    """Serves `handler` on 127.0.0.1 (a free port) to whoever holds the cookie in `data_dir`."""
+    """Serves `handler` on `data_dir`/control.sock to whoever holds the cookie in `data_dir`."""
 
     def __init__(
         self, handler: ControlHandler, data_dir: Path, *, auth_timeout: float = AUTH_TIMEOUT
@@ -120,65 +163,64 @@ class ControlServer:
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
-        self._address: tuple[str, int] | None = None
         self._cookie = ""
+        # What this server wrote, so stop() removes those files and no other.
+        self._socket_id: _FileId | None = None
+        self._cookie_written = False
         self._stopping = False
         self._stopped = threading.Event()
 
     @property
-    def address(self) -> tuple[str, int]:
-        if self._address is None:
-            raise RuntimeError("ControlServer.address read before start()")
-        return self._address
+    def path(self) -> Path:
+        """The socket clients connect to: DATA_DIR/control.sock."""
+        return self._data_dir / SOCKET_FILE
 
     @property
     def cookie_path(self) -> Path:
         return self._data_dir / COOKIE_FILE
 
-    @property
-    def port_path(self) -> Path:
-        return self._data_dir / PORT_FILE
-
     def start(self) -> None:
-        """Listen on 127.0.0.1, then write the cookie and the port (in that order)."""
+        """Check the directory is private, replace a stale socket, write the
+        cookie, then listen on the socket (in that order: a client that can
+        connect finds the cookie of the node it reached)."""
         with self._lock:
             if self._listener is not None or self._stopping:
                 raise RuntimeError("a ControlServer can be started only once")
-            self._data_dir.mkdir(parents=True, exist_ok=True)
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_private_dir(self._data_dir)
+            self._remove_stale_socket()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                # Loopback only, by construction: there is no host parameter to get wrong.
-                listener.bind((HOST, 0))
-                # A backlog as deep as the connection cap: a burst of connections
-                # queues rather than having SYNs dropped (1 s retry each).
-                listener.listen(MAX_CONTROL_CONNECTIONS)
                 self._cookie = secrets.token_bytes(COOKIE_BYTES).hex()
                 _write_private(self.cookie_path, self._cookie + "\n")
-                # The port file last: a client that finds it also finds the cookie.
-                port = listener.getsockname()[1]
-                _write_private(self.port_path, f"{port}\n")
+                self._cookie_written = True
+                with unix_address(self.path) as address:
+                    listener.bind(address)
+                # Before listen(): until then a connect() is refused whatever the mode.
+                os.chmod(self.path, 0o600)
+                self._socket_id = _file_id(self.path)
+                # A backlog as deep as the connection cap: a burst of connections
+                # queues rather than being refused.
+                listener.listen(MAX_CONTROL_CONNECTIONS)
             except OSError:
                 listener.close()
                 self._remove_files()
                 raise
             self._listener = listener
-            self._address = (HOST, port)
             self._accept_thread = threading.Thread(
                 target=self._accept_loop, args=(listener,), name="control-accept", daemon=True
             )
             self._accept_thread.start()
-        log.info("control channel on %s:%d", HOST, port)
+        log.info("control channel on %s", self.path)
 
     def stop(self) -> None:
         """Remove the files, stop accepting, close every connection. Idempotent."""
         with self._lock:
             self._stopping = True
             listener, accept_thread = self._listener, self._accept_thread
-            started = listener is not None
         self._stopped.set()  # ends an accept back-off early
-        if started:
-            # Files first: from now on a client sees "no running node", not a hang.
-            self._remove_files()
+        # Files first: from now on a client sees "no running node", not a hang.
+        self._remove_files()
         stop_listener(listener, accept_thread)
         with self._lock:
             connections = list(self._connections.items())
@@ -192,10 +234,45 @@ class ControlServer:
             if thread.is_alive():
                 log.warning("control connection thread %s still busy at stop", thread.name)
 
+    def _remove_stale_socket(self) -> None:
+        """A control.sock no one listens on is a killed node's: remove it. One
+        someone listens on is another server's (node/datadir.py's lock keeps a
+        second node off this directory; this is the check for everything else):
+        refuse, and touch nothing."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise FileExistsError(f"{self.path} is in the way and is not a socket: move it away")
+        try:
+            connect_unix(self.path, STALE_PROBE_TIMEOUT).close()
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass  # nothing listens: stale
+        except TimeoutError as exc:  # a queue that stays full: someone listens
+            raise OSError(f"another process serves {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise OSError(f"cannot tell whether {self.path} is in use: {exc}") from exc
+        else:
+            raise OSError(
+                f"another process serves {self.path}: is a node already running on "
+                f"{self._data_dir}?"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        log.info("removed a stale %s (left by a node that did not stop cleanly)", SOCKET_FILE)
+
     def _remove_files(self) -> None:
-        for path in (self.port_path, self.cookie_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        """Unlink the socket, then the cookie, each only if the path still names
+        what this server wrote (the socket: the same inode and change time; the
+        cookie: the same cookie): never another node's, even by mistake."""
+        socket_id, self._socket_id = self._socket_id, None
+        if socket_id is not None:
+            _unlink_if_ours(self.path, lambda: _file_id(self.path) == socket_id)
+        cookie_written, self._cookie_written = self._cookie_written, False
+        if cookie_written:
+            cookie_path = self.cookie_path
+            _unlink_if_ours(cookie_path, lambda: _read_cookie(cookie_path) == self._cookie)
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while (accepted := accept_next(listener, lambda: self._stopping, self._stopped.wait,
@@ -309,6 +386,45 @@ def _refusal(exc: RemoteProtocolError, context: str = "") -> ErrorReply:
     if isinstance(exc, FrameTooLarge):
         return ErrorReply(f"{context}request over the cap, not read: {exc.reason}", "refused")
     return ErrorReply(f"{context}{exc.reason}", "refused")
+
+
+def check_private_dir(path: Path) -> None:
+    """PermissionError unless `path` is a directory of this process's user that
+    no one else may enter (mode 0700 or tighter)."""
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise PermissionError(
+            f"{path} belongs to uid {info.st_uid}, not to this node's uid {os.geteuid()}: "
+            "run the node as the directory's owner"
+        )
+    if info.st_mode & PRIVATE_MASK:
+        raise PermissionError(
+            f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}); the control "
+            f"socket needs a private directory: chmod 700 {path}"
+        )
+
+
+def _file_id(path: Path) -> _FileId:
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
+def _read_cookie(path: Path) -> str:
+    return path.read_text(encoding="ascii").strip()
+
+
+def _unlink_if_ours(path: Path, ours: Callable[[], bool]) -> None:
+    try:
+        if not ours():
+            log.warning("not removing %s: it is no longer the file this node wrote", path)
+            return
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("not removing %s: %s", path, exc)
 
 
 def _write_private(path: Path, text: str) -> None:

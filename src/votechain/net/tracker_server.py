@@ -9,6 +9,28 @@ the peer's liveness signal (TCP keepalive notices a peer whose host vanished
 without closing it). Nothing polls: threads block in ``accept``/``recv``
 and ``stop()`` wakes them by shutting their sockets down.
 
+Per-address bounds (issue 12): connections and registrations are counted per
+address group (core/discipline.address_group: an IPv4 address, an IPv6 /64;
+injectable), so no one address can fill the tracker or its list:
+
+- a group holds at most ``MAX_CONNECTIONS_PER_IP`` connections; a newcomer
+  over it evicts its own group's oldest unregistered connection (or is
+  refused, ``ERROR too many connections from your address``, if every one is
+  registered);
+- a group lists at most ``MAX_REGISTRATIONS_PER_IP`` peers; a REGISTER over it
+  gets ``ERROR too many registrations from your address`` and the connection
+  stays usable;
+- at ``MAX_CONNECTIONS`` in all, a newcomer is not refused: it evicts the oldest
+  unregistered connection of the group holding the most connections (among
+  the groups with an unregistered one; a query or a flood, never a listed
+  peer), and only if every connection is registered, the newest registration
+  of the largest group, unless that group is the newcomer's own (then it is
+  refused, ``ERROR too many connections``). One address, however many
+  connections it opens, cannot keep a peer from another address off the list.
+
+An evicted connection is closed without a word (shut down, then closed by its
+thread); an evicted registration leaves the list at once.
+
 Deliberate simplifications: one thread per connection (fine for the few
 thousand peers ``MAX_CONNECTIONS`` allows; no asyncio), and a peer is known by
 the source IP of its tracker connection, so peers behind a NAT are not
@@ -22,7 +44,10 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from votechain.core.discipline import address_group
 from votechain.errors import LineTooLongError, TrackerProtocolError
 from votechain.net.sockets import accept_next, stop_listener, wake
 from votechain.protocol.tracker_lines import (
@@ -43,6 +68,18 @@ log = logging.getLogger("votechain.tracker")
 # touched) and a file descriptor. Past this many, a flood of connections would
 # exhaust threads or descriptors and take down service for the real peers.
 MAX_CONNECTIONS = 4096
+
+# Why 64: a peer holds one connection (its registration) and opens a one-shot
+# NODES query now and then, so even MAX_REGISTRATIONS_PER_IP peers behind one
+# address need a few dozen. With 64, filling MAX_CONNECTIONS takes 64
+# addresses, and even then eviction keeps room for a newcomer from another.
+MAX_CONNECTIONS_PER_IP = 64
+
+# Why 16: a host, or a site behind one NAT, runs a few peers of a network;
+# sixteen is generous for that. Every listed entry is one a new peer may try
+# to reach, so this also bounds the junk one address can list (issue 12 saw
+# 620 junk entries from one address slow a vote from 0.1 s to 35 s).
+MAX_REGISTRATIONS_PER_IP = 16
 
 # Why 10 s: a client that sends half a request and stalls (slow loris) ties up
 # a thread and a connection slot. A real client writes a whole request line in
@@ -76,7 +113,20 @@ KEEPALIVE_PROBES = 3
 _RECV_BYTES = 4096
 
 
-_TOO_MANY = encode_response(ErrorReply("too many connections"))
+TOO_MANY = "too many connections"
+TOO_MANY_FROM_YOU = "too many connections from your address"
+TOO_MANY_REGISTRATIONS = "too many registrations from your address"
+
+
+@dataclass
+class _Group:
+    """The live (not evicted) connections of one address group, oldest first."""
+
+    unregistered: dict[socket.socket, None] = field(default_factory=dict)
+    registered: dict[socket.socket, None] = field(default_factory=dict)  # by registration
+
+    def __len__(self) -> int:
+        return len(self.unregistered) + len(self.registered)
 
 
 class TrackerServer:
@@ -88,6 +138,9 @@ class TrackerServer:
         port: int = 0,
         *,
         max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
+        max_registrations_per_ip: int = MAX_REGISTRATIONS_PER_IP,
+        address_group: Callable[[str], str] = address_group,
         partial_line_timeout: float = PARTIAL_LINE_TIMEOUT,
         idle_timeout: float = UNREGISTERED_IDLE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
@@ -95,6 +148,9 @@ class TrackerServer:
         self._host = host
         self._port = port
         self._max_connections = max_connections
+        self._max_per_ip = max_connections_per_ip
+        self._max_registrations_per_ip = max_registrations_per_ip
+        self._group_of = address_group
         self._partial_line_timeout = partial_line_timeout
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
@@ -102,8 +158,14 @@ class TrackerServer:
         # Registered peers by connection; dicts keep insertion order, which is
         # registration order. A second REGISTER keeps the peer's place.
         self._peers: dict[socket.socket, tuple[str, int]] = {}
-        # Every live connection and the thread serving it.
+        # Every connection whose thread runs, and that thread (evicted ones too,
+        # until their thread ends, so stop() joins them).
         self._connections: dict[socket.socket, threading.Thread] = {}
+        # The live connections by address group; each connection's group; and
+        # those evicted whose thread has not ended yet. Under _lock.
+        self._groups: dict[str, _Group] = {}
+        self._group_by_conn: dict[socket.socket, str] = {}
+        self._evicted: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._address: tuple[str, int] | None = None
@@ -147,6 +209,13 @@ class TrackerServer:
         with self._lock:
             return list(self._peers.values())
 
+    def connections(self, ip: str | None = None) -> int:
+        """How many connections are open and not evicted: all, or from `ip`'s group."""
+        with self._lock:
+            if ip is None:
+                return len(self._connections) - len(self._evicted)
+            return len(self._groups.get(self._group_of(ip), ()))
+
     def stop(self) -> None:
         """Stop accepting, close every connection and join every thread. Idempotent."""
         with self._lock:
@@ -184,36 +253,103 @@ class TrackerServer:
             if accepted is None:
                 return
             conn, addr = accepted
+            group = self._group_of(addr[0])
             with self._lock:
-                refuse = self._stopping or len(self._connections) >= self._max_connections
-                if not refuse:
+                refusal = TOO_MANY if self._stopping else self._make_room(group, addr[0])
+                if refusal is None:
                     thread = threading.Thread(
                         target=self._serve_connection,
-                        args=(conn, addr[0]),
+                        args=(conn, addr[0], group),
                         name=f"tracker-conn-{addr[0]}:{addr[1]}",
                         daemon=True,
                     )
                     self._connections[conn] = thread
+                    self._group_by_conn[conn] = group
+                    self._groups.setdefault(group, _Group()).unregistered[conn] = None
                     try:
                         thread.start()
                     except RuntimeError as exc:  # out of threads: refuse, keep accepting
                         log.warning("cannot serve %s:%d: %s", addr[0], addr[1], exc)
-                        del self._connections[conn]
-                        refuse = True
-            if refuse:
-                self._refuse(conn, addr)
+                        self._forget(conn)
+                        refusal = TOO_MANY
+            if refusal is not None:
+                self._refuse(conn, addr, refusal)
+
+    def _make_room(self, group: str, ip: str) -> str | None:
+        """Make room for a newcomer from `group` (the module docstring's rules),
+        evicting one connection if need be; the refusal's reason, or None. The
+        caller holds the lock."""
+        mine = self._groups.get(group)
+        if mine is not None and len(mine) >= self._max_per_ip:
+            victim = next(iter(mine.unregistered), None)
+            if victim is None:
+                return TOO_MANY_FROM_YOU
+        elif len(self._connections) - len(self._evicted) >= self._max_connections:
+            victim = self._victim(group)
+            if victim is None:
+                return TOO_MANY
+        else:
+            return None
+        self._evict(victim, ip)
+        return None
+
+    def _victim(self, newcomer: str) -> socket.socket | None:
+        """Whom a newcomer from group `newcomer` replaces when the tracker is full;
+        None: refuse it. The caller holds the lock."""
+
+        def rank(item: tuple[str, _Group]) -> tuple[int, bool]:
+            return len(item[1]), item[0] != newcomer
+
+        with_unregistered = [item for item in self._groups.items() if item[1].unregistered]
+        if with_unregistered:
+            _, most = max(with_unregistered, key=rank)
+            return next(iter(most.unregistered))  # the oldest: the likeliest idle
+        if not self._groups:
+            return None  # max_connections is 0: nothing to make room in
+        group, most = max(self._groups.items(), key=rank)
+        if group == newcomer or not most.registered:
+            return None  # it would only take the place of its own address's
+        return next(reversed(most.registered))  # the newest: keep long-standing peers
+
+    def _evict(self, victim: socket.socket, newcomer: str) -> None:
+        """Take `victim` off the list and out of the counts now; shutting it down
+        wakes its thread, which closes it. The caller holds the lock."""
+        self._evicted.add(victim)
+        self._ungroup(victim)
+        peer = self._peers.pop(victim, None)
+        if peer is not None:
+            log.info("evicting %s:%d (registered) for a newcomer from %s", *peer, newcomer)
+        else:
+            log.debug("evicting an unregistered connection for a newcomer from %s", newcomer)
+        wake(victim)
+
+    def _ungroup(self, conn: socket.socket) -> None:
+        group = self._group_by_conn.pop(conn, None)
+        if group is None:
+            return
+        entry = self._groups[group]
+        entry.unregistered.pop(conn, None)
+        entry.registered.pop(conn, None)
+        if not entry:
+            del self._groups[group]
+
+    def _forget(self, conn: socket.socket) -> None:
+        """`conn`'s thread is done with it (or never started). The caller holds the lock."""
+        self._ungroup(conn)
+        self._evicted.discard(conn)
+        self._connections.pop(conn, None)
 
     @staticmethod
-    def _refuse(conn: socket.socket, addr: tuple[str, int]) -> None:
-        log.warning("refusing %s:%d: too many connections", addr[0], addr[1])
+    def _refuse(conn: socket.socket, addr: tuple[str, int], reason: str) -> None:
+        log.warning("refusing %s:%d: %s", addr[0], addr[1], reason)
         # A fresh socket's send buffer is empty, so a non-blocking send of a
         # few bytes goes through; if it somehow does not, the close says enough.
         conn.setblocking(False)
         with contextlib.suppress(OSError):
-            conn.send(_TOO_MANY)
+            conn.send(encode_response(ErrorReply(reason)))
         conn.close()
 
-    def _serve_connection(self, conn: socket.socket, ip: str) -> None:
+    def _serve_connection(self, conn: socket.socket, ip: str, group: str) -> None:
         _keep_alive(conn)
         lines = LineBuffer()
         line_started = 0.0  # when the first byte of the partial line arrived
@@ -249,7 +385,7 @@ class TrackerServer:
                 lines.feed(data)
                 answered = False
                 while (line := lines.next_line()) is not None:
-                    self._send(conn, self._handle(conn, ip, line))
+                    self._send(conn, self._handle(conn, ip, group, line))
                     answered = True
                 if answered:
                     # What is left is a new line, begun with this chunk.
@@ -268,12 +404,12 @@ class TrackerServer:
         finally:
             with self._lock:
                 peer = self._peers.pop(conn, None)
-                self._connections.pop(conn, None)
+                self._forget(conn)
                 conn.close()
             if peer is not None:
                 log.info("unregistered %s:%d", *peer)
 
-    def _handle(self, conn: socket.socket, ip: str, line: bytes) -> bytes:
+    def _handle(self, conn: socket.socket, ip: str, group: str, line: bytes) -> bytes:
         try:
             request: Request = parse_request(line)
         except TrackerProtocolError as exc:
@@ -282,7 +418,20 @@ class TrackerServer:
         match request:
             case Register(port=port):
                 with self._lock:
-                    self._peers[conn] = (ip, port)
+                    if conn in self._evicted:  # its thread has not noticed yet
+                        return encode_response(ErrorReply(TOO_MANY))
+                    entry = self._groups[group]
+                    if (conn not in self._peers
+                            and len(entry.registered) >= self._max_registrations_per_ip):
+                        refused = True
+                    else:
+                        refused = False
+                        self._peers[conn] = (ip, port)
+                        entry.unregistered.pop(conn, None)
+                        entry.registered.setdefault(conn, None)  # a second keeps its place
+                if refused:
+                    log.debug("refused to register %s:%d: %s", ip, port, TOO_MANY_REGISTRATIONS)
+                    return encode_response(ErrorReply(TOO_MANY_REGISTRATIONS))
                 log.info("registered %s:%d", ip, port)
                 return encode_response(Ok())
             case Nodes():

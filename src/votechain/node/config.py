@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from votechain import mining
+from votechain.core import discipline
 from votechain.net.connection import FRAME_DEADLINE
 from votechain.protocol.peer import MAX_BATCH_BLOCKS
 
@@ -32,10 +33,17 @@ TRACKER_INTERVAL = 1.0
 # polls every peer, and a flood of stale blocks must not make us spin.
 MIN_RESOLVE_INTERVAL = 0.05
 # Inbound connections beyond this are refused: each costs a thread. When full, a
-# new connection first evicts the oldest one still waiting for its Hello, so a
-# flood of idle connections cannot lock honest peers out (only connections
-# that completed a handshake keep their slot).
+# newcomer evicts a connection of the address holding the most (its oldest one
+# still waiting for its Hello, else its newest), so neither a flood of idle
+# connections nor one address's handshaked ones lock out a peer from another
+# address (Bitcoin Core's inbound eviction keeps a diverse set the same way).
 MAX_INBOUND = 256
+# Why 32: a host, or a site behind one NAT, runs a few peers with a link or two
+# each to us; more from one address is one party holding slots that others
+# need. At 32, filling MAX_INBOUND takes 8 addresses, and even then eviction
+# keeps a slot for a 9th. Over it, a newcomer evicts its own address's oldest
+# connection still waiting for its Hello, or is closed.
+MAX_INBOUND_PER_IP = 32
 # An inbound connection that sends nothing for this long is closed; honest peers
 # reconnect on demand, and this bounds what an idle attacker can hold.
 INBOUND_IDLE_TIMEOUT = 60.0
@@ -51,16 +59,53 @@ INBOUND_FRAME_DEADLINE = FRAME_DEADLINE
 # after this many on one connection the peer is dropped, so one connection
 # cannot make us write log lines without end.
 MAX_BAD_REQUESTS = 8
-# Threads that broadcast blocks and poll tips; a stalled peer holds one at most
-# PEER_TIMEOUT.
-NETWORK_THREADS = 32
+# Misbehaviour scores and bans (core/discipline.py says why each value): the
+# score that bans, how long a ban lasts, how many scores and bans are kept, and
+# the addresses never banned by address (loopback: every peer on this host
+# shares it). Read once, when the node starts.
+BAN_THRESHOLD = discipline.BAN_THRESHOLD
+BAN_SECONDS = discipline.BAN_SECONDS
+MAX_SCORED = discipline.MAX_SCORED
+NEVER_BAN = discipline.NEVER_BAN
+# Three bounded thread pools talk to other peers (node/outbound.py), so that no
+# kind of work waits behind another: broadcasts to peers whose last request
+# succeeded, polls of those peers' tips, and probes (a broadcast or a poll to
+# an address not yet proven, or failing: fresh from the tracker, silent,
+# closed, not a votechain node). A tracker listing hundreds of junk addresses
+# then fills only the probe pool, and a vote still reaches the answering peers
+# at once. Each request holds a thread at most about PEER_TIMEOUT. Why 16
+# each: far more proven peers than a polling station network has; a probe
+# pool this size tries ~5 silent addresses a second, and each is retried only
+# once per its backoff (MAX_PEER_BACKOFF).
+BROADCAST_THREADS = 16
+POLL_THREADS = 16
+PROBE_THREADS = 16
 # A request to another peer that takes longer than this is abandoned: a dead or
 # stalled peer costs at most this long, in a thread of its own.
 PEER_TIMEOUT = 3.0
 # Blocks waiting for one peer; a peer further behind than this syncs instead.
 OUTBOX_BLOCKS = 256
-# How long a peer that failed a send is skipped by broadcasts.
+# How long an address that failed a request (a send, a poll, a handshake) is
+# skipped by broadcasts and polls; doubled after each failure in a row
+# (node/peers.py Backoff), up to MAX_PEER_BACKOFF.
 PEER_BACKOFF = 2.0
+# Why 60 s: junk addresses (silent, closed) are then retried once a minute,
+# a few requests a second for hundreds of them; and the doubling only grows
+# while attempts fail, so an honest peer back after an outage is skipped for
+# at most about as long as it was away, never more than a minute (it catches
+# up meanwhile by its own polls).
+MAX_PEER_BACKOFF = 60.0
+# A peer that sent invalid data (a bad block, a batch that does not link, a
+# reply it was not asked for) is skipped at least this long: it is no longer
+# polled, so its tip does not count and it is no holder to fetch from.
+MISBEHAVIOUR_BACKOFF = 600.0
+# A resolution round waits this long at most for the tips, however many peers
+# are listed: every poll starts at once in its pool (proven peers in theirs,
+# the rest in the probe pool), and whatever has not answered by then is left
+# out of this round (polls still queued are cancelled). A peer that answers
+# within PEER_TIMEOUT counts; the extra second is for threads to start on a
+# loaded machine.
+POLL_DEADLINE = PEER_TIMEOUT + 1.0
 # Blocks asked for per GetBlocks while fetching a branch: the protocol's cap, the
 # fewest round trips. Tests set it lower to cross many batches with short chains.
 FETCH_BATCH_BLOCKS = MAX_BATCH_BLOCKS
@@ -69,6 +114,26 @@ FETCH_BATCH_BLOCKS = MAX_BATCH_BLOCKS
 # the checking thread busy, since a batch arrives faster than its RSA checks
 # run; more would only hold more unchecked blocks from a peer that may be lying.
 FETCH_AHEAD_BATCHES = 2
+# Blocks of a branch fetched beyond our own height and not yet adopted: a peer
+# can stream valid-looking batches without end, and memory must not follow.
+# Why 2048 (8 full batches): measured, a fetch holding that many blocks with
+# every field at its cap grows the process by ~13 MiB (decoded blocks, frames,
+# allocator slack: ~6.5 KiB a block), well inside the 50 MB a peer may cost
+# us (tests/test_abuse_network.py); vote blocks are a third of that. The cap
+# counts only blocks beyond our height: those that replace our own (a fork's
+# depth) are no more than we already hold. A branch longer than this is
+# fetched and adopted in chunks (node/resolver.py says why a chunk is safe to
+# adopt), one store transaction each.
+MAX_BRANCH_BLOCKS = 2048
+# Fetching from one holder stops after this long, however slowly its answers
+# come (each within PEER_TIMEOUT): the blocks checked by then are kept (a
+# chunk, as at MAX_BRANCH_BLOCKS) and the next holder of the tip gets its
+# turn. An honest peer serves a 256-block batch in milliseconds on a LAN
+# (820 KiB at the field caps: under a second at 1 MB/s), so 10 s is dozens
+# of batches; a slow or stalling one costs a round at most this much. Not
+# below FRAME_DEADLINE (10 s), so one whole batch from a holder at the
+# slowest rate a frame may come (82 KB/s) still gets through.
+FETCH_DEADLINE = 10.0
 
 
 @dataclass
@@ -90,16 +155,28 @@ class NodeConfig:
     tracker_interval: float = TRACKER_INTERVAL
     min_resolve_interval: float = MIN_RESOLVE_INTERVAL
     max_inbound: int = MAX_INBOUND
+    max_inbound_per_ip: int = MAX_INBOUND_PER_IP
     inbound_idle_timeout: float = INBOUND_IDLE_TIMEOUT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     inbound_frame_deadline: float = INBOUND_FRAME_DEADLINE
     max_bad_requests: int = MAX_BAD_REQUESTS
-    network_threads: int = NETWORK_THREADS
+    ban_threshold: int = BAN_THRESHOLD
+    ban_seconds: float = BAN_SECONDS
+    max_scored: int = MAX_SCORED
+    never_ban: tuple[str, ...] = NEVER_BAN
+    broadcast_threads: int = BROADCAST_THREADS
+    poll_threads: int = POLL_THREADS
+    probe_threads: int = PROBE_THREADS
     peer_timeout: float = PEER_TIMEOUT
     outbox_blocks: int = OUTBOX_BLOCKS
     peer_backoff: float = PEER_BACKOFF
+    max_peer_backoff: float = MAX_PEER_BACKOFF
+    misbehaviour_backoff: float = MISBEHAVIOUR_BACKOFF
+    poll_deadline: float = POLL_DEADLINE
     fetch_batch_blocks: int = FETCH_BATCH_BLOCKS
     fetch_ahead_batches: int = FETCH_AHEAD_BATCHES
+    max_branch_blocks: int = MAX_BRANCH_BLOCKS
+    fetch_deadline: float = FETCH_DEADLINE
 
 
 def now_ms() -> int:

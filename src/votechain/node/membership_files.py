@@ -440,7 +440,7 @@ def load_membership(network: Network, data_dir: Path, *, network_path: Path | No
 
 
 def _keep_copies(data: Path, members: Members) -> None:
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)  # a data directory is private
     if not (data / NETWORK_COPY).exists():
         _write(data / NETWORK_COPY, members.network.to_json())
     if members.revocations is not None:

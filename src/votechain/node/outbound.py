@@ -1,60 +1,83 @@
 """The outbound side of a peer: one PeerLink per remote peer (a reusable
-connection and an outbox of blocks to send), the network threads that use
-them (`Outbound`: broadcasts and questions to every peer), and fetching a
-branch from one peer.
+connection, an outbox of blocks to send, and the address's Backoff), the
+network threads that use them (`Outbound`: broadcasts and questions to every
+peer). Fetching a branch from one peer is node/fetch.py.
 
 Kept apart from runtime.py so the node reads as its threads and rules, and this
 as how it talks to the other nodes.
+
+What a listed address that does not answer costs (the tracker lists whoever
+registered, junk included): a request that fails puts the address in backoff
+(node/peers.py), so it is skipped by broadcasts and polls for a while; and work
+for an address that has not proven itself (never answered, or failing) runs in
+a probe pool of its own, so it never queues ahead of the peers that answer.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 
 from votechain.core.block import Block
-from votechain.core.forkchoice import Tip
 from votechain.core.membership import Members
-from votechain.errors import ConnectionClosed, InvalidBlock, RemoteProtocolError
+from votechain.errors import (
+    ConnectionClosed,
+    RemoteProtocolError,
+)
 from votechain.net.connection import OBSERVER, Connection, LocalIdentity, PeerIdentity
 from votechain.node.config import (
-    FETCH_AHEAD_BATCHES,
+    MAX_PEER_BACKOFF,
     OUTBOX_BLOCKS,
     PEER_BACKOFF,
     PEER_TIMEOUT,
     NodeConfig,
 )
+from votechain.node.peers import Backoff
 from votechain.protocol.peer import (
-    MAX_BATCH_BLOCKS,
     Add,
     AddResult,
-    Blocks,
-    GetBlocks,
     Hello,
     Message,
 )
 
-__all__ = ["OUTBOX_BLOCKS", "PEER_BACKOFF", "PEER_TIMEOUT", "Outbound", "PeerLink", "fetch_branch"]
+__all__ = [
+    "OUTBOX_BLOCKS",
+    "PEER_BACKOFF",
+    "PEER_TIMEOUT",
+    "FetchDeadline",
+    "Outbound",
+    "PeerLink",
+]
 
 log = logging.getLogger("votechain.peer")
 
+# A link (and its backoff) is kept for every address the tracker ever listed,
+# so that junk that comes back is still skipped; but a tracker that lists new
+# junk addresses without end must not grow that table without end. Beyond the
+# addresses listed now plus this many, the links of addresses no longer listed
+# and not in use are forgotten (~1 KiB each: a forgotten one that returns is
+# only tried once more before its backoff starts again).
+SPARE_LINKS = 1024
+
 Address = tuple[str, int]
-# Our block's hash at an id, or None once we no longer hold it (fetch_branch).
-HashAt = Callable[[int], bytes | None]
+
+
+class FetchDeadline(TimeoutError):
+    """Our own deadline for a fetch passed mid-request: not the peer's failure."""
 
 
 class PeerLink:
     """A reusable outbound connection to one peer, reconnected on demand, with
-    its own outbox of blocks to send.
+    its own outbox of blocks to send and its Backoff.
 
     At most one thread drains a peer's outbox at a time, so a stalled peer ties
-    up one network thread, not one per block; and after a failed send the
-    outbox is emptied and the peer skipped for `backoff` s: it catches up by
+    up one network thread, not one per block. Any request that fails (connect,
+    handshake, reply) empties the outbox and backs the address off: it is
+    skipped by broadcasts and polls until its backoff ends, and catches up by
     its own periodic sync once it answers again."""
 
     def __init__(
@@ -67,6 +90,7 @@ class PeerLink:
         timeout: float = PEER_TIMEOUT,
         outbox_blocks: int = OUTBOX_BLOCKS,
         backoff: float = PEER_BACKOFF,
+        max_backoff: float = MAX_PEER_BACKOFF,
     ) -> None:
         self.address = address
         self._hello = hello
@@ -75,19 +99,39 @@ class PeerLink:
         # Who answered the last handshake at this address (None before one).
         self.peer: PeerIdentity | None = None
         self.timeout = timeout
-        self._backoff = backoff
         self._conn: Connection | None = None
         self.lock = threading.Lock()
         self._outbox: deque[Block] = deque(maxlen=outbox_blocks)
-        self._outbox_lock = threading.Lock()
+        self._outbox_lock = threading.Lock()  # guards the outbox, the backoff and the latency
         self._draining = False
-        self._backoff_until = 0.0
+        self._backoff = Backoff(backoff, max_backoff)
+        # Smoothed round trip of the requests answered here (s), None before one:
+        # polls list the fastest peers first, so a slow one is the last holder asked.
+        self._latency: float | None = None
         self._closed = False
+
+    @property
+    def proven(self) -> bool:
+        """Whether the last request here succeeded (a votechain peer of our network
+        answered); work for an unproven address goes to the probe pool."""
+        with self._outbox_lock:
+            return self._backoff.proven
+
+    @property
+    def latency(self) -> float:
+        """The smoothed round trip of answered requests; infinite before the first."""
+        with self._outbox_lock:
+            return float("inf") if self._latency is None else self._latency
+
+    def ready(self, now: float) -> bool:
+        """Whether the address may be asked at `now` (not backed off)."""
+        with self._outbox_lock:
+            return self._backoff.ready(now)
 
     def enqueue(self, block: Block) -> bool:
         """Queue `block`; True when the caller must start a drain for this link."""
         with self._outbox_lock:
-            if time.monotonic() < self._backoff_until:
+            if not self._backoff.ready(time.monotonic()):
                 return False
             self._outbox.append(block)
             if self._draining:
@@ -103,50 +147,119 @@ class PeerLink:
             self._draining = False
             return None
 
-    def failed(self) -> None:
+    def failed(self, at_least: float = 0.0) -> float:
+        """Count a failure: empty the outbox, back the address off (at least
+        `at_least` s); how long it is now skipped for."""
         with self._outbox_lock:
             self._outbox.clear()
-            self._backoff_until = time.monotonic() + self._backoff
+            return self._backoff.failed(time.monotonic(), at_least)
 
-    def request(self, msg: Message, timeout: float | None = None) -> Message:
+    def _answered(self, seconds: float) -> None:
+        with self._outbox_lock:
+            self._backoff.succeeded()
+            self._latency = seconds if self._latency is None else (self._latency + seconds) / 2
+
+    def request(self, msg: Message, timeout: float | None = None, *,
+                deadline: float | None = None) -> Message:
         """Send `msg` and return the reply (within `timeout`, the link's own by
-        default); raises OSError (TimeoutError included), RemoteProtocolError or
-        ConnectionClosed."""
-        return self.ask(msg, timeout)[0]
+        default, and by `deadline` if given); raises OSError (TimeoutError and
+        FetchDeadline included), RemoteProtocolError or ConnectionClosed."""
+        return self.ask(msg, timeout, deadline=deadline)[0]
 
-    def ask(self, msg: Message, timeout: float | None = None) -> tuple[Message, PeerIdentity]:
-        """`request`, and who answered it (proven by this connection's handshake)."""
+    def ask(self, msg: Message, timeout: float | None = None, *,
+            deadline: float | None = None) -> tuple[Message, PeerIdentity]:
+        """`request`, and who answered it (proven by this connection's handshake).
+
+        A failure backs the address off, except when the link is busy with
+        another request or our own `deadline` (a time.monotonic() value) cut
+        the wait short: FetchDeadline, which blames nobody."""
         if timeout is None:
             timeout = self.timeout
+        cut = False
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchDeadline(f"the deadline passed before asking {self.address}")
+            if remaining < timeout:
+                timeout, cut = remaining, True
         if not self.lock.acquire(timeout=timeout):
+            if cut:
+                raise FetchDeadline(f"the deadline passed while {self.address} was busy")
             raise TimeoutError(f"peer {self.address} is busy")
+        started = time.monotonic()
         try:
-            if self._closed:
-                raise ConnectionAbortedError(f"the link to {self.address} is closed")
-            fresh = self._conn is None
-            if self._conn is None:
-                # Stored before the handshake, so close() can wake that too.
-                self._conn = Connection.open(*self.address, timeout=timeout)
-            conn = self._conn
             try:
-                if self._closed:
-                    # close() ran while we connected and found nothing to close:
-                    # stored first, read second here, so one side always sees the other.
-                    raise ConnectionAbortedError(f"the link to {self.address} is closed")
-                if fresh:
-                    self.peer = None
-                    self.peer = conn.handshake(self._hello, initiator=True,
-                                               identity=self._identity, members=self._members)
-                peer = self.peer
-                assert peer is not None  # set by this connection's handshake, under self.lock
-                return conn.request(msg), peer
-            except BaseException:
-                # After any failure the stream may hold half a reply: start afresh.
-                conn.close()
-                self._conn = None
+                reply = self._exchange(msg, timeout)
+            except TimeoutError as exc:
+                if cut:
+                    raise FetchDeadline(f"the deadline passed waiting for {self.address}") from exc
+                self._count_failure(exc)
                 raise
+            except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
+                self._count_failure(exc)
+                raise
+            self._answered(time.monotonic() - started)
+            return reply
         finally:
             self.lock.release()
+
+    def _exchange(self, msg: Message, timeout: float) -> tuple[Message, PeerIdentity]:
+        """The request itself, under `self.lock`: connect and handshake if need be
+        (the whole handshake within `timeout`), send, read the reply."""
+        if self._closed:
+            raise ConnectionAbortedError(f"the link to {self.address} is closed")
+        if self._conn is not None and self._conn.closed:
+            self._conn = None  # disconnect() closed it: connect afresh
+        fresh = self._conn is None
+        if self._conn is None:
+            # Stored before the handshake, so close() can wake that too.
+            self._conn = Connection.open(*self.address, timeout=timeout)
+        conn = self._conn
+        try:
+            if self._closed:
+                # close() ran while we connected and found nothing to close:
+                # stored first, read second here, so one side always sees the other.
+                raise ConnectionAbortedError(f"the link to {self.address} is closed")
+            conn.timeout = timeout  # this request's, not the one that opened it
+            if fresh:
+                self.peer = None
+                # A deadline for the whole handshake: a peer that trickles its
+                # Hello a byte at a time holds a thread no longer than a silent one.
+                self.peer = conn.handshake(self._hello, initiator=True, timeout=timeout,
+                                           identity=self._identity, members=self._members)
+            peer = self.peer
+            assert peer is not None  # set by this connection's handshake, under self.lock
+            return conn.request(msg), peer
+        except BaseException:
+            # After any failure the stream may hold half a reply: start afresh.
+            conn.close()
+            self._conn = None
+            raise
+
+    def _count_failure(self, exc: BaseException) -> None:
+        if self._closed:
+            return  # we are stopping: no one failed
+        was_proven = self.proven
+        delay = self.failed()
+        # A peer that answered before and stops is news; an address that never
+        # answered (junk from the tracker) failing again is not, at any length.
+        level = logging.INFO if was_proven else logging.DEBUG
+        log.log(level, "peer %s:%d did not answer (%s): skipped for %g s",
+                *self.address, exc, delay)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request or a drain is using the link now."""
+        with self._outbox_lock:
+            return self._draining or self.lock.locked()
+
+    def disconnect(self) -> None:
+        """Close the connection, not the link: the next request connects afresh.
+        For a peer that misbehaved, so that what its connection holds (a read
+        buffer as large as its largest frame) is not kept while it is skipped."""
+        conn = self._conn
+        if conn is not None:
+            conn.close()  # thread-safe; a request in flight on it fails
 
     def close(self) -> None:
         """Close the connection without taking the lock: a request in flight to a
@@ -157,7 +270,7 @@ class PeerLink:
         self._closed = True  # no new connection from here on
         with self._outbox_lock:
             self._outbox.clear()
-            self._backoff_until = float("inf")  # closed for good: queue nothing more
+            self._backoff.until = float("inf")  # closed for good: queue nothing more
         conn = self._conn
         if conn is not None:
             conn.close()  # thread-safe and idempotent; wakes a blocked recv
@@ -166,7 +279,11 @@ class PeerLink:
 class Outbound:
     """This node's side of every other peer: a PeerLink each, made on first use,
     and the network threads that send blocks and ask questions through them.
-    Nothing here waits for a slow peer while holding a lock of the node's."""
+    Nothing here waits for a slow peer while holding a lock of the node's.
+
+    Three bounded pools (config.py says why their sizes): broadcasts to proven
+    peers, polls of proven peers, and probes (either, to an address not proven
+    yet or failing). An address in backoff gets neither broadcasts nor polls."""
 
     def __init__(self, hello: Hello, identity: LocalIdentity, members: Members | None,
                  config: NodeConfig) -> None:
@@ -177,8 +294,12 @@ class Outbound:
         self._links: dict[Address, PeerLink] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._executor = ThreadPoolExecutor(config.network_threads,
-                                            thread_name_prefix="votechain-net")
+        self._sends = ThreadPoolExecutor(config.broadcast_threads,
+                                         thread_name_prefix="votechain-send")
+        self._polls = ThreadPoolExecutor(config.poll_threads,
+                                         thread_name_prefix="votechain-poll")
+        self._probes = ThreadPoolExecutor(config.probe_threads,
+                                          thread_name_prefix="votechain-probe")
 
     def link(self, address: Address) -> PeerLink:
         with self._lock:
@@ -187,31 +308,32 @@ class Outbound:
                 config = self._config
                 link = self._links[address] = PeerLink(
                     address, self._hello, identity=self._identity, members=self._members,
-                    timeout=config.peer_timeout,
-                    outbox_blocks=config.outbox_blocks, backoff=config.peer_backoff)
+                    timeout=config.peer_timeout, outbox_blocks=config.outbox_blocks,
+                    backoff=config.peer_backoff, max_backoff=config.max_peer_backoff)
                 if self._closed:
                     link.close()  # close() closed the others already: refuse requests
             return link
 
     def broadcast(self, block: Block, peers: Iterable[Address]) -> None:
-        """Send `block` to each of `peers`, each in its own
+        """Send `block` to each of `peers` not backed off, each in its own
         thread with a bounded timeout; returns without waiting for them."""
-        for address in peers:
+        for address in dict.fromkeys(peers):
             link = self.link(address)
             if link.enqueue(block):
+                pool = self._sends if link.proven else self._probes
                 try:
-                    self._executor.submit(self._drain, link)
+                    pool.submit(self._drain, link)
                 except RuntimeError:  # the executor is shut down: we are stopping
                     return
 
     def _drain(self, link: PeerLink) -> None:
-        """Send `link`'s queued blocks in order, until its outbox is empty."""
+        """Send `link`'s queued blocks in order, until its outbox is empty (a
+        failed send empties it: PeerLink.ask backs the address off)."""
         while (block := link.next_block()) is not None:
             try:
                 reply = link.request(Add(block))
             except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
-                log.info("could not send block %d to %s: %s", block.id, link.address, exc)
-                link.failed()
+                log.debug("could not send block %d to %s: %s", block.id, link.address, exc)
                 continue
             if isinstance(reply, AddResult) and reply.status == "rejected":
                 log.warning("peer %s rejected our block %d: %s", link.address, block.id,
@@ -219,20 +341,70 @@ class Outbound:
 
     def ask_all(self, peers: Iterable[Address],
                 msg: Message) -> list[tuple[Address, Message, PeerIdentity]]:
-        """Ask every peer at once; the replies that came, with who sent each (as its
-        handshake proved), in the order of `peers`."""
-        futures = [(a, self._executor.submit(self.link(a).ask, msg)) for a in peers]
-        replies = []
-        for address, future in futures:
+        """Ask every peer not backed off, all at once, and wait at most
+        config.poll_deadline in all, however many are listed; the replies that
+        came, with who sent each (as its handshake proved), fastest peer first
+        (by each link's smoothed round trip, this one's included): the order
+        in which a round asks the holders of a tip for its branch."""
+        now = time.monotonic()
+        deadline = now + self._config.poll_deadline
+        listed = dict.fromkeys(peers)
+        self._forget_unlisted(listed)
+        asked: dict[Future[tuple[Message, PeerIdentity]], PeerLink] = {}
+        for address in listed:
+            link = self.link(address)
+            if not link.ready(now):
+                continue
+            pool = self._polls if link.proven else self._probes
             try:
-                reply, peer = future.result(timeout=self._config.peer_timeout * 2)
-                replies.append((address, reply, peer))
-            # A silent, closed or misbehaving peer is no answer; a cancelled
-            # request means we are stopping. Anything else is our bug and
-            # propagates to the resolver, which logs it loudly.
-            except (OSError, RemoteProtocolError, ConnectionClosed, CancelledError) as exc:
-                log.debug("no answer from %s: %s", address, exc)
-        return replies
+                asked[pool.submit(link.ask, msg)] = link
+            except RuntimeError:  # the executor is shut down: we are stopping
+                break
+        replies = []
+        try:
+            for future in as_completed(asked, timeout=max(0.0, deadline - time.monotonic())):
+                link = asked[future]
+                try:
+                    reply, peer = future.result()
+                # A silent, closed or misbehaving peer is no answer; a cancelled
+                # request means we are stopping. Anything else is our bug and
+                # propagates to the resolver, which logs it loudly.
+                except (OSError, RemoteProtocolError, ConnectionClosed, CancelledError) as exc:
+                    log.debug("no answer from %s: %s", link.address, exc)
+                    continue
+                replies.append((link, reply, peer))
+        except TimeoutError:
+            late = sum(1 for future in asked if not future.done())
+            log.debug("%d of %d peers did not answer within the round's %g s",
+                      late, len(asked), self._config.poll_deadline)
+        finally:
+            for future in asked:
+                future.cancel()  # still queued behind slow probes: never started
+        replies.sort(key=lambda r: r[0].latency)
+        return [(link.address, reply, peer) for link, reply, peer in replies]
+
+    def _forget_unlisted(self, listed: dict[Address, None]) -> None:
+        """Drop the idle links of addresses no longer listed, once there are more
+        than SPARE_LINKS of them (see SPARE_LINKS)."""
+        with self._lock:
+            if len(self._links) <= len(listed) + SPARE_LINKS:
+                return
+            gone = [link for address, link in self._links.items()
+                    if address not in listed and not link.busy]
+            for link in gone:
+                del self._links[link.address]
+        for link in gone:
+            link.close()
+        log.info("forgot %d peer addresses no longer listed", len(gone))
+
+    def misbehaved(self, address: Address, reason: str) -> None:
+        """`address` sent invalid data: skip it for config.misbehaviour_backoff
+        (neither polled, so its tip does not count, nor fetched from), and log it."""
+        link = self.link(address)
+        delay = link.failed(at_least=self._config.misbehaviour_backoff)
+        link.disconnect()
+        log.warning("peer %s:%d sent invalid data (%s): skipped for %g s", *address, reason,
+                    delay)
 
     def close(self) -> None:
         """Close every link, which wakes each request in flight (a broadcast to a
@@ -242,136 +414,5 @@ class Outbound:
             links = list(self._links.values())
         for link in links:
             link.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def fetch_branch(
-    link: PeerLink,
-    height: int,
-    hash_at: HashAt,
-    winner: Tip,
-    *,
-    check: Callable[[Block], None],
-    admit: Callable[[Sequence[bytes]], None] | None = None,
-    batch_blocks: int = MAX_BATCH_BLOCKS,
-    ahead: int = FETCH_AHEAD_BATCHES,
-) -> list[Block]:
-    """The peer's blocks from where its chain and ours part, up to its tip, each
-    linked and passed through `check` (the stand-alone rules: hash, difficulty,
-    signature, membership): the caller holds no lock. Each batch's
-    certificates go to `admit` first (None: an open network, ignore them), so
-    blocks by members we never met can be checked.
-
-    Our chain is read only through `height` and `hash_at(id)` (the hash of our
-    block `id`, None if we no longer hold it), so a fetch costs in proportion to
-    the fork's depth and the branch's length, not to our chain's height.
-
-    The parting point is found by stepping back from min(our height, the
-    winner's id) in doubling steps until the peer's block there links to ours:
-    a few round trips even when the branches part far back. From there the
-    batches are fetched and checked in a pipeline (`_Prefetch`): while one batch
-    is checked, the next ones are already being requested, at most `ahead`
-    waiting. The first block that fails a check ends the fetch: nothing more is
-    requested, and the InvalidBlock raised names it.
-
-    The RSA checks stay in this thread: `cryptography`'s verify holds the GIL
-    (measured: two threads verify no faster than one), so threads would not
-    spread them over cores. There is no cap on the branch's length yet: the
-    state adopts only a branch that holds the majority tip, so a truncated one
-    would be skipped and a late joiner could never sync a long chain."""
-    start, step = max(1, min(height, winner.id)), 1
-    while True:
-        batch = _get_blocks(link, start, batch_blocks, admit)
-        if batch and batch[0].prev_hash == hash_at(start - 1):
-            break
-        if start == 1:
-            if not batch:
-                return []  # the peer has nothing past genesis any more
-            raise InvalidBlock(batch[0], "the peer's chain shares not even our genesis")
-        start, step = max(1, start - step), step * 2
-    branch: list[Block] = []
-    prev: Block | None = None
-    prefetch = _Prefetch(link, batch[-1].id + 1, batch_blocks, ahead, admit)
-    try:
-        while batch:
-            for block in batch:
-                if prev is not None and (block.id != prev.id + 1 or block.prev_hash != prev.hash):
-                    raise InvalidBlock(block, "the peer sent a batch that does not link up")
-                check(block)
-                prev = block
-            branch.extend(batch)
-            batch = prefetch.next_batch()
-    finally:
-        prefetch.stop()  # on any exit, so no request follows a bad block
-    return branch
-
-
-class _Prefetch:
-    """Requests the batches from `from_id` on, one after another, in a thread of
-    its own, and hands them over in order through a queue of at most `ahead`
-    batches. The end of the peer's chain is an empty batch; a failed request
-    (timeout, closed connection, bad reply) is handed over in its place and
-    ends the thread.
-
-    Why a thread and not pipelined requests on the link: the connection is
-    strictly request and reply, and one extra thread per fetch (a round fetches
-    one branch at a time) is cheap next to the ~30 us of RSA per block that the
-    checking thread spends meanwhile."""
-
-    def __init__(self, link: PeerLink, from_id: int, batch_blocks: int, ahead: int,
-                 admit: Callable[[Sequence[bytes]], None] | None) -> None:
-        self._link = link
-        self._admit = admit
-        self._batch_blocks = batch_blocks
-        self._queue: queue.Queue[tuple[Block, ...] | BaseException] = queue.Queue(
-            maxsize=max(1, ahead))  # 0 would mean no bound at all
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(from_id,), daemon=True,
-                                        name="votechain-fetch")
-        self._thread.start()
-
-    def _run(self, next_id: int) -> None:
-        try:
-            while not self._stopping.is_set():
-                batch = _get_blocks(self._link, next_id, self._batch_blocks, self._admit)
-                self._queue.put(batch)  # blocks while `ahead` batches wait to be checked
-                if not batch:
-                    return
-                next_id = batch[-1].id + 1
-        except BaseException as exc:  # the checking thread raises it in its own place
-            self._queue.put(exc)
-
-    def next_batch(self) -> tuple[Block, ...]:
-        """The next batch (empty at the peer's tip); raises what its request raised."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def stop(self) -> None:
-        """No request after this returns. Sets the flag the thread reads before each
-        request, then empties the queue so a thread blocked on a full one wakes
-        (it puts at most one more item, into the emptied queue, then sees the
-        flag), and waits for it: a request in flight is bounded by the link's
-        timeout, and closing the link (the node stopping) ends it at once."""
-        self._stopping.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join()
-
-
-def _get_blocks(link: PeerLink, from_id: int, limit: int,
-                admit: Callable[[Sequence[bytes]], None] | None) -> tuple[Block, ...]:
-    reply = link.request(GetBlocks(from_id, limit))
-    if not isinstance(reply, Blocks):
-        raise RemoteProtocolError(f"expected Blocks, got {type(reply).__name__}")
-    if len(reply.blocks) > limit:
-        raise RemoteProtocolError(f"asked for {limit} blocks, got {len(reply.blocks)}")
-    if reply.blocks and reply.blocks[0].id != from_id:
-        raise RemoteProtocolError(f"asked for blocks from {from_id}, got {reply.blocks[0].id}")
-    if admit is not None:
-        admit(reply.certificates)
-    return reply.blocks
+        for pool in (self._sends, self._polls, self._probes):
+            pool.shutdown(wait=False, cancel_futures=True)

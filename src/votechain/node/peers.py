@@ -1,5 +1,12 @@
 """Who the other peers are: the tracker registration, kept alive by the tracker
-keeper thread, and the peer list the tracker gives (ourselves left out).
+keeper thread, and the peer list the tracker gives (ourselves left out); and,
+per address, whether it answers (`Backoff`).
+
+The tracker lists whoever registered: an address that is silent, closed, not
+a votechain node or not a member costs a request each time it is tried. So
+each address keeps a `Backoff`: after a failure it is skipped for a while,
+twice as long after each failure in a row up to a cap, and forgiven by its
+first success. Outbound (outbound.py) reads it before each broadcast and poll.
 """
 
 from __future__ import annotations
@@ -15,6 +22,50 @@ from votechain.node.config import NodeConfig
 log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
+
+
+class Backoff:
+    """When one address may be tried again. Pure: no clock of its own, `now` (a
+    time.monotonic() value) is passed in; not thread-safe (its PeerLink locks).
+
+    After the n-th failure in a row the address is skipped for
+    min(base * 2**(n-1), cap) s; a success ends that and marks it `proven`.
+    The delay doubles only with the attempts that fail, so an honest peer that
+    was unreachable for T s (frozen, restarting) is skipped for at most about
+    T s more once it answers again, never more than `cap`; a junk address is
+    tried once per `cap` once it has failed a few times. A floor set for
+    misbehaviour (`at_least`) stays until it ends, success or not: a reply
+    still in flight when the peer was caught must not forgive it."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0  # in a row, since the last success
+        self.until = 0.0  # skipped before this time
+        self.penalty_until = 0.0  # ...and before this one, whatever succeeds
+        # The last attempt succeeded: this address answered as a votechain peer
+        # of our network. False until then, and again after any failure.
+        self.proven = False
+
+    def ready(self, now: float) -> bool:
+        """Whether the address may be tried at `now`."""
+        return now >= self.until and now >= self.penalty_until
+
+    def failed(self, now: float, at_least: float = 0.0) -> float:
+        """Count a failure at `now`; how long the address is now skipped for
+        (`at_least`: a floor, for a peer that misbehaved)."""
+        self.failures += 1
+        self.proven = False
+        delay = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 64))
+        self.until = max(self.until, now + delay)
+        if at_least > 0:
+            self.penalty_until = max(self.penalty_until, now + at_least)
+        return max(delay, at_least)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.until = 0.0
+        self.proven = True
 
 
 class PeerDirectory:

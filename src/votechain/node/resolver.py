@@ -6,23 +6,56 @@ NodeState, which plans the round (core/node_state.py states the rules). The
 resolver only fetches the branches the plan names, outside the node's lock,
 each block checked on its own there (the RSA verifications are the slow
 part), and hands each branch back to the state to adopt or skip.
+
+What bounds a round, whatever the peers do (config.py gives each value's
+reason):
+- the poll: every listed peer not backed off is asked at once, and the round
+  waits POLL_DEADLINE at most in all (Outbound.ask_all), however many are
+  listed; the answers come fastest peer first, and that is the order in which
+  the holders of a tip are asked for its branch;
+- each holder: FETCH_DEADLINE for everything fetched from it in a round; what
+  was checked by then is kept (as a chunk, below) and the next holder of the
+  tip gets its turn, so a holder answering just under PEER_TIMEOUT slows a
+  sync but cannot stall it;
+- memory: at most MAX_BRANCH_BLOCKS blocks beyond our height are held before
+  they are adopted. A longer branch is fetched and adopted in chunks.
+
+Why adopting a chunk (a prefix of the branch, short of the tip) is safe: the
+state adopts it only from a holder of the majority tip (or when the chunk
+already holds that tip), only if it reaches past our own height, and after
+every block in it passed the stand-alone checks and the chain's link and
+duplicate rules: it is then the start of the majority's chain as far as any
+member-signed block can show, and the next chunk continues it. A holder that
+lied (it would need as many valid blocks, mined and signed by a member key)
+gains one round: the next round sees we still lack the majority tip, finds
+where its chain and ours part, and switches, re-queueing our votes as any
+switch does. The alternative, a cap on the whole branch, would leave a late
+joiner whose network is longer than the cap never able to sync; a cap that
+counted the blocks replacing our own would leave a node on a long minority
+fork stuck on it.
+
+A peer whose reply breaks the rules (a block that fails a check, a batch that
+does not link, a reply to another question) is reported to `on_misbehaviour`
+(by default Outbound.misbehaved, which backs its address off and logs it).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from votechain.core.block import Block
 from votechain.core.chain import Switch
 from votechain.core.forkchoice import Tip, Vote
-from votechain.core.node_effects import BranchDecision, Effect
-from votechain.core.node_state import NodeState
+from votechain.core.node_effects import BranchDecision, Effect, FetchBranch
+from votechain.core.node_state import NodeState, Resolution
 from votechain.core.rules import check_block_alone
-from votechain.errors import BadCertificate, ConnectionClosed, InvalidBlock, RemoteProtocolError
+from votechain.errors import BadCertificate, InvalidBlock, RemoteProtocolError, Unavailable
 from votechain.node.config import NodeConfig, now_ms
-from votechain.node.outbound import Outbound, fetch_branch
+from votechain.node.fetch import FetchedBranch, OnMisbehaviour, fetch_branch
+from votechain.node.outbound import Outbound
 from votechain.protocol.peer import GetLatest, Latest
 
 log = logging.getLogger("votechain.peer")
@@ -33,7 +66,9 @@ Address = tuple[str, int]
 class Resolver:
     """Runs resolution rounds for one node. `changed` is the node's lock (a
     Condition), held around every call into `state`; `carry_out` performs a
-    decision's effects with it held."""
+    decision's effects with it held. `on_misbehaviour(address, reason)` is told
+    of each peer that sent invalid data while we fetched from it (None: back
+    its address off and log it, `Outbound.misbehaved`)."""
 
     def __init__(
         self,
@@ -47,6 +82,7 @@ class Resolver:
         stopping: threading.Event,
         wake: threading.Event,
         round_lock: threading.Lock,
+        on_misbehaviour: OnMisbehaviour | None = None,
     ) -> None:
         self._state = state
         self._changed = changed
@@ -57,6 +93,7 @@ class Resolver:
         self._stopping = stopping
         self._wake = wake
         self._round = round_lock  # held during a round (set_network_active waits on it)
+        self._on_misbehaviour = on_misbehaviour or outbound.misbehaved
 
     def run(self) -> None:
         """The resolver thread's loop, until `stopping` is set."""
@@ -77,7 +114,8 @@ class Resolver:
 
     def resolve(self) -> Switch | None:
         """One round: poll every peer's latest block, and switch to the best
-        candidate that agrees with the majority, if we lack it."""
+        candidate that agrees with the majority, if we lack it; the last switch
+        made, if any."""
         # Every answer is a Vote, with the member key its handshake proved (None
         # for an observer or a non-member); the state counts one per member key.
         votes = [
@@ -88,28 +126,59 @@ class Resolver:
         ]
         with self._changed:
             plan = self._state.tips_collected(votes)
-        while True:
+        switch = None
+        while not plan.done:
             with self._changed:
                 fetch = self._state.next_fetch(plan)
             if fetch is None:
-                return None
+                break
+            switch = self._follow(plan, fetch) or switch
+        if switch is not None and plan.winner is not None:
+            with self._changed:
+                behind = not self._state.chain.has_hash(plan.winner.hash)
+            if behind:
+                # Chunks adopted but the majority tip not reached (a holder's time
+                # ran out): the next round at once, not a sync_interval from now.
+                # Only progress wakes it, so this cannot spin.
+                self._wake.set()
+        return switch
+
+    def _follow(self, plan: Resolution, fetch: FetchBranch) -> Switch | None:
+        """Fetch `fetch.target`'s branch from `fetch.holder` and hand it to the
+        state, chunk by chunk (each at most max_branch_blocks beyond our height),
+        all within one fetch_deadline; the last switch made, if any."""
+        deadline = time.monotonic() + self._config.fetch_deadline
+        switch = None
+        while True:
             try:
-                branch = self.fetch(fetch.holder, fetch.target)
-            except (OSError, RemoteProtocolError, ConnectionClosed, InvalidBlock) as exc:
+                fetched = self._fetch(fetch.holder, fetch.target, deadline)
+            except (OSError, Unavailable, RemoteProtocolError, InvalidBlock) as exc:
                 log.warning("could not fetch %d %s from %s: %s", fetch.target.id,
                             fetch.target.hash.hex()[:16], fetch.holder, exc)
-                continue  # the plan asks the next peer that reported it
+                return switch  # the plan asks the next peer that reported it
             with self._changed:
-                decision = self._state.branch_fetched(plan, fetch, branch)
+                decision = self._state.branch_fetched(plan, fetch, fetched.blocks,
+                                                      complete=fetched.complete)
                 self._carry_out(decision.effects)
                 height = self._state.chain.height
-            switch = self._report(decision, fetch.holder, height)
-            if plan.done:
+            adopted = self._report(decision, fetch.holder, height)
+            switch = adopted or switch
+            if fetched.complete or plan.done or adopted is None:
                 return switch
+            if fetched.stopped == "deadline":
+                log.info("%s ran out of time at block %d: the next holder goes on",
+                         fetch.holder, height)
+                return switch  # the next holder of the tip gets its turn
+            # At the cap: the next chunk from the same holder, within the same deadline.
 
     def fetch(self, holder: Address, target: Tip) -> list[Block]:
+        """`holder`'s branch up to `target` (or its first chunk: see `_fetch`)."""
+        return self._fetch(holder, target, time.monotonic() + self._config.fetch_deadline).blocks
+
+    def _fetch(self, holder: Address, target: Tip, deadline: float) -> FetchedBranch:
         """`holder`'s branch up to `target`, each block checked on its own (no lock
-        held). Our chain is read a block hash at a time, each under the lock (the
+        held), at most max_branch_blocks beyond our height and by `deadline`.
+        Our chain is read a block hash at a time, each under the lock (the
         parting-point search reads a few), never copied whole: the cost follows
         the fork's depth, not our height."""
         with self._changed:
@@ -123,7 +192,9 @@ class Resolver:
         return fetch_branch(self._outbound.link(holder), height, self._hash_at, target,
                             check=check, admit=self._admit if state.members else None,
                             batch_blocks=config.fetch_batch_blocks,
-                            ahead=config.fetch_ahead_batches)
+                            ahead=config.fetch_ahead_batches,
+                            max_blocks=config.max_branch_blocks, deadline=deadline,
+                            on_misbehaviour=self._on_misbehaviour)
 
     def _admit(self, certificates: Sequence[bytes]) -> None:
         """The certificates a Blocks reply carries; one the authority did not sign

@@ -45,6 +45,7 @@ from votechain import mining
 from votechain.core import keys, voting
 from votechain.core.block import SALT_BYTES, Block, Transaction
 from votechain.core.chain import Chain, Switch
+from votechain.core.discipline import INVALID_BLOCK, block_offence
 from votechain.core.forkchoice import Tip
 from votechain.core.membership import Members
 from votechain.core.node_effects import (
@@ -64,6 +65,7 @@ from votechain.errors import BadCertificate, InvalidVote, NodeStopping
 from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
 from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
+from votechain.node.datadir import DataDirLock
 from votechain.node.inbound import InboundServer
 from votechain.node.outbound import Outbound
 from votechain.node.peers import PeerDirectory
@@ -125,6 +127,16 @@ class Node:
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
+        # The data directory's lock before anything else (the key, the store, the
+        # control files): a second node on it stops here, having changed nothing.
+        self._dir_lock = DataDirLock.acquire(self.data_dir)
+        try:
+            self._start_locked()
+        except BaseException:
+            self._dir_lock.release()
+            raise
+
+    def _start_locked(self) -> None:
         membership = self.config.membership
         genesis = None
         self.members: Members | None = None
@@ -145,7 +157,7 @@ class Node:
         verified = self.store.verified_height
         started = time.perf_counter()
         self.state, restored = NodeState.restore(
-            self.key.public_der, self.difficulty, self.store.blocks(), self.store.pending(),
+            self.key.public_der, self.difficulty, self.store.rows(), self.store.pending(),
             now_ms=now_ms(), verified_height=verified, members=self.members, member=is_member)
         log.info("stored chain re-checked to height %d in %.0f ms (signatures above %d)",
                  self.state.chain.height, (time.perf_counter() - started) * 1000, verified)
@@ -177,12 +189,19 @@ class Node:
         self.outbound = Outbound(self.hello, self.identity, self.members, self.config)
         self.resolver = Resolver(
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
-            stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving)
+            stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving,
+            on_misbehaviour=self._fetched_invalid)
         self.directory = PeerDirectory(self.config, self.address, stopping=self._stopping,
                                        registered=self._resolve_now.set)
         self.tracker = self.directory.tracker
         self.control = ControlServer(self, self.data_dir)
-        self.control.start()
+        try:
+            self.control.start()
+        except BaseException:  # e.g. a socket path this system cannot bind: the same
+            self.inbound.close_listener()
+            self.pool.close()
+            self.store.close()
+            raise
         self._started = True
         for name, target in (
             ("listener", self.inbound.run),
@@ -250,6 +269,7 @@ class Node:
             thread.join(timeout=10)
         self.pool.close()
         self.store.close()
+        self._dir_lock.release()  # last: the directory is free once nothing writes to it
         log.info("peer %s:%d stopped", *self.address)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
@@ -280,6 +300,15 @@ class Node:
                 case _:
                     assert_never(effect)
 
+    def _fetched_invalid(self, address: Address, reason: str) -> None:
+        """A peer sent invalid data while we fetched a branch from it: back its
+        address off (we neither poll nor fetch from it for a while) and score it
+        like an invalid block offered with Add, by its member key if its
+        handshake proved one (core/discipline.py), so its inbound connections
+        are refused once it is banned."""
+        self.outbound.misbehaved(address, reason)
+        self.inbound.misbehaved(address, self.outbound.link(address).peer, INVALID_BLOCK, reason)
+
     def _carry_out_unlocked(self, effects: Iterable[Effect]) -> None:
         """The effects that wait until `_lock` is released (see `_carry_out`)."""
         for effect in effects:
@@ -307,7 +336,13 @@ class Node:
                           "but not add blocks")
                 log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
                 return AddResult("rejected", reason)
-            return self.receive_block(msg.block, peer.key, source)
+            result = self.receive_block(msg.block, peer.key, source)
+            # An invalid block scores against its sender (core/discipline.py): enough
+            # of them ban it, and inbound.py then drops and refuses it.
+            offence = block_offence(result.status, result.reason)
+            if offence is not None:
+                self.inbound.misbehaved(source, peer, offence, result.reason)
+            return result
         return Error(f"unexpected {type(msg).__name__} message")
 
     def _certificates_of(self, batch: list[Block]) -> tuple[bytes, ...]:

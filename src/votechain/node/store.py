@@ -16,6 +16,14 @@ that still catches an edit), and `open` runs SQLite's `PRAGMA quick_check`
 contents) so a damaged file is refused with a clear StoreError instead of
 read. `votechain verify` still re-checks everything, signatures included.
 
+A damaged row costs only the chain from its position on. `rows()` never
+raises for a bad row: a row whose body does not decode (or disagrees with its
+id or hash column) and a gap in the ids (a deleted row) each come back as an
+`UnreadableRow`, and NodeState.restore keeps the chain up to it; the node then
+drops the rest (`replace_from`, which tolerates undecodable rows among those
+it drops) and re-syncs from its peers. Rows of the pending queue or of the
+certificates table that hold no valid value are skipped the same way.
+
 The tally (category -> count) is kept in the same transactions: each write
 adds the votes of the blocks it stores and subtracts those of the blocks it
 drops (voting.count_votes), so `tally()` answers at once at any height. A
@@ -34,7 +42,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from votechain.core import voting
-from votechain.core.block import Block, Transaction, genesis_block
+from votechain.core.block import MAX_DATA_BYTES, SALT_BYTES, Block, Transaction, genesis_block
+from votechain.core.codec import MAX_UINT
+from votechain.core.node_state import UnreadableRow
 from votechain.errors import StoreError
 
 DB_FILE = "chain.sqlite3"
@@ -120,14 +130,16 @@ class ChainStore:
             raise StoreError(f"{db} was made by an older votechain (schema {schema or 1}, this "
                              f"one reads {SCHEMA_VERSION}); move it away and the node re-syncs")
         row = conn.execute("SELECT hash FROM blocks WHERE id = 0").fetchone()
-        if row is None or bytes(row[0]) != genesis.hash:
+        # A missing row 0 is damage, for NodeState.restore to repair (`rows`);
+        # a row 0 of another hash is another network's chain.
+        if row is not None and row[0] != genesis.hash:
             conn.close()
             raise StoreError(f"{db} holds another network's chain (its genesis is not "
                              f"{genesis.hash.hex()[:16]}…)")
         stored = store._meta("difficulty")
         if stored is None:
             store._set_meta("difficulty", str(difficulty))
-        elif int(stored) != difficulty:
+        elif stored != str(difficulty):
             conn.close()
             raise StoreError(f"{db} holds a chain of difficulty {stored}, not {difficulty}")
         if store._meta(_TALLY_KEPT) is None:
@@ -145,8 +157,8 @@ class ChainStore:
     @property
     def difficulty(self) -> int:
         value = self._meta("difficulty")
-        if value is None:
-            raise StoreError("the store records no difficulty")
+        if value is None or not value.isdecimal():
+            raise StoreError(f"the store records no difficulty (found {value!r})")
         return int(value)
 
     @property
@@ -154,7 +166,8 @@ class ChainStore:
         """The height up to which the stored blocks were fully verified when they
         were stored (0, the genesis only, for a database older than the record)."""
         value = self._meta(_VERIFIED)
-        return 0 if value is None else int(value)
+        # A value that is no number (a hand edit) vouches for nothing: 0.
+        return int(value) if value is not None and value.isdecimal() else 0
 
     def mark_verified(self, height: int) -> None:
         """Record that the node has just fully verified the stored blocks up to `height`."""
@@ -170,10 +183,33 @@ class ChainStore:
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def blocks(self) -> list[Block]:
-        """Every stored block, genesis first. Raises EncodingError on a corrupt row."""
+        """Every stored block, genesis first. Raises EncodingError on a corrupt row
+        (`rows` reads a damaged store without raising)."""
         with self._lock:
             rows = self._conn.execute("SELECT body FROM blocks ORDER BY id").fetchall()
         return [Block.decode(bytes(body)) for (body,) in rows]
+
+    def rows(self) -> list[Block | UnreadableRow]:
+        """Every stored row in id order, one per id from 0: the block it holds, or
+        an UnreadableRow saying why it holds none (its body does not decode, or
+        names another id or hash than the row's columns), and one UnreadableRow
+        for the first id of each gap (a deleted row). Never raises for a bad
+        row: NodeState.restore keeps the chain up to the first one."""
+        with self._lock:
+            # Negative ids (only a hand edit makes them) are no position of a
+            # chain; rows below 0 are never read, so never served.
+            raw = self._conn.execute(
+                "SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id").fetchall()
+        rows: list[Block | UnreadableRow] = []
+        expected = 0
+        for row_id, column_hash, body in raw:
+            if row_id > expected:
+                after = f"from {expected - 1} to" if expected else "to"
+                rows.append(UnreadableRow(expected, b"", f"is missing (the stored ids jump "
+                                                         f"{after} {row_id})"))
+            rows.append(_read_row(row_id, column_hash, body))
+            expected = row_id + 1
+        return rows
 
     def append(self, block: Block, *, done: Iterable[bytes] = ()) -> None:
         """Store `block` and drop the pending votes it (or others) already carries."""
@@ -195,8 +231,8 @@ class ChainStore:
         rows = [(b.id, b.hash, b.transaction.tx_id, b.encode()) for b in added]
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            dropped = [Block.decode(bytes(body)) for (body,) in self._conn.execute(
-                "SELECT body FROM blocks WHERE id >= ? ORDER BY id", (first_id,))]
+            dropped = [_read_row(*row) for row in self._conn.execute(
+                "SELECT id, hash, body FROM blocks WHERE id >= ? ORDER BY id", (first_id,))]
             self._conn.execute("DELETE FROM blocks WHERE id >= ?", (first_id,))
             self._conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", rows)
             self._conn.executemany(
@@ -206,10 +242,15 @@ class ChainStore:
             self._conn.executemany(
                 "DELETE FROM pending WHERE tx_id = ?", [(tx_id,) for tx_id in done]
             )
-            change = voting.count_votes(added)
-            for category, count in voting.count_votes(dropped).items():
-                change[category] = change.get(category, 0) - count
-            self._add_to_tally(change)
+            readable = [b for b in dropped if isinstance(b, Block)]
+            if len(readable) == len(dropped):
+                change = voting.count_votes(added)
+                for category, count in voting.count_votes(readable).items():
+                    change[category] = change.get(category, 0) - count
+                self._add_to_tally(change)
+            else:
+                # A damaged row's votes cannot be subtracted: count the rest again.
+                self._recount_tally()
             self._conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, (SELECT COALESCE(MAX(id), 0) FROM blocks))",
                 (_VERIFIED,),
@@ -243,11 +284,18 @@ class ChainStore:
         been edited, so that subtracting their votes could not be trusted)."""
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            blocks = [Block.decode(bytes(body)) for (body,) in self._conn.execute(
-                "SELECT body FROM blocks ORDER BY id")]
-            self._conn.execute("DELETE FROM tally")
-            self._add_to_tally(voting.count_votes(blocks))
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_TALLY_KEPT,))
+            self._recount_tally()
+
+    def _recount_tally(self) -> None:
+        """The tally table counted again from the stored blocks (rows that hold
+        none are skipped: NodeState.restore drops them, and then recounts);
+        caller holds a transaction."""
+        blocks = [block for row in self._conn.execute(
+            "SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id")
+            if isinstance(block := _read_row(*row), Block)]
+        self._conn.execute("DELETE FROM tally")
+        self._add_to_tally(voting.count_votes(blocks))
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_TALLY_KEPT,))
 
     def add_pending(self, tx: Transaction) -> None:
         with self._lock:
@@ -263,12 +311,17 @@ class ChainStore:
             )
 
     def pending(self) -> list[Transaction]:
-        """Votes accepted by this node and not yet in its chain, oldest first."""
+        """Votes accepted by this node and not yet in its chain, oldest first. A
+        row that holds no transaction (a wrong type or size: only a hand edit
+        makes one) is skipped."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT timestamp, data, salt FROM pending ORDER BY seq"
             ).fetchall()
-        return [Transaction(int(ts), bytes(d), bytes(salt)) for ts, d, salt in rows]
+        return [Transaction(ts, data, salt) for ts, data, salt in rows
+                if isinstance(ts, int) and 0 <= ts <= MAX_UINT
+                and isinstance(data, bytes) and len(data) <= MAX_DATA_BYTES
+                and isinstance(salt, bytes) and len(salt) == SALT_BYTES]
 
     def save_certificates(self, certificates: Iterable[tuple[bytes, bytes]]) -> None:
         """Keep (member key, encoded certificate) pairs, so the directory alone
@@ -281,11 +334,29 @@ class ChainStore:
         """The encoded certificates kept by `save_certificates`."""
         with self._lock:
             rows = self._conn.execute("SELECT body FROM certificates").fetchall()
-        return [bytes(body) for (body,) in rows]
+        # Not bytes(body): of an integer that would allocate that many bytes.
+        return [body for (body,) in rows if isinstance(body, bytes)]
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _read_row(row_id: int, column_hash: object, body: object) -> Block | UnreadableRow:
+    """The block a stored row holds, or an UnreadableRow saying why it holds none."""
+    label = column_hash if isinstance(column_hash, bytes) else b""
+    if not isinstance(body, bytes):  # a hand edit: SQLite lets any column hold any type
+        return UnreadableRow(row_id, label, f"does not decode (its body is "
+                                            f"{type(body).__name__}, not a blob)")
+    try:
+        block = Block.decode(body)
+    except ValueError as exc:  # EncodingError
+        return UnreadableRow(row_id, label, f"does not decode ({exc})")
+    if block.id != row_id:
+        return UnreadableRow(row_id, label, f"holds block {block.id}, not {row_id}")
+    if block.hash != column_hash:
+        return UnreadableRow(row_id, label, "holds a block whose hash is not the row's")
+    return block
 
 
 def _quick_check(conn: sqlite3.Connection, db: Path) -> None:

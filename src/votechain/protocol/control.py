@@ -5,8 +5,9 @@ net/control_client.py carry them).
 Frames and maps exactly as the peer protocol's (protocol/framing.py,
 protocol/messages.py): ``{"type": <tag>, <field>: <value>, ...}`` behind a
 4-byte length. Two message sets, one per direction, each with its own cap and
-limits, because a request may come from anyone on this machine and a reply
-only from the node its owner's data directory names::
+limits, because a request is a stranger's until its cookie is checked and a
+reply comes only from the node listening on the socket in its owner's data
+directory (net/control_server.py: DATA_DIR/control.sock, never a TCP port)::
 
     client -> node      CONTROL_REQUESTS           node -> client   CONTROL_REPLIES
     Auth         "auth"      (always first)   ->   AuthOk       "auth_ok" | ErrorReply
@@ -57,15 +58,15 @@ class NodeStatus:
 COOKIE_BYTES = 32
 
 # Why 64 KiB: the largest request is a vote, whose category is at most
-# MAX_REQUEST_CATEGORY_CHARS characters; anyone on this machine can connect
-# and send a length prefix before authenticating, so the server must never
+# MAX_REQUEST_CATEGORY_CHARS characters; whoever reaches the socket can send
+# a length prefix before authenticating, so the server must never
 # allocate more than a small fixed amount per connection on a stranger's word.
 MAX_CONTROL_REQUEST_BYTES = 64 * 1024
 # Why 16 MiB for replies: a tally has one entry per distinct category, up to
 # ~270 bytes each, and the chain decides how many there are, not the client;
 # 64 KiB would cap a tally at ~240 categories. The client only reads replies
-# from the node whose port its owner's data directory names, so a bigger
-# (still finite) cap is safe there.
+# from the node on its owner's data directory's socket, run by that owner, so
+# a bigger (still finite) cap is safe there.
 MAX_CONTROL_REPLY_BYTES = 16 * 1024 * 1024
 
 # Why 1024: voting.validate_category, on the node, says what is wrong with a
