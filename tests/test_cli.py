@@ -237,3 +237,37 @@ def test_tracker_on_a_busy_port_is_one_line_exit_1(processes: Processes) -> None
     result = run("tracker", "--port", str(tracker.address[1]))
     assert result.returncode == 1
     assert "cannot listen" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [("9100", ("127.0.0.1", 9100)), (":9100", ("127.0.0.1", 9100)),
+     ("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:0", ("::1", 0))],
+)
+def test_metrics_address_defaults_to_loopback(text: str, address: tuple[str, int]) -> None:
+    from votechain.app.cli import parse_metrics_address
+
+    assert parse_metrics_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["", "host:", "host:99999", "a:b", ":x"])
+def test_bad_metrics_addresses_are_usage_errors(text: str) -> None:
+    from votechain.app.cli import parse_metrics_address
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_metrics_address(text)
+
+
+def test_peer_and_tracker_take_log_options() -> None:
+    from votechain.app.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["tracker", "--log-level", "debug", "--log-file", "t.log"])
+    assert (args.log_level, args.log_file, args.quiet) == ("debug", Path("t.log"), False)
+    args = parser.parse_args(["peer", "--network", "n.network", "--tracker", "h:1", "-q",
+                              "--metrics", ":9100"])
+    assert (args.log_level, args.log_file, args.quiet) == ("info", None, True)
+    assert args.metrics == ("127.0.0.1", 9100)
+    result = run("tracker", "--log-level", "loud")
+    assert result.returncode == 2
+    assert "invalid choice: 'loud'" in one_line(result.stderr)

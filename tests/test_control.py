@@ -53,7 +53,13 @@ from votechain.protocol.control import (
 
 PROTOCOL_DOC = Path(__file__).parent.parent / "docs" / "protocol.md"
 STATUS = NodeStatus(height=3, tip="ab" * 32, peers=2, pending=0, backend="native x2",
-                    hashrate=1234.5, forks_resolved=1, address="127.0.0.1:9000")
+                    hashrate=1234.5, forks_resolved=1, address="127.0.0.1:9000",
+                    network="election", difficulty=4, version="0.1.0",
+                    tracker="127.0.0.1:8000", tracker_up=True, uptime=12.5,
+                    votes_per_second=0.5, live_hashrate=2345.5)
+STATUS_FIELDS = {"height", "tip", "peers", "pending", "backend", "hashrate", "forks_resolved",
+                 "address", "network", "difficulty", "version", "tracker", "tracker_up",
+                 "uptime", "votes_per_second", "live_hashrate"}
 
 
 @pytest.fixture
@@ -138,8 +144,7 @@ def test_replies_round_trip(reply: Reply) -> None:
 
 def test_status_reply_carries_exactly_the_node_status_fields() -> None:
     fields = set(StatusReply(STATUS).to_wire()) - {"type"}
-    assert fields == {"height", "tip", "peers", "pending", "backend", "hashrate",
-                      "forks_resolved", "address"}
+    assert fields == STATUS_FIELDS
 
 
 def test_docs_list_the_status_fields_as_node_status_has_them() -> None:
@@ -180,6 +185,11 @@ def test_bad_requests_are_rejected(obj: object, reason: str) -> None:
         ({"type": "tally_reply", "counts": {"x" * 65: 1}}, MalformedMessage, "over 64"),
         ({**StatusReply(STATUS).to_wire(), "hashrate": float("nan")}, MalformedMessage,
          "not a rate"),
+        ({**StatusReply(STATUS).to_wire(), "live_hashrate": -1.0}, MalformedMessage,
+         "live_hashrate=-1.0 is not a rate"),
+        ({**StatusReply(STATUS).to_wire(), "tracker_up": 1}, MalformedMessage,
+         "tracker_up must be a boolean"),
+        ({**StatusReply(STATUS).to_wire(), "network": "n" * 65}, MalformedMessage, "over 64"),
     ],
 )
 def test_bad_replies_are_rejected(obj: object, error: type[Exception], reason: str) -> None:
@@ -294,8 +304,7 @@ def test_client_votes_and_reads_status_and_tally(
     assert node.recounts == 1  # the flag reached the handler
     status = client.status()
     assert status["height"] == 3
-    assert set(status) == {"height", "tip", "peers", "pending", "backend", "hashrate",
-                           "forks_resolved", "address"}
+    assert set(status) == STATUS_FIELDS
     assert client.node_status() == NodeStatus(**status)  # type: ignore[arg-type]
 
 

@@ -74,6 +74,14 @@ class FakeNode:
             hashrate=1234.5,
             forks_resolved=0,
             address="127.0.0.1:9000",
+            network="fake",
+            difficulty=3,
+            version="0.1.0",
+            tracker="127.0.0.1:8000",
+            tracker_up=True,
+            uptime=1.5,
+            votes_per_second=0.25,
+            live_hashrate=2000.0,
         )
 
     def tally(self, recount: bool = False) -> dict[str, int]:

@@ -78,14 +78,48 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _setup_logging(quiet: bool) -> None:
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
     # A daemon's INFO lines are its record: one per block accepted, rejected or
-    # switched, one per peer registered. --quiet keeps only warnings.
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    # switched, one per peer registered, the tracker lost and back, a summary
+    # every minute. --quiet keeps only warnings (as --log-level warning).
+    level: int = getattr(logging, args.log_level.upper())
+    if args.quiet:
+        level = max(level, logging.WARNING)
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    if args.log_file is None:
+        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+        return
+    try:
+        logging.basicConfig(level=level, format=fmt, filename=args.log_file, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot open the log file {args.log_file}: "
+                       f"{exc.strerror or exc}") from exc
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """--metrics: 'HOST:PORT', ':PORT' or 'PORT' (host 127.0.0.1: metrics are
+    for this host's Prometheus unless an address is chosen)."""
+    if text.isdigit() or text.startswith(":"):
+        port = parse_port(text.lstrip(":"))
+        return "127.0.0.1", port
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, :PORT or PORT, got {text!r}")
+    return host, parse_port(port_text)
+
+
+def _logging_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="log warnings only (as --log-level warning)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="the least severe lines logged (default info)")
+    p.add_argument("--log-file", type=Path, default=None, metavar="FILE",
+                   help="append the log to FILE instead of stderr (default: stderr)")
 
 
 # ================================================================ subcommands
@@ -94,7 +128,7 @@ def _setup_logging(quiet: bool) -> None:
 def cmd_tracker(args: argparse.Namespace) -> int:
     from votechain.net.tracker_server import TrackerServer
 
-    _setup_logging(args.quiet)
+    _setup_logging(args)
     stop = _stop_on_signals()
     server = TrackerServer(args.host, args.port)
     try:
@@ -109,7 +143,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from votechain.errors import StoreError
     from votechain.node.runtime import Node, NodeConfig
 
-    _setup_logging(args.quiet)
+    _setup_logging(args)
     membership = load_membership(args)
     stop = _stop_on_signals()
     config = NodeConfig(
@@ -121,6 +155,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
         workers=args.workers,
         miner=args.miner or mining.DEFAULT_BACKEND,
         membership=membership,
+        metrics=args.metrics,
     )
     try:
         node = Node(config)
@@ -178,15 +213,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(json.dumps(dataclasses.asdict(status), ensure_ascii=False))
         return 0
     rows = [
+        ("network", f"{status.network or '(open)'}, difficulty {status.difficulty}"),
+        ("version", status.version),
+        ("uptime", _format_uptime(status.uptime)),
         ("height", status.height),
         ("tip", status.tip),
+        ("tracker", f"{status.tracker} ({'up' if status.tracker_up else 'DOWN'})"),
         ("peers", status.peers),
         ("pending votes", status.pending),
+        ("votes/s", f"{status.votes_per_second:.2f} (last minute)"),
         ("miner", status.backend),
-        ("hash rate", format_hashrate(status.hashrate)),
+        ("hash rate", f"{format_hashrate(status.live_hashrate)} now, "
+                      f"{format_hashrate(status.hashrate)} over finished jobs"),
+        ("forks resolved", status.forks_resolved),
     ]
-    out("\n".join(f"{name:<14}{value}" for name, value in rows))
+    out("\n".join(f"{name:<16}{value}" for name, value in rows))
     return 0
+
+
+def _format_uptime(seconds: float) -> str:
+    """'3 h 02 min 05 s', '4 min 10 s', '12 s'."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min {secs:02d} s"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -316,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tracker", cmd_tracker, "run a tracker (the peers' meeting point)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=parse_port, default=DEFAULT_TRACKER_PORT, help="default 8000")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    _logging_options(p)
 
     p = command("peer", cmd_peer, "run a peer: keep the chain, mine votes, gossip blocks")
     p.add_argument("--network", type=Path, required=True, metavar="NAME.network",
@@ -338,7 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="miner processes (default: one per core)")
     p.add_argument("--miner", choices=("native", "portable", "pure"), default=None,
                    help="miner backend (default: native if built, else pure)")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    p.add_argument("--metrics", type=parse_metrics_address, default=None,
+                   metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (':PORT' or "
+                        "'PORT': on 127.0.0.1; default: not served)")
+    _logging_options(p)
 
     add_network_command(sub)
 
@@ -354,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count by walking the whole chain instead of reading the tally "
                         "the peer keeps (slower; the two must agree)")
 
-    p = command("status", cmd_status, "a running peer's height, tip, peers, queue and miner")
+    p = command("status", cmd_status, "a running peer's network, height, tip, tracker, "
+                "peers, queue, votes/s and hash rate")
     data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -110,6 +110,9 @@ class BlockDecision:
     status: BlockStatus
     reason: str = ""
     effects: tuple[Effect, ...] = ()
+    # A rejection's class, a bounded label for metrics: the InvalidBlock
+    # subclass's name, or "AuthorMismatch" (never the free-text reason).
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

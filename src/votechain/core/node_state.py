@@ -282,7 +282,8 @@ class NodeState:
     def screen_block(self, block: Block, public_key: bytes) -> BlockDecision | None:
         """Step 1 (cheap): a decision already, or None to go on to `check_alone`."""
         if block.author != public_key:
-            return BlockDecision("rejected", "author does not match the public key sent")
+            return BlockDecision("rejected", "author does not match the public key sent",
+                                 kind="AuthorMismatch")
         if self.chain.has_hash(block.hash):
             return KNOWN
         return None
@@ -295,7 +296,7 @@ class NodeState:
             check_block_alone(block, difficulty=self.difficulty, now_ms=now_ms,
                               members=self.members)
         except InvalidBlock as exc:
-            return BlockDecision("rejected", str(exc))
+            return BlockDecision("rejected", str(exc), kind=type(exc).__name__)
         return None
 
     def block_checked(self, block: Block) -> BlockDecision:
@@ -307,7 +308,7 @@ class NodeState:
             try:
                 self.chain.append_checked(block)
             except InvalidBlock as exc:  # its vote is already in our chain
-                return BlockDecision("rejected", str(exc))
+                return BlockDecision("rejected", str(exc), kind=type(exc).__name__)
             return BlockDecision("added", effects=self._appended(block))
         if block.id > tip.id + 1:
             why = f"its id leaves a gap after our tip {tip.id}"

@@ -42,6 +42,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -86,7 +87,7 @@ def _describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def _worker_main(conn: Connection, abort: Any) -> None:
+def _worker_main(conn: Connection, abort: Any, progress: Any) -> None:
     """Worker process: wait for a job, search its share of the range, report, repeat."""
     # Ctrl-C is the parent's to handle (see the top comment). Ignore first, then
     # unblock: a SIGINT that came while we started is discarded, not delivered.
@@ -117,12 +118,51 @@ def _worker_main(conn: Connection, abort: Any) -> None:
                     break
                 if not abort[0]:
                     hashes += hi - lo
+                    # One shared-memory store per step (~1 ms): the live rate's source.
+                    progress[index] += hi - lo
                 lo = hi
             chunk_start += workers * CHUNK
         stopped_at = time.monotonic()
         if found is not None:
             abort[0] = 1  # tell the others: this job is done
         conn.send((job_id, found, hashes, stopped_at))
+
+
+class LiveRate:
+    """The hash rate of the last `window` seconds, per worker, from samples of
+    MinerPool.progress(). Pure: the caller passes `now` (time.monotonic()) and
+    samples as often as it likes (the node does each second); not thread-safe
+    (one sampling thread; readers get a tuple built at once)."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, tuple[int, ...]]] = deque()
+        self._rates: tuple[float, ...] = ()
+
+    def sample(self, now: float, progress: tuple[int, ...]) -> tuple[float, ...]:
+        """Record `progress` at `now`; the per-worker rates over the window."""
+        samples = self._samples
+        samples.append((now, progress))
+        # Keep one sample at or before the window's start, so the rate spans it.
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        first_at, first = samples[0]
+        elapsed = now - first_at
+        if elapsed <= 0 or len(first) != len(progress):
+            self._rates = tuple(0.0 for _ in progress)
+        else:
+            self._rates = tuple(max(0, b - a) / elapsed for a, b in zip(first, progress,
+                                                                         strict=True))
+        return self._rates
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """Per worker, as of the last sample."""
+        return self._rates
+
+    @property
+    def total(self) -> float:
+        return sum(self._rates)
 
 
 @dataclass
@@ -144,6 +184,11 @@ class MinerPool:
         self.size = workers or os.cpu_count() or 1
         self._ctx = mp.get_context("spawn")
         self._abort = self._ctx.RawArray("B", 1)
+        # Hashes each worker slot has done, ever: worker i alone adds to slot i
+        # after each STEP, so a reader in the parent sees live progress without
+        # a lock (an aligned 64-bit load is never torn on the platforms we build
+        # for). A replaced worker takes over its slot.
+        self._progress = self._ctx.RawArray("Q", self.size)
         self._lock = threading.Lock()
         self._job_id = 0
         self._pending: set[int] = set()
@@ -163,7 +208,8 @@ class MinerPool:
     def _spawn(self) -> _Worker:
         ours, theirs = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
-            target=_worker_main, args=(theirs, self._abort), daemon=True, name="votechain-miner"
+            target=_worker_main, args=(theirs, self._abort, self._progress), daemon=True,
+            name="votechain-miner",
         )
         with _sigint_blocked():
             process.start()
@@ -285,6 +331,11 @@ class MinerPool:
     ) -> int | None:
         self.submit(content, difficulty, start, stop)
         return self.wait()
+
+    def progress(self) -> tuple[int, ...]:
+        """Hashes done so far by each worker slot, counting jobs still running
+        (unlike `hashrate`); feed these to a LiveRate for a rate of the moment."""
+        return tuple(self._progress)
 
     @property
     def hashrate(self) -> float:

@@ -134,6 +134,9 @@ MAX_BRANCH_BLOCKS = 2048
 # below FRAME_DEADLINE (10 s), so one whole batch from a holder at the
 # slowest rate a frame may come (82 KB/s) still gets through.
 FETCH_DEADLINE = 10.0
+# How often a peer logs its one-line summary (height, votes/s, hash rate,
+# peers): an operator tailing the log sees the node is alive and working.
+SUMMARY_INTERVAL = 60.0
 
 
 @dataclass
@@ -177,6 +180,10 @@ class NodeConfig:
     fetch_ahead_batches: int = FETCH_AHEAD_BATCHES
     max_branch_blocks: int = MAX_BRANCH_BLOCKS
     fetch_deadline: float = FETCH_DEADLINE
+    summary_interval: float = SUMMARY_INTERVAL
+    # Where to serve Prometheus metrics (node/metrics.py), port 0 for any free
+    # one (Node.metrics.address says which); None serves nothing.
+    metrics: tuple[str, int] | None = None
 
 
 def now_ms() -> int:

@@ -72,8 +72,10 @@ class InboundServer:
                  stopping: threading.Event, *, identity: LocalIdentity = OBSERVER,
                  members: Members | None = None,
                  address_group: Callable[[str], str] = address_group,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_handshake_failure: Callable[[], None] | None = None) -> None:
         self._config = config
+        self._on_handshake_failure = on_handshake_failure  # a metrics counter, if any
         self._hello = hello
         self._identity = identity
         self._members = members
@@ -219,6 +221,8 @@ class InboundServer:
                                       timeout=config.handshake_timeout,
                                       identity=self._identity, members=self._members)
             except RemoteProtocolError as exc:
+                if self._on_handshake_failure is not None:
+                    self._on_handshake_failure()
                 self._score(who, handshake_offence(exc), exc.reason)
                 raise
             with self._lock:

@@ -81,6 +81,9 @@ class PeerDirectory:
         self._self_addresses = {address, ("127.0.0.1", address[1])}
         self._lock = threading.Lock()
         self._known: list[Address] = []
+        # Whether the tracker answered the keeper's last request: None before
+        # the first attempt; written by the keeper thread only.
+        self.up: bool | None = None
         self.tracker = TrackerClient(*config.tracker, timeout=config.peer_timeout)
 
     @property
@@ -92,18 +95,31 @@ class PeerDirectory:
     def run(self) -> None:
         """The tracker keeper thread: re-register when the tracker comes back,
         refresh the list every tracker_interval."""
+        host, port = self._config.tracker
         while not self._stopping.is_set():
             try:
                 if not self.tracker.connected:
                     self.tracker.connect()
                     self.tracker.register(self._address[1])
-                    log.info("registered with tracker %s:%d", *self._config.tracker)
+                    if self.up is None:
+                        log.info("registered with tracker %s:%d", host, port)
+                    elif not self.up:
+                        log.warning("tracker %s:%d is back: registered again", host, port)
+                    else:  # the connection broke in another thread (fresh()), unnoticed here
+                        log.debug("re-registered with tracker %s:%d", host, port)
+                    self.up = True
                     self._registered()
                 # Asking for the list doubles as the liveness check of the registration.
                 self._remember(self.tracker.nodes())
             except TrackerError as exc:
-                if self.tracker.connected:
-                    log.warning("tracker connection lost: %s", exc)
+                # One line when the tracker is lost (or unreachable from the
+                # start), however long it stays away: retries are not news.
+                if self.up is not False:
+                    log.warning("tracker %s:%d %s: %s; running on the peers known (%d), "
+                                "retrying every %g s", host, port,
+                                "unreachable" if self.up is None else "lost", exc,
+                                len(self.known), self._config.tracker_interval)
+                self.up = False
                 self.tracker.close()
             self._stopping.wait(self._config.tracker_interval)
 

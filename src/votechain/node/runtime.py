@@ -15,7 +15,11 @@ Threads (the seed design's, made concrete; docs/design.md):
   that does not extend our tip, polls every peer's tip and follows the plan
   the state makes of the majority;
 - tracker keeper (peers.py): keeps the registration alive, re-registering
-  when the tracker comes back, and the peer list fresh.
+  when the tracker comes back, and the peer list fresh;
+- monitor: each second samples the miner's progress and the committed votes
+  (the live hash rate and votes/s that status and metrics report), and every
+  summary_interval logs a one-line summary;
+- with `metrics` set, prometheus_client's HTTP server (node/metrics.py).
 
 One lock (`_lock`, with the Condition `_changed` on it) guards the state and
 the pool's submit/abort. Holding it across submit and abort is what makes
@@ -41,7 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import assert_never
 
-from votechain import mining
+from votechain import __version__, mining
 from votechain.core import keys, voting
 from votechain.core.block import SALT_BYTES, Block, Transaction
 from votechain.core.chain import Chain, Switch
@@ -62,11 +66,13 @@ from votechain.core.node_effects import (
 from votechain.core.node_state import NodeState
 from votechain.core.rules import check_difficulty
 from votechain.errors import BadCertificate, InvalidVote, NodeStopping
+from votechain.mining.pool import LiveRate
 from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
 from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
 from votechain.node.datadir import DataDirLock
 from votechain.node.inbound import InboundServer
+from votechain.node.metrics import NodeMetrics, Snapshot
 from votechain.node.outbound import Outbound
 from votechain.node.peers import PeerDirectory
 from votechain.node.resolver import Resolver
@@ -94,6 +100,12 @@ log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
 
+# The live hash rate spans this many seconds of the miner's progress; votes/s
+# spans a minute. The monitor samples both each MONITOR_INTERVAL.
+HASHRATE_WINDOW = 5.0
+VOTE_RATE_WINDOW = 60.0
+MONITOR_INTERVAL = 1.0
+
 
 class Node:
     """A votechain peer; implements control_server.ControlHandler for its owner."""
@@ -114,6 +126,10 @@ class Node:
         # Like Bitcoin Core's setnetworkactive: when False the node neither sends
         # nor answers blocks, so tests (and operators) can partition it and heal it.
         self.network_active = True
+        self.metrics: NodeMetrics | None = None
+        self._hash_rate = LiveRate(HASHRATE_WINDOW)
+        self._vote_rate = LiveRate(VOTE_RATE_WINDOW)
+        self._started_at = time.monotonic()
 
     @property
     def chain(self) -> Chain:
@@ -178,9 +194,16 @@ class Node:
         self.hello = Hello(PROTOCOL_VERSION, self.chain.genesis.hash, self.difficulty)
         self.identity = LocalIdentity(self.key, certificate)
         self.pool = mining.MinerPool(self.config.workers, self.config.miner)
+        # The rates' first samples: 0 per worker, and the votes the store holds.
+        self._hash_rate.sample(time.monotonic(), self.pool.progress())
+        self._vote_rate.sample(time.monotonic(), (self._votes_committed(),))
+        if self.config.metrics is not None:
+            self.metrics = NodeMetrics(self._snapshot)
+        failed = None if self.metrics is None else self.metrics.handshake_failures.inc
         try:
-            self.inbound = InboundServer(self.config, self.hello, self.handle, self._stopping,
-                                         identity=self.identity, members=self.members)
+            self.inbound = InboundServer(
+                self.config, self.hello, self.handle, self._stopping, identity=self.identity,
+                members=self.members, on_handshake_failure=failed)
         except BaseException:  # e.g. the port is taken: leave no worker process behind
             self.pool.close()
             self.store.close()
@@ -197,17 +220,25 @@ class Node:
         self.control = ControlServer(self, self.data_dir)
         try:
             self.control.start()
+            if self.metrics is not None and self.config.metrics is not None:
+                try:
+                    self.metrics.serve(*self.config.metrics)
+                except BaseException:  # e.g. the metrics port is taken
+                    self.control.stop()
+                    raise
         except BaseException:  # e.g. a socket path this system cannot bind: the same
             self.inbound.close_listener()
             self.pool.close()
             self.store.close()
             raise
         self._started = True
+        self._started_at = time.monotonic()
         for name, target in (
             ("listener", self.inbound.run),
             ("miner", self._mine_loop),
             ("resolver", self.resolver.run),
             ("tracker", self.directory.run),
+            ("monitor", self._monitor),
         ):
             thread = threading.Thread(target=target, name=f"votechain-{name}", daemon=True)
             thread.start()
@@ -259,6 +290,8 @@ class Node:
             self.pool.abort()
             self._changed.notify_all()
         self.control.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         self.inbound.stop()  # the accept thread is joined with the others
         self.directory.close()
         # Closing the links wakes every request in flight (a broadcast to a stalled
@@ -359,12 +392,18 @@ class Node:
         between, without it."""
         with self._lock:
             decision = self.state.screen_block(block, public_key)
+        metrics = self.metrics
         if decision is None:
+            started = time.perf_counter()
             decision = self.state.check_alone(block, now_ms())
+            if metrics is not None:
+                metrics.verify_seconds.observe(time.perf_counter() - started)
         if decision is None:
             with self._changed:
                 decision = self.state.block_checked(block)
                 self._carry_out(decision.effects)
+        if metrics is not None:
+            metrics.block_received(decision.status, decision.kind)
         if decision.status == "added":
             log.info("accepted block %d %s from %s", block.id, block.hash.hex()[:16], source)
         elif decision.status == "rejected":
@@ -386,13 +425,20 @@ class Node:
                 if job is None:
                     return  # stopping
                 self.pool.submit(job.template.content(), self.difficulty)
+            mine_started = time.perf_counter()
             nonce = self.pool.wait()
             if nonce is None:
                 continue  # the tip moved (or we are stopping): ask for the next job
+            sign_started = time.perf_counter()
             mined = job.template.with_nonce(nonce)
             block = replace(mined, signature=self.key.sign(mined.hash))
+            signed = time.perf_counter()
             with self._changed:
                 decision = self.state.nonce_found(job, block)
+                if decision.status == "appended" and self.metrics is not None:
+                    # Under the lock, so whoever the append wakes sees it counted.
+                    self.metrics.mine_seconds.observe(sign_started - mine_started)
+                    self.metrics.sign_seconds.observe(signed - sign_started)
                 self._carry_out(decision.effects)
             if decision.status == "dropped":
                 log.info("dropping mined block: %s", decision.reason)
@@ -465,17 +511,65 @@ class Node:
         return block
 
     def status(self) -> NodeStatus:
+        membership = self.config.membership
         with self._lock:
-            return NodeStatus(
-                height=self.chain.height,
-                tip=self.chain.tip.hash.hex(),
-                peers=len(self.directory.known),
-                pending=self.state.pending_count,
-                backend=f"{self.pool.backend} x{self.pool.size}",
-                hashrate=self.pool.hashrate,
-                forks_resolved=self.state.forks_resolved,
-                address=f"{self.address[0]}:{self.address[1]}",
-            )
+            height, tip = self.chain.height, self.chain.tip.hash.hex()
+            pending, forks = self.state.pending_count, self.state.forks_resolved
+        return NodeStatus(
+            height=height,
+            tip=tip,
+            peers=len(self.directory.known),
+            pending=pending,
+            backend=f"{self.pool.backend} x{self.pool.size}",
+            hashrate=self.pool.hashrate,
+            forks_resolved=forks,
+            address=f"{self.address[0]}:{self.address[1]}",
+            network="" if membership is None else membership.network.name,
+            difficulty=self.difficulty,
+            version=__version__,
+            tracker="{}:{}".format(*self.config.tracker),
+            tracker_up=bool(self.directory.up),
+            uptime=round(time.monotonic() - self._started_at, 3),
+            votes_per_second=self._vote_rate.total,
+            live_hashrate=self._hash_rate.total,
+        )
+
+    # ------------------------------------------------------------- monitoring
+
+    def _votes_committed(self) -> int:
+        return sum(self.store.tally().values())
+
+    def _snapshot(self) -> Snapshot:
+        """For a metrics scrape: values the node keeps anyway, read without `_lock`
+        (each is one attribute read or the store's own short lock), so a scrape
+        never waits behind a block being appended."""
+        state = self.state
+        return Snapshot(
+            height=state.chain.height,
+            votes_committed=self._votes_committed(),
+            pending=state.pending_count,
+            forks_resolved=state.forks_resolved,
+            inbound_connections=self.inbound.connections,
+            tracker_peers=len(self.directory.known),
+            tracker_up=bool(self.directory.up),
+            worker_hashrates=self._hash_rate.rates,
+            votes_per_second=self._vote_rate.total,
+        )
+
+    def _monitor(self) -> None:
+        """The monitor thread: sample the rates each second; log the summary."""
+        next_summary = time.monotonic() + self.config.summary_interval
+        while not self._stopping.wait(min(MONITOR_INTERVAL, self.config.summary_interval)):
+            now = time.monotonic()
+            self._hash_rate.sample(now, self.pool.progress())
+            self._vote_rate.sample(now, (self._votes_committed(),))
+            if now >= next_summary:
+                next_summary = now + self.config.summary_interval
+                log.info("summary: height %d, %.2f votes/s, %.3f MH/s, %d peers listed, "
+                         "%d inbound, tracker %s, %d pending", self.state.chain.height,
+                         self._vote_rate.total, self._hash_rate.total / 1e6,
+                         len(self.directory.known), self.inbound.connections,
+                         "up" if self.directory.up else "down", self.state.pending_count)
 
     def tally(self, recount: bool = False) -> dict[str, int]:
         """Votes per category: the store's kept tally (at once, at any height), or

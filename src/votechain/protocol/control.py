@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeAlias
 
 from votechain.core.block import HASH_BYTES, TX_ID_BYTES
 from votechain.core.codec import Codec, Limits, quote
+from votechain.core.membership import MAX_NAME_CHARS
 from votechain.core.voting import MAX_CATEGORY_CHARS
 from votechain.errors import (
     MAX_REASON_CHARS,
@@ -52,6 +53,14 @@ class NodeStatus:
     hashrate: float  # hashes per second, over finished jobs
     forks_resolved: int  # majority switches that dropped blocks of ours
     address: str  # "HOST:PORT" the node listens on for peers
+    network: str  # the network's name ("" on an open network)
+    difficulty: int  # leading zero hex digits a block hash needs
+    version: str  # votechain's version on the node
+    tracker: str  # "HOST:PORT" of the tracker the node uses
+    tracker_up: bool  # whether the tracker answered the node's last request
+    uptime: float  # seconds since the node started
+    votes_per_second: float  # votes committed per second over the last minute
+    live_hashrate: float  # hashes per second over the last few seconds, all workers
 
 
 # The cookie a client proves itself with: COOKIE_BYTES random bytes, as hex.
@@ -86,6 +95,8 @@ MAX_BACKEND_CHARS = 64
 # "HOST:PORT": a DNS name is at most 253 characters, an IPv6 literal 45 plus
 # brackets, then ":" and five digits; 300 covers both.
 MAX_ADDRESS_CHARS = 300
+# A version string ("0.1.0", or a development build's longer one).
+MAX_VERSION_CHARS = 64
 
 ERROR_KINDS = ("refused", "unavailable")
 
@@ -242,18 +253,34 @@ class StatusReply:
     @classmethod
     def from_wire(cls, obj: object) -> StatusReply:
         wire = _REPLY.fields(obj, cls.TYPE, NODE_STATUS_FIELDS, tagged=True)
-        hashrate = _REPLY.number(wire["hashrate"], "status_reply.hashrate")
-        if not 0 <= hashrate < math.inf:
-            _REPLY.fail(f"status_reply.hashrate={hashrate} is not a rate")
+
+        def rate(name: str) -> float:
+            value = _REPLY.number(wire[name], f"status_reply.{name}")
+            if not 0 <= value < math.inf:
+                _REPLY.fail(f"status_reply.{name}={value} is not a rate")
+            return value
+
+        tracker_up = wire["tracker_up"]
+        if not isinstance(tracker_up, bool):
+            _REPLY.fail(f"status_reply.tracker_up must be a boolean, got "
+                        f"{type(tracker_up).__name__}")
         return cls(NodeStatus(
             height=_REPLY.uint(wire["height"], "status_reply.height"),
             tip=_REPLY.text(wire["tip"], "status_reply.tip", 2 * HASH_BYTES),
             peers=_REPLY.uint(wire["peers"], "status_reply.peers"),
             pending=_REPLY.uint(wire["pending"], "status_reply.pending"),
             backend=_REPLY.text(wire["backend"], "status_reply.backend", MAX_BACKEND_CHARS),
-            hashrate=hashrate,
+            hashrate=rate("hashrate"),
             forks_resolved=_REPLY.uint(wire["forks_resolved"], "status_reply.forks_resolved"),
             address=_REPLY.text(wire["address"], "status_reply.address", MAX_ADDRESS_CHARS),
+            network=_REPLY.text(wire["network"], "status_reply.network", MAX_NAME_CHARS),
+            difficulty=_REPLY.uint(wire["difficulty"], "status_reply.difficulty"),
+            version=_REPLY.text(wire["version"], "status_reply.version", MAX_VERSION_CHARS),
+            tracker=_REPLY.text(wire["tracker"], "status_reply.tracker", MAX_ADDRESS_CHARS),
+            tracker_up=tracker_up,
+            uptime=rate("uptime"),
+            votes_per_second=rate("votes_per_second"),
+            live_hashrate=rate("live_hashrate"),
         ))
 
 
