@@ -271,3 +271,27 @@ def test_peer_and_tracker_take_log_options() -> None:
     result = run("tracker", "--log-level", "loud")
     assert result.returncode == 2
     assert "invalid choice: 'loud'" in one_line(result.stderr)
+
+
+def test_every_option_has_help_that_shows_its_default() -> None:
+    """Issue 13: `--help` of every command and step explains every option, and
+    names the default of each that has one (argparse shows none by itself)."""
+    import argparse
+
+    from votechain.app.cli import build_parser
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                text = action.help or ""
+                has_default = action.default not in (None, False, argparse.SUPPRESS)
+                if not text or (has_default and not action.required and "default" not in text):
+                    missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "votechain")
+    assert not missing, missing
