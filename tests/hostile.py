@@ -8,6 +8,9 @@
   attacker's own pacing, not a test synchronising on a sleep);
 - `wait_closed`: read and discard until the other side closes, under a deadline;
 - `open_many`: a flood of connections, all closed on exit;
+- `connect_from`, `ask`: a connection bound to another loopback address
+  (Linux routes all of 127.0.0.0/8 to lo), and a tracker request read to its
+  last line: one address among many, as the per-address bounds see it;
 - `wait_idle` (with `cpu_fraction`, `IDLE_LIMIT`, `IDLE_WINDOW`; their home is
   `framework.waiting`): the process's CPU time over a short window is back near zero;
 - `check_payload`: the peer decoder's contract on one payload, shared by the
@@ -43,8 +46,10 @@ __all__ = [
     "IDLE_WINDOW",
     "LOCAL",
     "RawPeer",
+    "ask",
     "check_payload",
     "connect",
+    "connect_from",
     "cpu_fraction",
     "drip",
     "frame",
@@ -260,3 +265,20 @@ def _atheris_main(argv: list[str]) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--atheris"]:
     _atheris_main([sys.argv[0], *sys.argv[2:]])
+
+
+def connect_from(address: tuple[str, int], source_ip: str, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to `address` from `source_ip` (bound before connecting)."""
+    return socket.create_connection(address, timeout=timeout, source_address=(source_ip, 0))
+
+
+def ask(sock: socket.socket, request: bytes, lines: int = 1) -> bytes:
+    """Send a tracker request; the reply up to its `lines`-th newline (or EOF)."""
+    sock.sendall(request)
+    data = b""
+    while data.count(b"\n") < lines:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -25,7 +25,7 @@ from blockkit import fixed_key, make_block, other_key, tx_for
 from framework.members import Organizer
 from framework.network import Network
 from framework.waiting import wait_until
-from hostile import is_eof, raw_frame, wait_closed
+from hostile import ask, connect_from, is_eof, raw_frame, wait_closed
 from votechain.core import discipline
 from votechain.core.block import Block
 from votechain.core.discipline import (
@@ -64,22 +64,6 @@ LOCAL = "127.0.0.1"
 ATTACKER = "127.0.0.2"
 HONEST = "127.0.0.3"
 DIFFICULTY = 3
-
-
-def connect_from(address: tuple[str, int], source_ip: str, timeout: float = 5.0) -> socket.socket:
-    """A TCP connection to `address` from `source_ip` (bound before connecting)."""
-    return socket.create_connection(address, timeout=timeout, source_address=(source_ip, 0))
-
-
-def ask(sock: socket.socket, request: bytes, lines: int = 1) -> bytes:
-    sock.sendall(request)
-    data = b""
-    while data.count(b"\n") < lines:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest.fixture

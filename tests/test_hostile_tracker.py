@@ -23,7 +23,9 @@ import pytest
 from framework.waiting import wait_until
 from hostile import (
     LOCAL,
+    ask,
     connect,
+    connect_from,
     drip,
     is_eof,
     open_many,
@@ -56,22 +58,6 @@ def tracker_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
     wait_until(lambda: text in caplog.text, 5.0, what=f"log line containing {text!r}")
-
-
-def connect_from(address: tuple[str, int], source_ip: str) -> socket.socket:
-    """A connection to `address` from `source_ip` (another loopback address, say)."""
-    return socket.create_connection(address, timeout=5.0, source_address=(source_ip, 0))
-
-
-def ask(sock: socket.socket, request: bytes, lines: int = 1) -> bytes:
-    sock.sendall(request)
-    data = b""
-    while data.count(b"\n") < lines:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def assert_serves(server: TrackerServer, *, also: list[tuple[str, int]] | None = None) -> None:

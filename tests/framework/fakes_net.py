@@ -122,13 +122,8 @@ class SilentPeer:
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._accepted: list[socket.socket] = []
         # Registered as long as this connection stays open (the tracker's rule).
-        self._registration = TrackerClient(*tracker)
-        try:
-            self._registration.connect()
-            self._registration.register(self.address[1])
-        except BaseException:
-            self.close()
-            raise
+        self._registration: TrackerClient | None = None
+        self._registration = register_or_close(tracker, self.address[1], self.close)
 
     def accept(self) -> socket.socket:
         """The next connection a node opened to us (waits for it); closed by `close()`."""
@@ -138,7 +133,8 @@ class SilentPeer:
 
     def close(self) -> None:
         """Unregister (the tracker drops us with the connection) and close every socket."""
-        self._registration.close()
+        if self._registration is not None:  # None while registering failed
+            self._registration.close()
         for conn in self._accepted:
             conn.close()
         self._listener.close()
@@ -326,13 +322,7 @@ class FakePeer(_Server):
         super().__init__("fake-peer")
         self._registration: TrackerClient | None = None
         if tracker is not None:
-            self._registration = TrackerClient(*tracker)
-            try:
-                self._registration.connect()
-                self._registration.register(self.address[1])
-            except BaseException:
-                self.close()
-                raise
+            self._registration = register_or_close(tracker, self.address[1], self.close)
 
     def wait(self, seconds: float) -> None:
         """Let `seconds` pass, or less if the fake is being closed."""
@@ -429,3 +419,17 @@ class FakePeersProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def register_or_close(tracker: Address, port: int, close: Callable[[], None]) -> TrackerClient:
+    """A tracker registration of `port`, alive as long as the returned client's
+    connection; if it fails, `close()` the fake being set up, then raise."""
+    client = TrackerClient(*tracker)
+    try:
+        client.connect()
+        client.register(port)
+    except BaseException:
+        client.close()
+        close()
+        raise
+    return client
