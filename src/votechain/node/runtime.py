@@ -65,10 +65,11 @@ from votechain.core.node_effects import (
 )
 from votechain.core.node_state import NodeState
 from votechain.core.rules import check_difficulty
-from votechain.errors import BadCertificate, InvalidVote, NodeStopping
+from votechain.errors import InvalidVote, NodeStopping
 from votechain.mining.pool import LiveRate
 from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
+from votechain.node.certificates import CertificateKeeper
 from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
 from votechain.node.datadir import DataDirLock
 from votechain.node.inbound import InboundServer
@@ -169,7 +170,7 @@ class Node:
             if membership.certificate is not None:
                 certificate = membership.certificate.encode()
         self.store = ChainStore.open(self.data_dir, self.difficulty, genesis)  # quick_check
-        self._saved_authors = self._load_certificates()
+        self.certificates = CertificateKeeper(self.members, self.store)
         verified = self.store.verified_height
         started = time.perf_counter()
         self.state, restored = NodeState.restore(
@@ -250,36 +251,6 @@ class Node:
                  *self.address, role, self.chain.height, self.state.pending_count,
                  self.pool.backend, self.pool.size)
 
-    def _load_certificates(self) -> set[bytes]:
-        """Admit the certificates the store kept (a bad one is skipped: the blocks
-        it would vouch for then fail at restore); the member keys whose
-        certificate the store holds."""
-        if self.members is None:
-            return set()
-        saved = set()
-        for raw in self.store.certificates():
-            try:
-                saved.add(self.members.admit(raw).member)
-            except BadCertificate as exc:
-                log.warning("ignoring a stored certificate: %s", exc)
-        return saved
-
-    def _save_certificates(self, blocks: Iterable[Block]) -> None:
-        """Keep the certificate of each new author, so the data directory alone
-        proves every stored block's author a member (`votechain verify`)."""
-        if self.members is None:
-            return
-        new = []
-        for block in blocks:
-            author = block.author
-            if author not in self._saved_authors:
-                cert = self.members.certificate(author)
-                if cert is not None:
-                    new.append((author, cert.encode()))
-                    self._saved_authors.add(author)
-        if new:
-            self.store.save_certificates(new)
-
     def stop(self) -> None:
         """Unregister, stop every thread and worker, close the database. Idempotent."""
         if not self._started or self._stopping.is_set():
@@ -312,8 +283,7 @@ class Node:
         for effect in effects:
             match effect:  # the receive path's three first: each case is an isinstance
                 case AppendBlock(block=block, done=done):
-                    if block.author not in self._saved_authors:
-                        self._save_certificates((block,))
+                    self.certificates.keep((block,))
                     self.store.append(block, done=done)
                 case AbortMining():
                     self.pool.abort()
@@ -324,7 +294,7 @@ class Node:
                 case QueueVote(tx=tx):
                     self.store.add_pending(tx)
                 case ReplaceFrom(first_id=first_id, blocks=blocks, requeue=requeue, done=done):
-                    self._save_certificates(blocks)
+                    self.certificates.keep(blocks)
                     self.store.replace_from(first_id, blocks, requeue=requeue, done=done)
                 case DropVotes(tx_ids=tx_ids):
                     self.store.drop_pending(tx_ids)
@@ -360,7 +330,7 @@ class Node:
         if isinstance(msg, GetBlocks):
             with self._lock:
                 batch = self.chain.blocks_from(msg.from_id, min(msg.limit, MAX_BATCH_BLOCKS))
-            return Blocks(tuple(batch), self._certificates_of(batch))
+            return Blocks(tuple(batch), self.certificates.of(batch))
         if isinstance(msg, Add):
             if not peer.member or peer.key is None:
                 network = (f"network {self.config.membership.network.name!r}"
@@ -377,14 +347,6 @@ class Node:
                 self.inbound.misbehaved(source, peer, offence, result.reason)
             return result
         return Error(f"unexpected {type(msg).__name__} message")
-
-    def _certificates_of(self, batch: list[Block]) -> tuple[bytes, ...]:
-        """The certificates of a batch's authors, each once (none on an open network)."""
-        if self.members is None:
-            return ()
-        authors = dict.fromkeys(b.author for b in batch if b.id > 0)
-        certs = (self.members.certificate(author) for author in authors)
-        return tuple(cert.encode() for cert in certs if cert is not None)
 
     def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
         """The seed design's 'add a block' request (docs/design.md): screen and
