@@ -178,13 +178,9 @@ def _network_members(data_dir: Path, network_path: Path | None) -> Members | Non
         if network is None:
             return None
         members = Members(network)
-        lists = [data_dir / files.REVOCATIONS_COPY]
-        if network_path is not None:
-            lists.append(files.beside(network_path, files.REVOKED_SUFFIX))
-        for path in lists:
-            if path.exists():
-                # Members keeps the list with the highest serial, whatever the order.
-                members.revoke(files.read_revocations(path))
+        for revocations in files.revocation_lists(data_dir, network_path):
+            # Members keeps the list with the highest serial, whatever the order.
+            members.revoke(revocations)
     except BadCertificate as exc:
         raise CliError(str(exc)) from exc
     return members

@@ -297,7 +297,7 @@ def install(network: Network, data_dir: Path, certificate_path: Path, *,
                              f"({fingerprint(key.public_der).hex()[:16]}…): was it made from "
                              f"this directory's {PUBLIC_KEY_FILE}?")
     members = Members(network)
-    for revocations in _revocation_lists(data, network_path):
+    for revocations in revocation_lists(data, network_path):
         members.revoke(revocations)  # raises if not this network's, or not signed
     with _naming(Path(certificate_path)):
         members.admit(cert)  # this network's id, signed by its authority
@@ -366,7 +366,7 @@ def _check_directory_network(data: Path, network: Network) -> None:
                               "use another --data-dir")
 
 
-def _revocation_lists(data: Path, network_path: Path | None) -> list[Revocations]:
+def revocation_lists(data: Path, network_path: Path | None) -> list[Revocations]:
     """The lists beside the network file and in the data directory, if there."""
     paths = [beside(network_path, REVOKED_SUFFIX)] if network_path else []
     return [read_revocations(path) for path in [*paths, data / REVOCATIONS_COPY]
@@ -400,7 +400,7 @@ def load_membership(network: Network, data_dir: Path, *, network_path: Path | No
     _check_directory_network(data, network)
     lists = [revocations] if revocations is not None else []
     members = Members(network)
-    for candidate in lists + _revocation_lists(data, network_path):
+    for candidate in lists + revocation_lists(data, network_path):
         members.revoke(candidate)  # raises if not this network's, or not signed
     if observer:
         # An observer's key proves nothing, but the node signs its handshake with one.
