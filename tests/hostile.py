@@ -8,7 +8,7 @@
   attacker's own pacing, not a test synchronising on a sleep);
 - `wait_closed`: read and discard until the other side closes, under a deadline;
 - `open_many`: a flood of connections, all closed on exit;
-- `connect_from`, `ask`: a connection bound to another loopback address
+- `connect_from`, `ask`, `read_lines`: a connection bound to another loopback address
   (Linux routes all of 127.0.0.0/8 to lo), and a tracker request read to its
   last line: one address among many, as the per-address bounds see it;
 - `wait_idle` (with `cpu_fraction`, `IDLE_LIMIT`, `IDLE_WINDOW`; their home is
@@ -57,6 +57,7 @@ __all__ = [
     "is_eof",
     "open_many",
     "raw_frame",
+    "read_lines",
     "send_and_hang_up",
     "wait_closed",
     "wait_idle",
@@ -272,13 +273,18 @@ def connect_from(address: tuple[str, int], source_ip: str, timeout: float = 5.0)
     return socket.create_connection(address, timeout=timeout, source_address=(source_ip, 0))
 
 
-def ask(sock: socket.socket, request: bytes, lines: int = 1) -> bytes:
-    """Send a tracker request; the reply up to its `lines`-th newline (or EOF)."""
-    sock.sendall(request)
+def read_lines(sock: socket.socket, count: int) -> bytes:
+    """Read until `count` newlines have arrived (or EOF): a tracker reply."""
     data = b""
-    while data.count(b"\n") < lines:
+    while data.count(b"\n") < count:
         chunk = sock.recv(65536)
         if not chunk:
             break
         data += chunk
     return data
+
+
+def ask(sock: socket.socket, request: bytes, lines: int = 1) -> bytes:
+    """Send a tracker request; the reply up to its `lines`-th newline (or EOF)."""
+    sock.sendall(request)
+    return read_lines(sock, lines)

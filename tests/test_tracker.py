@@ -17,6 +17,7 @@ import pytest
 
 from framework.fakes_net import scripted_tracker
 from framework.waiting import wait_until
+from hostile import ask, read_lines
 from votechain.errors import TrackerError
 from votechain.net.tracker_client import TrackerClient, fetch_nodes
 from votechain.net.tracker_server import TrackerServer
@@ -34,22 +35,6 @@ def tracker() -> Iterator[TrackerServer]:
 def raw(server: TrackerServer) -> socket.socket:
     sock = socket.create_connection(server.address, timeout=2.0)
     return sock
-
-
-def read_lines(sock: socket.socket, count: int) -> bytes:
-    """Read until ``count`` newlines have arrived (or EOF)."""
-    data = b""
-    while data.count(b"\n") < count:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def ask(sock: socket.socket, request: bytes, reply_lines: int = 1) -> bytes:
-    sock.sendall(request)
-    return read_lines(sock, reply_lines)
 
 
 def is_closed_by_peer(sock: socket.socket) -> bool:
