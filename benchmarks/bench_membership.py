@@ -15,9 +15,9 @@ import time
 from dataclasses import replace
 
 import pytest
-from benchkit import median, run
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from benchkit import median, run
 from votechain import mining
 from votechain.core import rules
 from votechain.core.block import Block

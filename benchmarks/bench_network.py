@@ -20,9 +20,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from benchkit import median, run
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from benchkit import median, run
 from framework.network import Network
 from votechain import mining
 from votechain.core import keys, rules
@@ -164,10 +164,8 @@ def test_propagation_five_peers(benchmark: BenchmarkFixture, net: Network,
         block = origin.wait_for_tx(tx, 30)
         assert block is not None
         appended = time.perf_counter()
-        block_hash = block.hash
-
         def holds_it(chain: Chain) -> bool:
-            return chain.has_hash(block_hash)
+            return chain.holds(block.id, block.hash)
 
         for node in nodes:
             assert node.wait_until(holds_it, 30)

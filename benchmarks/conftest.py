@@ -3,7 +3,9 @@
 Each miner benchmark records its rate in the session's `bench_rates` dict; at the
 end of the run `pytest_terminal_summary` prints them with the ratios that matter
 (native/pure, native/limit, pool/native-1, abort p99), so the `make bench`
-output alone answers "how fast is the miner here, and against what".
+output alone answers "how fast is the miner here, and against what". The
+long-chain figures (bench_long_chain.py) follow as a table by height, with
+issue 10's goals and whether each was met beside them.
 
 The network benchmarks run on the tests' own harness (tests/framework/), so
 tests/ goes on the import path here, as pytest puts it there for the tests
@@ -14,6 +16,7 @@ sys.path); `make lint` type-checks benchmarks with MYPYPATH=tests to match.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,7 +51,8 @@ def pytest_terminal_summary(
     if not rates:
         return
     workers = int(rates.get("pool_workers", 0))
-    lines = [
+    miner = any(key in rates for key in ("limit", "pure", "native", "portable", "pool"))
+    lines = [] if not miner else [
         f"single-stream SHA-256 limit (hashlib): {_rate(rates, 'limit', 'M compressions/s')}",
         f"pure, 1 worker:       {_rate(rates, 'pure')}",
         f"native, 1 worker:     {_rate(rates, 'native')}   "
@@ -96,6 +100,76 @@ def pytest_terminal_summary(
         lines.append(f"3-block fork switch (prechecked): "
                      f"{rates['fork_switch_us_1000']:,.1f} us at height 1,000, "
                      f"{rates['fork_switch_us_50000']:,.1f} us at height 50,000")
+    long_chain = _long_chain_lines(rates)
+    if long_chain:
+        lines += ([""] if lines else []) + long_chain  # a blank line after the others
     terminalreporter.write_sep("=", "votechain benchmark summary")
     for line in lines:
         terminalreporter.write_line(line)
+
+
+# Issue 10's goals for the long-chain figures (bench_long_chain.py records them as
+# "long_NAME@HEIGHT"): a peer's start-up and memory stay flat as the chain grows.
+LONG_SMALL, LONG_LARGE = 10_000, 1_000_000
+STARTUP_GOAL_S = 2.0  # at LONG_LARGE
+RSS_GOAL_MB = 150.0  # at LONG_LARGE
+FLAT = 0.2  # RSS and vote rate at LONG_LARGE within 20% of LONG_SMALL's
+VERIFY_SPEEDUP_GOAL = 1.6  # 2 workers against 1
+
+
+def _long_chain_lines(rates: dict[str, float]) -> list[str]:
+    """The long-chain figures as a table, one column per height, the goal and
+    whether it was met beside each: reported, never asserted."""
+    heights = sorted({int(key.rsplit("@", 1)[1]) for key in rates
+                      if key.startswith("long_") and "@" in key})
+    if not heights:
+        return []
+
+    def at(name: str, height: int) -> float | None:
+        return rates.get(f"long_{name}@{height}")
+
+    def speedup(height: int) -> float | None:
+        one, every = at("verify_1", height), at("verify_n", height)
+        return every / one if one and every is not None else None
+
+    def grown(name: str) -> float | None:
+        """The LONG_LARGE figure over the LONG_SMALL one."""
+        small, large = at(name, LONG_SMALL), at(name, LONG_LARGE)
+        return large / small if small and large is not None else None
+
+    def verdict(*checks: tuple[float | None, Callable[[float], bool]]) -> str:
+        if any(value is None for value, _ in checks):
+            return "not measured"
+        return "met" if all(ok(value) for value, ok in checks if value is not None) else "MISSED"
+
+    workers = int(rates.get("long_verify_workers", 0))
+    rows: list[tuple[str, Callable[[int], str | None], str, str]] = [
+        ("start-up to serving", lambda h: _fmt(at("startup_s", h), "{:.2f} s"),
+         f"< {STARTUP_GOAL_S:g} s at {LONG_LARGE:,}",
+         verdict((at("startup_s", LONG_LARGE), lambda s: s < STARTUP_GOAL_S))),
+        ("peer RSS at start-up", lambda h: _fmt(at("rss_mb", h), "{:.0f} MB"),
+         f"< {RSS_GOAL_MB:g} MB at {LONG_LARGE:,}, <= {1 + FLAT:g}x {LONG_SMALL:,}'s",
+         verdict((at("rss_mb", LONG_LARGE), lambda mb: mb < RSS_GOAL_MB),
+                 (grown("rss_mb"), lambda x: x <= 1 + FLAT))),
+        ("verify, 1 worker", lambda h: _fmt(at("verify_1", h), "{:,.0f} blocks/s"), "", ""),
+        (f"verify, {workers} workers", lambda h: _fmt(at("verify_n", h), "{:,.0f} blocks/s"),
+         "", ""),
+        (f"verify, {workers} workers / 1", lambda h: _fmt(speedup(h), "{:.2f}x"),
+         f">= {VERIFY_SPEEDUP_GOAL:g}x at {LONG_LARGE:,} (2 workers)",
+         verdict((speedup(LONG_LARGE), lambda x: x >= VERIFY_SPEEDUP_GOAL))),
+        ("sync of a fresh peer", lambda h: _fmt(at("sync_per_s", h), "{:,.0f} blocks/s"), "", ""),
+        ("two peers voting", lambda h: _fmt(at("votes_per_s", h), "{:.1f} votes/s"),
+         f">= {1 - FLAT:g}x {LONG_SMALL:,}'s at {LONG_LARGE:,}",
+         verdict((grown("votes_per_s"), lambda x: x >= 1 - FLAT))),
+    ]
+    width = 18
+    lines = [f"{'long chain, height':<28}"
+             + "".join(f"{h:>{width},}" for h in heights) + "   goal (issue 10)"]
+    for label, value, goal, met in rows:
+        cells = "".join(f"{value(h) or '-':>{width}}" for h in heights)
+        lines.append(f"{label:<28}{cells}   {goal:<44}{met}".rstrip())
+    return lines
+
+
+def _fmt(value: float | None, form: str) -> str | None:
+    return None if value is None else form.format(value)

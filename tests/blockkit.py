@@ -60,6 +60,13 @@ def make_block(
 ) -> Block:
     """A valid block after `prev`: mined (first nonce from 0) and signed, like a node does."""
     key = key or fixed_key()
+    mined = mine_block(prev, tx, author=key.public_der, difficulty=difficulty)
+    return replace(mined, signature=key.sign(mined.hash))
+
+
+def mine_block(prev: Block, tx: Transaction, *, author: bytes,
+               difficulty: int = LOW_DIFFICULTY) -> Block:
+    """The block after `prev` by `author`, mined (first nonce from 0), not yet signed."""
     template = Block(
         id=prev.id + 1,
         transaction=tx,
@@ -67,12 +74,11 @@ def make_block(
         prev_hash=prev.hash,
         hash=bytes(HASH_BYTES),
         signature=b"",
-        author=key.public_der,
+        author=author,
     )
     nonce = pure.search(template.content(), difficulty, 0, 2**64)
     assert nonce is not None
-    mined = template.with_nonce(nonce)
-    return replace(mined, signature=key.sign(mined.hash))
+    return template.with_nonce(nonce)
 
 
 def resign(block: Block, key: NodeKey | None = None) -> Block:

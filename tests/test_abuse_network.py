@@ -109,10 +109,7 @@ def rss_bytes() -> int:
 
 def seeded(net: Network, name: str, blocks: list[Block], **overrides: Any) -> Node:
     """A node holding `blocks` (genesis first), seeded without the network."""
-    node = net.add_node(name, **overrides)
-    with node._changed:
-        node.chain.switch(blocks[1:], difficulty=LOW_DIFFICULTY, now_ms=0, prechecked=True)
-    return node
+    return net.seeded(name, blocks, **overrides)
 
 
 def serving(chain: list[Block], tip: Block | None = None,

@@ -35,7 +35,7 @@ def chain_of(blocks: list) -> Chain:  # type: ignore[type-arg]
 
 def snapshot(chain: Chain) -> tuple[object, ...]:
     return (chain.blocks(), chain.height, chain.tip,
-            [chain.has_hash(b.hash) for b in BASE],
+            [chain.holds(b.id, b.hash) for b in BASE],
             [chain.block_with_tx(b.transaction.tx_id) for b in BASE])
 
 
@@ -43,7 +43,7 @@ def test_new_chain_is_genesis() -> None:
     chain = Chain()
     assert chain.height == 0 and len(chain) == 1
     assert chain.tip == chain.genesis == genesis_block()
-    assert chain.has_hash(genesis_block().hash)
+    assert chain.holds(genesis_block().id, genesis_block().hash)
 
 
 def test_append_and_lookups() -> None:
@@ -55,7 +55,7 @@ def test_append_and_lookups() -> None:
     assert chain.blocks_from(-3, 1) == BASE[:1]
     assert chain.blocks_from(3, 100) == BASE[3:]
     assert chain.blocks_from(9, 5) == [] and chain.blocks_from(1, -1) == []
-    assert all(chain.has_hash(b.hash) for b in BASE)
+    assert all(chain.holds(b.id, b.hash) for b in BASE)
     assert chain.block_with_tx(BASE[3].transaction.tx_id) == BASE[3]
     assert chain.block_with_tx(b"\x00" * 15 + b"\x01") is None
     # blocks() is a copy: changing it does not change the chain.
@@ -108,10 +108,10 @@ def test_switch_drops_and_adds() -> None:
     assert chain.blocks() == [*BASE[:3], *branch]
     assert chain.height == 5
     for gone in BASE[3:]:
-        assert not chain.has_hash(gone.hash)
+        assert not chain.holds(gone.id, gone.hash)
         assert chain.block_with_tx(gone.transaction.tx_id) is None
     for new in branch:
-        assert chain.has_hash(new.hash)
+        assert chain.holds(new.id, new.hash)
         assert chain.block_with_tx(new.transaction.tx_id) == new
     # The orphaned transactions can be mined again on the new tip.
     again = make_block(chain.tip, BASE[3].transaction)
@@ -220,7 +220,7 @@ def assert_indexes_rebuilt(chain: Chain, universe: Sequence[Block]) -> None:
     rebuilt = Chain(chain.blocks())
     assert chain.height == rebuilt.height and chain.tip == rebuilt.tip
     for block in universe:
-        assert chain.has_hash(block.hash) == rebuilt.has_hash(block.hash)
+        assert chain.holds(block.id, block.hash) == rebuilt.holds(block.id, block.hash)
         tx_id = block.transaction.tx_id
         assert chain.block_with_tx(tx_id) == rebuilt.block_with_tx(tx_id)
 
@@ -247,7 +247,7 @@ def test_switch_may_carry_again_the_votes_it_drops() -> None:
                             orphaned=())
     assert chain.block_with_tx(BASE[3].transaction.tx_id) == branch[1]
     assert chain.block_with_tx(BASE[4].transaction.tx_id) == branch[0]
-    assert not chain.has_hash(BASE[3].hash) and not chain.has_hash(BASE[4].hash)
+    assert not any(chain.holds(b.id, b.hash) for b in BASE[3:5])
     assert_indexes_rebuilt(chain, [*BASE, *branch])
 
 

@@ -277,5 +277,16 @@ class StoreError(Unavailable, RuntimeError):
     """The database is unusable (missing, another network's, or corrupt)."""
 
 
+class DamagedStore(StoreError):
+    """A stored block read back as history (node/store.py) fails the checks it
+    passed when it was stored: the file was damaged or edited since."""
+
+    def __init__(self, block_id: int, problem: str) -> None:
+        super().__init__(f"stored block {block_id} {problem}: the store was damaged since the "
+                         "node checked it (`votechain verify` says where; the node re-checks "
+                         "its chain from there at its next start)")
+        self.block_id = block_id
+
+
 class DemoError(VotechainError):
     """The demo could not go on; the message says why."""

@@ -129,6 +129,19 @@ class Network:
     def add_nodes(self, names: Iterable[str], **overrides: Any) -> list[Node]:
         return [self.add_node(name, **overrides) for name in names]
 
+    def seeded(self, name: str, blocks: list[Block], **overrides: Any) -> Node:
+        """A node holding `blocks` (genesis first), planted without the network
+        and without the stand-alone checks (so a test can plant a block that
+        breaks them): switched to in memory and written to the node's store,
+        as an adopted branch is (the store holds the chain below the window)."""
+        node = self.add_node(name, **overrides)
+        with node._changed:
+            switch = node.chain.switch(blocks[1:], difficulty=self.difficulty, now_ms=0,
+                                       prechecked=True)
+            node.store.replace_from(switch.fork_id + 1, switch.added, requeue=())
+            node.chain.settled()
+        return node
+
     def start_node(self, config: NodeConfig, *, register: bool = True) -> Node:
         node = Node(config)
         node.start()  # a start that fails leaves nothing running (Node.start's contract)

@@ -1,4 +1,4 @@
-"""Chain: the in-memory blockchain of one node, and the rules that need the whole chain.
+"""Chain: the blockchain of one node, and the rules that need the whole chain.
 
 Pure: no locks, no I/O, the clock passed in. The node wraps it in one lock and
 mirrors every change into the store.
@@ -7,13 +7,25 @@ Beyond the per-block rules (rules.py) a chain enforces one more: a transaction
 id appears at most once. That is what makes a vote count once even when a fork
 switch re-queues it and it is mined again, and what makes a replayed block
 from another branch useless.
+
+Where the blocks live. A chain made alone holds every block in memory (tests,
+`votechain verify`, the state a node restores before it is attached). A
+node's chain is `attach`ed to a History (node/store.py's ChainStore: SQLite)
+and keeps in memory only a window of its latest blocks, WINDOW to 2*WINDOW of
+them, and the tx ids of those: older blocks and the duplicate-vote rule's
+lookups go to the history through its indexes, so memory does not grow with
+the chain. The contract that makes that safe: the history holds exactly this
+chain's blocks below the window whenever a method is called, which the node
+keeps by writing each decision's effects to the store before the next one
+and calling `settled()` after each write; a chain forgets only blocks it was
+told are settled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, overload
 
 from votechain.core.block import Block, genesis_block
 from votechain.core.rules import check_block_alone, check_link
@@ -21,6 +33,28 @@ from votechain.errors import BadGenesis, BadLink, DuplicateTransaction
 
 if TYPE_CHECKING:
     from votechain.core.membership import Members
+
+# Blocks an attached chain keeps in memory at least: a fork switch shallower than
+# this reads nothing from the history. It trims itself back to WINDOW once it
+# holds twice as many, so trimming costs O(1) a block on average.
+WINDOW = 1024
+
+
+class History(Protocol):
+    """Where an attached chain's older blocks live (node/store.py's ChainStore).
+    Reads only: the node writes to it through its effects."""
+
+    def block_at(self, block_id: int) -> Block:
+        """The block of id `block_id` (raises StoreError if it holds none)."""
+        ...
+
+    def blocks_between(self, first_id: int, end_id: int) -> list[Block]:
+        """The blocks of ids first_id .. end_id - 1, in order."""
+        ...
+
+    def id_of_tx(self, tx_id: bytes) -> int | None:
+        """The id of the block carrying `tx_id`, or None."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +70,16 @@ class Switch:
 
 class Chain:
     def __init__(self, blocks: Iterable[Block] = (), genesis: Block | None = None) -> None:
-        self._blocks: list[Block] = [genesis or genesis_block()]
+        self._genesis = genesis or genesis_block()
+        # The window: the blocks of ids _base.. in memory (all of them, _base 0,
+        # until the chain is attached to a history).
+        self._blocks: list[Block] = [self._genesis]
+        self._base = 0
         self._by_tx: dict[bytes, int] = {}
-        self._by_hash: dict[bytes, int] = {self._blocks[0].hash: 0}
+        self._history: History | None = None
         for block in blocks:
             if block.id == 0:
-                if block != self._blocks[0]:
+                if block != self._genesis:
                     raise BadGenesis(block, "stored genesis differs from this network's")
                 continue
             self._push(block)
@@ -59,9 +97,46 @@ class Chain:
             chain.append(block, difficulty=difficulty, now_ms=now_ms, members=members)
         return chain
 
+    @classmethod
+    def resumed(cls, history: History, anchor: Block, genesis: Block | None = None) -> Chain:
+        """A chain attached to `history` whose tip is `anchor`, every block below
+        it in the history (trusted: the caller checked what it had to)."""
+        chain = cls(genesis=genesis)
+        chain._history = history
+        chain._blocks = [anchor]
+        chain._base = anchor.id
+        return chain
+
+    # ------------------------------------------------------------ where blocks live
+
+    def attach(self, history: History) -> None:
+        """From now on the blocks below the window live in `history`, which holds
+        this chain's blocks as of now; the in-memory ones are trimmed to the window."""
+        self._history = history
+        self.settled()
+
+    def settled(self) -> None:
+        """The history now holds every block of this chain: forget the oldest
+        beyond the window (no-op for a chain not attached)."""
+        if self._history is None or len(self._blocks) <= 2 * WINDOW:
+            return
+        cut = len(self._blocks) - WINDOW
+        for block in self._blocks[:cut]:
+            if self._by_tx.get(block.transaction.tx_id) == block.id:
+                del self._by_tx[block.transaction.tx_id]
+        del self._blocks[:cut]
+        self._base += cut
+
+    @property
+    def in_memory(self) -> int:
+        """How many blocks the chain holds in memory (the window, when attached)."""
+        return len(self._blocks)
+
+    # ------------------------------------------------------------------- reads
+
     @property
     def genesis(self) -> Block:
-        return self._blocks[0]
+        return self._genesis
 
     @property
     def tip(self) -> Block:
@@ -72,30 +147,75 @@ class Chain:
         return self._blocks[-1].id
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return self.height + 1
 
-    def __getitem__(self, block_id: int) -> Block:
-        return self._blocks[block_id]
+    @overload
+    def __getitem__(self, key: int) -> Block: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[Block]: ...
+
+    def __getitem__(self, key: int | slice) -> Block | list[Block]:
+        if isinstance(key, slice):
+            return self.blocks()[key]
+        block_id = key + len(self) if key < 0 else key
+        if not 0 <= block_id <= self.height:
+            raise IndexError(f"block {key} is not in a chain of height {self.height}")
+        if block_id >= self._base:
+            return self._blocks[block_id - self._base]
+        if block_id == 0:
+            return self._genesis
+        assert self._history is not None  # _base > 0 only when attached
+        return self._history.block_at(block_id)
 
     def blocks(self) -> list[Block]:
-        return list(self._blocks)
+        """Every block, genesis first (read from the history below the window:
+        for tests and tools; the node serves ranges with `blocks_from`)."""
+        return self.blocks_from(0, len(self))
+
+    def iter_blocks(self, batch: int = WINDOW) -> Iterator[Block]:
+        """Every block, genesis first, read `batch` at a time (a walk of a long
+        chain that never holds it all in memory)."""
+        for first in range(0, len(self), batch):
+            yield from self.blocks_from(first, batch)
 
     def blocks_from(self, first_id: int, limit: int) -> list[Block]:
-        return self._blocks[max(first_id, 0) : max(first_id, 0) + max(limit, 0)]
+        first = max(first_id, 0)
+        end = min(first + max(limit, 0), len(self))
+        if first >= end:
+            return []
+        older: list[Block] = []
+        if first < self._base:
+            assert self._history is not None
+            older = self._history.blocks_between(first, min(end, self._base))
+        return older + self._blocks[max(first - self._base, 0) : max(end - self._base, 0)]
 
-    def has_hash(self, block_hash: bytes) -> bool:
-        return block_hash in self._by_hash
+    def holds(self, block_id: int, block_hash: bytes) -> bool:
+        """Whether the block of id `block_id` in this chain has hash `block_hash`
+        (ids are positions: no index of hashes is needed)."""
+        return 0 <= block_id <= self.height and self[block_id].hash == block_hash
 
     def block_with_tx(self, tx_id: bytes) -> Block | None:
-        index = self._by_tx.get(tx_id)
-        return None if index is None else self._blocks[index]
+        block_id = self._tx_holder(tx_id)
+        return None if block_id is None else self[block_id]
+
+    def _tx_holder(self, tx_id: bytes) -> int | None:
+        """The id of the block carrying `tx_id`: the window's dict, else the history's index."""
+        block_id = self._by_tx.get(tx_id)
+        if block_id is not None or self._history is None:
+            return block_id
+        block_id = self._history.id_of_tx(tx_id)
+        # The history's rows at or above the window's base are the window's.
+        return block_id if block_id is not None and block_id < self._base else None
+
+    # ------------------------------------------------------------------ writes
 
     def check_next(self, block: Block) -> None:
         """The cheap, chain-dependent checks of a block that would extend the tip."""
         check_link(block, self.tip)
-        if block.transaction.tx_id in self._by_tx:
+        holder = self._tx_holder(block.transaction.tx_id)
+        if holder is not None:
             raise DuplicateTransaction(block, f"tx {block.transaction.tx_id.hex()} is in block "
-                                              f"{self._by_tx[block.transaction.tx_id]}")
+                                              f"{holder}")
 
     def append(self, block: Block, *, difficulty: int, now_ms: int,
                signature: bool = True, members: Members | None = None) -> None:
@@ -115,7 +235,6 @@ class Chain:
     def _push(self, block: Block) -> None:
         self._blocks.append(block)
         self._by_tx[block.transaction.tx_id] = block.id
-        self._by_hash[block.hash] = block.id
 
     def fork_point(self, branch: Sequence[Block]) -> int:
         """The id of the last block of ours that `branch` builds on (branch[0]'s parent).
@@ -123,7 +242,7 @@ class Chain:
         Raises BadLink when branch[0] hangs off no block we hold."""
         first = branch[0]
         parent_id = first.id - 1
-        if 0 <= parent_id <= self.height and self._blocks[parent_id].hash == first.prev_hash:
+        if self.holds(parent_id, first.prev_hash):
             return parent_id
         raise BadLink(first, "builds on a block this node does not hold")
 
@@ -138,8 +257,7 @@ class Chain:
         parent_id = self.fork_point(branch)
         # Blocks the branch repeats verbatim are not part of the fork.
         skip = 0
-        while (skip < len(branch) and parent_id + 1 + skip <= self.height
-               and self._blocks[parent_id + 1 + skip].hash == branch[skip].hash):
+        while skip < len(branch) and self.holds(parent_id + 1 + skip, branch[skip].hash):
             skip += 1
         fork_id = parent_id + skip
         new_blocks = tuple(branch[skip:])
@@ -147,14 +265,14 @@ class Chain:
         # place: copying the prefix would make every switch cost the chain's
         # height; this costs the fork's depth plus the branch's length. The
         # rules and their order are append's: link, duplicate, stand-alone.
-        prev = self._blocks[fork_id]
+        prev = self[fork_id]
         in_branch: dict[bytes, int] = {}
         for block in new_blocks:
             check_link(block, prev)
             tx_id = block.transaction.tx_id
             holder = in_branch.get(tx_id)
             if holder is None:
-                index = self._by_tx.get(tx_id)
+                index = self._tx_holder(tx_id)
                 # A vote in the part about to be dropped may be carried again.
                 holder = index if index is not None and index <= fork_id else None
             if holder is not None:
@@ -164,15 +282,20 @@ class Chain:
             in_branch[tx_id] = block.id
             prev = block
         # Every block passed: only now change anything.
-        dropped = tuple(self._blocks[fork_id + 1 :])
+        dropped = tuple(self.blocks_from(fork_id + 1, self.height - fork_id))
         for block in dropped:
             # Guarded: a chain from the unchecked constructor may index a tx id
-            # or hash at another block; a switch must not fail halfway on it.
+            # at another block; a switch must not fail halfway on it.
             if self._by_tx.get(block.transaction.tx_id) == block.id:
                 del self._by_tx[block.transaction.tx_id]
-            if self._by_hash.get(block.hash) == block.id:
-                del self._by_hash[block.hash]
-        del self._blocks[fork_id + 1 :]
+        if fork_id >= self._base:
+            del self._blocks[fork_id + 1 - self._base :]
+        else:
+            # Deeper than the window: the window starts again at the fork point
+            # (read from the history, which still holds it and everything below).
+            # The blocks it held are all dropped, so no tx id of theirs is left.
+            self._blocks = [self[fork_id]]
+            self._base = fork_id
         for block in new_blocks:
             self._push(block)
         orphaned = tuple(b for b in dropped if b.transaction.tx_id not in in_branch)

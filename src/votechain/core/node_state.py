@@ -37,6 +37,17 @@ Inputs, and what they return (node_effects.py lists the effects):
   can also write the `pending` table, whose votes nothing signs; against
   that user no offline check helps (`votechain verify` included), and the
   network's majority replaces a forged chain at the next resolution.
+- `resume(history, tail, pending)`: start-up on a long chain without reading
+  it all (memory and start-up flat in the chain's height): the chain is
+  attached to the store (core/chain.py: only a window of recent blocks in
+  memory) and only `tail`, the rows from just below the verified height (and
+  RECHECK_TAIL below the tip) to the tip, is checked, with every rule. Any
+  failure there returns None and the node falls back to `restore`, which
+  finds the first bad row however deep. What the tail check does not see (a
+  block edited deep in the file and not re-mined through the tip) is caught
+  when it is read: every read of history re-hashes and links what it reads
+  (node/store.py), so it is never served, and the node then lowers the
+  store's verified height below it, so the next start cuts the chain there.
 - A block received from a peer, in three steps so the expensive one runs
   outside the node's lock: `screen_block` (cheap: the author must be the key
   the sender named; a block we hold is "known"), `check_alone` (the
@@ -93,7 +104,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from votechain.core.block import Block, Transaction
-from votechain.core.chain import Chain
+from votechain.core.chain import Chain, History
 from votechain.core.forkchoice import Tip, Vote, candidates, holders
 from votechain.core.node_effects import (
     ABORT_MINING,
@@ -232,6 +243,48 @@ class NodeState:
         return state, Restored(bad, effects)
 
     @classmethod
+    def resume(
+        cls,
+        author: bytes,
+        difficulty: int,
+        history: History,
+        tail: Sequence[Block | UnreadableRow],
+        pending: Iterable[Transaction],
+        *,
+        now_ms: int,
+        members: Members | None = None,
+        member: bool = True,
+    ) -> NodeState | None:
+        """The state of a node restarting on a long stored chain without reading
+        it all: its chain attached to `history` (the store), which holds every
+        block below `tail`. `tail` is the stored rows from an anchor block (at
+        or below the height the store says it verified: trusted, but its own
+        hash, difficulty, membership and signature checked) to the tip; every
+        row after the anchor is checked with every rule, linked to the anchor.
+        None when any of them fails: the caller then `restore`s from every row,
+        which cuts the chain at the first bad one (the module docstring says
+        why checking the tail is enough to catch an edit)."""
+        anchor = tail[0] if tail else None
+        if not isinstance(anchor, Block) or anchor.id == 0:
+            return None
+        state = cls(author, difficulty, members, member=member)
+        try:
+            check_block_alone(anchor, difficulty=difficulty, now_ms=now_ms, members=members)
+            state.chain = Chain.resumed(history, anchor, genesis=state.chain.genesis)
+            for row in tail[1:]:
+                if not isinstance(row, Block):
+                    return None
+                state.chain.append(row, difficulty=difficulty, now_ms=now_ms, members=members)
+        except InvalidBlock:
+            return None
+        queued: set[bytes] = set()
+        for tx in pending:
+            if tx.tx_id not in queued and state.chain.block_with_tx(tx.tx_id) is None:
+                queued.add(tx.tx_id)
+                state._pending.append(tx)
+        return state
+
+    @classmethod
     def _replay(
         cls, author: bytes, difficulty: int, members: Members | None, member: bool,
         blocks: Sequence[Block | UnreadableRow], now_ms: int, trusted: int,
@@ -284,7 +337,7 @@ class NodeState:
         if block.author != public_key:
             return BlockDecision("rejected", "author does not match the public key sent",
                                  kind="AuthorMismatch")
-        if self.chain.has_hash(block.hash):
+        if self.chain.holds(block.id, block.hash):
             return KNOWN
         return None
 
@@ -301,7 +354,7 @@ class NodeState:
 
     def block_checked(self, block: Block) -> BlockDecision:
         """Step 3: `block` passed `check_alone`; append it, or leave it to the majority."""
-        if self.chain.has_hash(block.hash):  # it may have arrived by another path meanwhile
+        if self.chain.holds(block.id, block.hash):  # it may have arrived by another path meanwhile
             return KNOWN
         tip = self.chain.tip
         if block.id == tip.id + 1 and block.prev_hash == tip.hash:
@@ -390,8 +443,8 @@ class NodeState:
         winner = plan.winner
         while winner is not None and not plan.done and plan.index < len(plan.candidates):
             target = plan.candidates[plan.index]
-            if self.chain.has_hash(target.hash):
-                if target == winner or self.chain.has_hash(winner.hash):
+            if self.chain.holds(target.id, target.hash):
+                if target == winner or self.chain.holds(winner.id, winner.hash):
                     plan.done = True  # we hold the best candidate that agrees with the majority
                     return None
                 plan.next_candidate()  # we hold it, but it is a minority fork: not good enough
@@ -435,8 +488,7 @@ class NodeState:
         """Whether our chain up to `branch`'s parting point, plus `branch`, holds `tip`."""
         if any(b.hash == tip.hash for b in branch):
             return True
-        return (tip.id < branch[0].id and tip.id <= self.chain.height
-                and self.chain[tip.id].hash == tip.hash)
+        return tip.id < branch[0].id and self.chain.holds(tip.id, tip.hash)
 
     def adopt(self, branch: Sequence[Block]) -> BranchDecision:
         """Switch to `branch` (prechecked: only the link and duplicate rules run here)."""

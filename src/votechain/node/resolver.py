@@ -135,7 +135,7 @@ class Resolver:
             switch = self._follow(plan, fetch) or switch
         if switch is not None and plan.winner is not None:
             with self._changed:
-                behind = not self._state.chain.has_hash(plan.winner.hash)
+                behind = not self._state.chain.holds(plan.winner.id, plan.winner.hash)
             if behind:
                 # Chunks adopted but the majority tip not reached (a holder's time
                 # ran out): the next round at once, not a sync_interval from now.

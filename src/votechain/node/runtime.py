@@ -25,7 +25,10 @@ One lock (`_lock`, with the Condition `_changed` on it) guards the state and
 the pool's submit/abort. Holding it across submit and abort is what makes
 restart-on-new-block race-free: a block appended between reading the tip and
 submitting the job would otherwise have its abort erased by the submit. Store
-writes happen under it too, so the store sees changes in the chain's order.
+writes happen under it too, so the store sees changes in the chain's order,
+and each decision's writes are done before the next decision: that is what
+lets the state's chain keep only a window of recent blocks and read the rest
+from the store (core/chain.py's History contract; `settled` after each write).
 Everything slow (RSA verification, mining, network requests) happens outside.
 
 The seed design (docs/design.md) asked for a lock between the sending and the
@@ -61,11 +64,12 @@ from votechain.core.node_effects import (
     QueueVote,
     ReplaceFrom,
     Resolve,
+    Restored,
     Wake,
 )
-from votechain.core.node_state import NodeState
+from votechain.core.node_state import RECHECK_TAIL, NodeState
 from votechain.core.rules import check_difficulty
-from votechain.errors import InvalidVote, NodeStopping
+from votechain.errors import DamagedStore, InvalidVote, NodeStopping
 from votechain.mining.pool import LiveRate
 from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
@@ -171,17 +175,14 @@ class Node:
                 certificate = membership.certificate.encode()
         self.store = ChainStore.open(self.data_dir, self.difficulty, genesis)  # quick_check
         self.certificates = CertificateKeeper(self.members, self.store)
-        verified = self.store.verified_height
         started = time.perf_counter()
-        self.state, restored = NodeState.restore(
-            self.key.public_der, self.difficulty, self.store.rows(), self.store.pending(),
-            now_ms=now_ms(), verified_height=verified, members=self.members, member=is_member)
-        log.info("stored chain re-checked to height %d in %.0f ms (signatures above %d)",
-                 self.state.chain.height, (time.perf_counter() - started) * 1000, verified)
+        self.state, restored, whole = self._restore(is_member)
+        log.info("stored chain re-checked to height %d in %.0f ms (%s)", self.state.chain.height,
+                 (time.perf_counter() - started) * 1000,
+                 "every block" if whole else f"the last {self.state.chain.in_memory} blocks")
         if restored.bad is not None:
             log.error("stored chain is invalid from block %d (%s); dropping it and re-syncing",
                       restored.bad.block.id, restored.bad)
-        if restored.bad is not None:
             # The dropped rows may have been edited, so the votes the drop
             # subtracts from the kept tally are not to be trusted: recount. The
             # tally is marked stale first, so a crash in between recounts at open.
@@ -190,8 +191,13 @@ class Node:
             self._carry_out(restored.effects)
         if restored.bad is not None:
             self.store.rebuild_tally()
-        elif verified < self.state.chain.height:  # an older database: checked fully just now
+        # Every block above the recorded height was just checked with every rule.
+        if self.store.verified_height < self.state.chain.height:
             self.store.mark_verified(self.state.chain.height)
+        if whole:  # membership too, of every block, against the revocations loaded now
+            self.store.mark_revocations(self._revocations_serial())
+        # From here on the chain keeps only its latest blocks in memory.
+        self.state.chain.attach(self.store)
         self.hello = Hello(PROTOCOL_VERSION, self.chain.genesis.hash, self.difficulty)
         self.identity = LocalIdentity(self.key, certificate)
         self.pool = mining.MinerPool(self.config.workers, self.config.miner)
@@ -285,6 +291,7 @@ class Node:
                 case AppendBlock(block=block, done=done):
                     self.certificates.keep((block,))
                     self.store.append(block, done=done)
+                    self.state.chain.settled()
                 case AbortMining():
                     self.pool.abort()
                 case Wake():
@@ -296,12 +303,53 @@ class Node:
                 case ReplaceFrom(first_id=first_id, blocks=blocks, requeue=requeue, done=done):
                     self.certificates.keep(blocks)
                     self.store.replace_from(first_id, blocks, requeue=requeue, done=done)
+                    self.state.chain.settled()
                 case DropVotes(tx_ids=tx_ids):
                     self.store.drop_pending(tx_ids)
                 case Broadcast():
                     pass
                 case _:
                     assert_never(effect)
+
+    def _restore(self, is_member: bool) -> tuple[NodeState, Restored, bool]:
+        """The state from the store, and whether every stored block was read.
+
+        Usually only the tail is: the blocks above the height the store says
+        it verified, and the last RECHECK_TAIL below it, each checked with
+        every rule (NodeState.resume; the rest is read from the store when
+        needed, each read re-hashed and linked). Every block is read and
+        checked (NodeState.restore) when the tail fails, when the table has a
+        gap (rows != highest id + 1: an index count), and when the revocation
+        list differs from the one the chain was last checked against (a
+        revocation from height H invalidates blocks however old)."""
+        key, members, now = self.key.public_der, self.members, now_ms()
+        verified = self.store.verified_height
+        count, top = self.store.shape()
+        anchor = min(verified, top - RECHECK_TAIL)
+        if (anchor > 0 and count == top + 1
+                and self.store.revocations_serial == self._revocations_serial()):
+            state = NodeState.resume(key, self.difficulty, self.store, self.store.rows(anchor),
+                                     self.store.pending(), now_ms=now, members=members,
+                                     member=is_member)
+            if state is not None:
+                return state, Restored(), False
+        state, restored = NodeState.restore(
+            key, self.difficulty, self.store.rows(), self.store.pending(), now_ms=now,
+            verified_height=verified, members=members, member=is_member)
+        return state, restored, True
+
+    def store_damaged(self, exc: DamagedStore) -> None:
+        """A block read back from the store failed its checks (edited or damaged
+        since it was stored): never serve it, and lower the store's verified
+        height below it, so the next start checks every block from there and
+        cuts the chain at the damage (NodeState.restore), re-syncing the rest."""
+        log.error("%s", exc)
+        self.store.mark_verified(min(self.store.verified_height, exc.block_id - 1))
+
+    def _revocations_serial(self) -> int:
+        """The serial of the revocation list this node runs with (-1: none)."""
+        revocations = self.members.revocations if self.members is not None else None
+        return -1 if revocations is None else revocations.serial
 
     def _fetched_invalid(self, address: Address, reason: str) -> None:
         """A peer sent invalid data while we fetched a branch from it: back its
@@ -328,8 +376,13 @@ class Node:
             with self._lock:
                 return Latest(self.chain.tip)
         if isinstance(msg, GetBlocks):
-            with self._lock:
-                batch = self.chain.blocks_from(msg.from_id, min(msg.limit, MAX_BATCH_BLOCKS))
+            try:
+                with self._lock:
+                    batch = self.chain.blocks_from(msg.from_id,
+                                                   min(msg.limit, MAX_BATCH_BLOCKS))
+            except DamagedStore as exc:
+                self.store_damaged(exc)
+                return Error(f"this node cannot serve block {exc.block_id}: its store is damaged")
             return Blocks(tuple(batch), self.certificates.of(batch))
         if isinstance(msg, Add):
             if not peer.member or peer.key is None:
@@ -539,9 +592,9 @@ class Node:
         design counts. The two agree: tests/test_tally.py."""
         if not recount:
             return self.store.tally()
-        with self._lock:
-            blocks = self.chain.blocks()
-        return voting.tally(blocks)
+        # A snapshot of the store, walked without the node's lock: the store
+        # holds exactly the chain between two decisions (core/chain.py).
+        return voting.tally(self.store.walk())
 
     def blocks(self) -> list[Block]:
         with self._lock:

@@ -16,6 +16,15 @@ that still catches an edit), and `open` runs SQLite's `PRAGMA quick_check`
 contents) so a damaged file is refused with a clear StoreError instead of
 read. `votechain verify` still re-checks everything, signatures included.
 
+The store is also the chain's history (core/chain.py's History): a node keeps
+only a window of recent blocks in memory and reads older ones here, by id
+(the primary key) or by vote (the tx_id index). Every such read re-hashes and
+links the blocks it returns (`blocks_between`), so a row edited or damaged
+after the node checked it is refused (DamagedStore), never served; the node
+then lowers `verified_height` below it, so its next start re-checks the chain
+from there (node/runtime.py). `walk` reads the whole chain from one snapshot
+for a recount without holding the node's lock.
+
 A damaged row costs only the chain from its position on. `rows()` never
 raises for a bad row: a row whose body does not decode (or disagrees with its
 id or hash column) and a gap in the ids (a deleted row) each come back as an
@@ -38,14 +47,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from votechain.core import voting
 from votechain.core.block import MAX_DATA_BYTES, SALT_BYTES, Block, Transaction, genesis_block
 from votechain.core.codec import MAX_UINT
 from votechain.core.node_state import UnreadableRow
-from votechain.errors import StoreError
+from votechain.errors import DamagedStore, StoreError
 
 DB_FILE = "chain.sqlite3"
 
@@ -83,6 +92,8 @@ SCHEMA_VERSION = 2
 # verified; and "1" once the tally table is kept (absent: rebuild it).
 _VERIFIED = "verified_height"
 _TALLY_KEPT = "tally"
+# The serial of the revocation list every stored block was last checked against.
+_REVOCATIONS = "revocations_serial"
 # How many of quick_check's complaints a StoreError quotes.
 _QUICK_CHECK_SHOWN = 3
 
@@ -90,9 +101,10 @@ _QUICK_CHECK_SHOWN = 3
 class ChainStore:
     """Thread-safe: one connection, one lock; SQLite does the durability."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
         self._conn = conn
         self._lock = threading.Lock()
+        self._path = path  # the database file, for `walk`'s own connection
 
     @classmethod
     def open(cls, data_dir: Path, difficulty: int, genesis: Block | None = None) -> ChainStore:
@@ -117,9 +129,9 @@ class ChainStore:
         except BaseException:
             conn.close()
             raise
-        store = cls(conn)
+        store = cls(conn, db)
         genesis = genesis or genesis_block()
-        if conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0:
+        if conn.execute("SELECT 1 FROM blocks LIMIT 1").fetchone() is None:
             # The genesis is stored too, so the table alone is a complete chain
             # that `votechain verify` can check from its first row.
             store._set_meta("schema", str(SCHEMA_VERSION))
@@ -152,7 +164,7 @@ class ChainStore:
         if not path.exists():
             raise FileNotFoundError(f"no chain database at {path}")
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        return cls(conn)
+        return cls(conn, path)
 
     @property
     def difficulty(self) -> int:
@@ -189,19 +201,30 @@ class ChainStore:
             rows = self._conn.execute("SELECT body FROM blocks ORDER BY id").fetchall()
         return [Block.decode(bytes(body)) for (body,) in rows]
 
-    def rows(self) -> list[Block | UnreadableRow]:
-        """Every stored row in id order, one per id from 0: the block it holds, or
-        an UnreadableRow saying why it holds none (its body does not decode, or
-        names another id or hash than the row's columns), and one UnreadableRow
-        for the first id of each gap (a deleted row). Never raises for a bad
-        row: NodeState.restore keeps the chain up to the first one."""
+    def tip(self) -> Block:
+        """The stored block of the highest id (raises EncodingError on a corrupt row)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT body FROM blocks ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise StoreError("the store holds no block, not even the genesis")
+        return Block.decode(bytes(row[0]))
+
+    def rows(self, from_id: int = 0) -> list[Block | UnreadableRow]:
+        """Every stored row from id `from_id` on, in id order, one per id: the
+        block it holds, or an UnreadableRow saying why it holds none (its body
+        does not decode, or names another id or hash than the row's columns),
+        and one UnreadableRow for the first id of each gap (a deleted row).
+        Never raises for a bad row: NodeState.restore keeps the chain up to
+        the first one."""
         with self._lock:
             # Negative ids (only a hand edit makes them) are no position of a
             # chain; rows below 0 are never read, so never served.
             raw = self._conn.execute(
-                "SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id").fetchall()
+                "SELECT id, hash, body FROM blocks WHERE id >= ? ORDER BY id",
+                (max(from_id, 0),)).fetchall()
         rows: list[Block | UnreadableRow] = []
-        expected = 0
+        expected = max(from_id, 0)
         for row_id, column_hash, body in raw:
             if row_id > expected:
                 after = f"from {expected - 1} to" if expected else "to"
@@ -210,6 +233,85 @@ class ChainStore:
             rows.append(_read_row(row_id, column_hash, body))
             expected = row_id + 1
         return rows
+
+    def shape(self) -> tuple[int, int]:
+        """(rows, highest id) of the blocks table: a chain without gaps has
+        rows == highest id + 1 (an index count, not a read of the blocks)."""
+        with self._lock:
+            count, top = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(id), -1) FROM blocks").fetchone()
+        return int(count), int(top)
+
+    # ---------------------------------------------- core.chain.History: reads
+
+    def block_at(self, block_id: int) -> Block:
+        """The stored block `block_id`, its hash recomputed (StoreError if the row
+        holds no block, or one edited behind the node's back)."""
+        return self.blocks_between(block_id, block_id + 1)[0]
+
+    def blocks_between(self, first_id: int, end_id: int) -> list[Block]:
+        """The stored blocks of ids first_id .. end_id - 1, each hash recomputed and
+        each linked to the one before (StoreError at a gap, an unreadable row or
+        a block that fails those checks: a store damaged since the node checked
+        it is never served as valid; the SHA-256 costs microseconds a block)."""
+        with self._lock:
+            raw = self._conn.execute(
+                "SELECT id, hash, body FROM blocks WHERE id >= ? AND id < ? ORDER BY id",
+                (first_id, end_id)).fetchall()
+        blocks: list[Block] = []
+        for expected, row in enumerate(raw, start=first_id):
+            block = _read_row(*row)
+            problem = _history_problem(expected, row[0], block, blocks[-1] if blocks else None)
+            if problem is not None:
+                raise DamagedStore(expected, problem)
+            assert isinstance(block, Block)
+            blocks.append(block)
+        if len(blocks) < end_id - first_id:
+            raise DamagedStore(first_id + len(blocks), "is missing")
+        return blocks
+
+    def walk(self, batch: int = 1024) -> Iterator[Block]:
+        """Every stored block, genesis first, checked as `blocks_between` checks
+        them, read from one snapshot of the file through a read-only connection
+        of its own (one SELECT is one WAL snapshot): a walk of a long chain
+        holds neither this store's lock nor the whole chain in memory."""
+        if self._path is None:
+            raise StoreError("this store has no file to walk")
+        conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
+        try:
+            cursor = conn.execute("SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id")
+            before: Block | None = None
+            expected = 0
+            while rows := cursor.fetchmany(batch):
+                for row in rows:
+                    block = _read_row(*row)
+                    problem = _history_problem(expected, row[0], block, before)
+                    if problem is not None:
+                        raise DamagedStore(expected, problem)
+                    assert isinstance(block, Block)
+                    yield block
+                    before, expected = block, expected + 1
+        finally:
+            conn.close()
+
+    def id_of_tx(self, tx_id: bytes) -> int | None:
+        """The id of the stored block carrying `tx_id` (the tx_id index), or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id FROM blocks WHERE tx_id = ? LIMIT 1", (tx_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def revocations_serial(self) -> int:
+        """The serial of the revocation list the stored chain was last fully
+        checked against (-1: none recorded)."""
+        value = self._meta(_REVOCATIONS)
+        return int(value) if value is not None and value.isdecimal() else -1
+
+    def mark_revocations(self, serial: int) -> None:
+        self._set_meta(_REVOCATIONS, str(serial))
+
+    # --------------------------------------------------------------- writes
 
     def append(self, block: Block, *, done: Iterable[bytes] = ()) -> None:
         """Store `block` and drop the pending votes it (or others) already carries."""
@@ -251,10 +353,16 @@ class ChainStore:
             else:
                 # A damaged row's votes cannot be subtracted: count the rest again.
                 self._recount_tally()
-            self._conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, (SELECT COALESCE(MAX(id), 0) FROM blocks))",
-                (_VERIFIED,),
-            )
+            # The blocks stored now were checked; the verified prefix grows to the
+            # new tip only if it reached up to them (not after `mark_verified`
+            # lowered it below a block found damaged: that stays to re-check).
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?",
+                                     (_VERIFIED,)).fetchone()
+            verified = int(row[0]) if row is not None and str(row[0]).isdecimal() else 0
+            if verified >= first_id - 1:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES "
+                    "(?, (SELECT COALESCE(MAX(id), 0) FROM blocks))", (_VERIFIED,))
 
     def _add_to_tally(self, change: dict[str, int]) -> None:
         """Add `change` (category -> +/- votes) to the tally table; caller holds a transaction."""
@@ -263,8 +371,10 @@ class ChainStore:
             "ON CONFLICT (category) DO UPDATE SET count = count + excluded.count",
             [(category, count) for category, count in change.items() if count],
         )
-        # A category whose last vote was dropped leaves the table, as the recount omits it.
-        self._conn.execute("DELETE FROM tally WHERE count = 0")
+        # A category whose last vote was dropped leaves the table, as the recount
+        # omits it (only a subtraction can leave a zero: appends skip the scan).
+        if any(count < 0 for count in change.values()):
+            self._conn.execute("DELETE FROM tally WHERE count = 0")
 
     def tally(self) -> dict[str, int]:
         """The kept tally: votes per category, most first (what voting.tally of
@@ -290,11 +400,12 @@ class ChainStore:
         """The tally table counted again from the stored blocks (rows that hold
         none are skipped: NodeState.restore drops them, and then recounts);
         caller holds a transaction."""
-        blocks = [block for row in self._conn.execute(
+        # Streamed from the cursor: a long chain is never all in memory.
+        counts = voting.count_votes(block for row in self._conn.execute(
             "SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id")
-            if isinstance(block := _read_row(*row), Block)]
+            if isinstance(block := _read_row(*row), Block))
         self._conn.execute("DELETE FROM tally")
-        self._add_to_tally(voting.count_votes(blocks))
+        self._add_to_tally(counts)
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_TALLY_KEPT,))
 
     def add_pending(self, tx: Transaction) -> None:
@@ -357,6 +468,20 @@ def _read_row(row_id: int, column_hash: object, body: object) -> Block | Unreada
     if block.hash != column_hash:
         return UnreadableRow(row_id, label, "holds a block whose hash is not the row's")
     return block
+
+
+def _history_problem(expected: int, row_id: int, block: Block | UnreadableRow,
+                     before: Block | None) -> str | None:
+    """What is wrong with a row read as history (None: nothing)."""
+    if row_id != expected:
+        return f"is missing (the ids jump to {row_id})"
+    if isinstance(block, UnreadableRow):
+        return block.detail
+    if block.computed_hash() != block.hash:
+        return "holds a block whose hash is not its content's"
+    if before is not None and block.prev_hash != before.hash:
+        return "does not link to the block before it"
+    return None
 
 
 def _quick_check(conn: sqlite3.Connection, db: Path) -> None:
