@@ -161,6 +161,9 @@ def _long_chain_lines(rates: dict[str, float]) -> list[str]:
         ("two peers voting", lambda h: _fmt(at("votes_per_s", h), "{:.1f} votes/s"),
          f">= {1 - FLAT:g}x {LONG_SMALL:,}'s at {LONG_LARGE:,}",
          verdict((grown("votes_per_s"), lambda x: x >= 1 - FLAT))),
+        ("3-block fork switch + write", lambda h: _fmt(at("switch_us", h), "{:,.0f} us"),
+         f"<= {1 + FLAT:g}x {LONG_SMALL:,}'s at {LONG_LARGE:,}",
+         verdict((grown("switch_us"), lambda x: x <= 1 + FLAT))),
     ]
     width = 18
     lines = [f"{'long chain, height':<28}"

@@ -73,6 +73,7 @@ LONG_CHAIN_DIR = ROOT / ".benchmarks" / "long"  # ignored by git, as the other c
 DIFFICULTY = 1
 NETWORK_NAME = "long-chain"
 CATEGORIES = ("red", "green", "blue", "amber", "violet")
+QUIET = os.environ.get("LONG_CHAIN_VERBOSE") is None  # peers log only warnings
 VOTERS = 4  # client threads per peer casting votes, one at a time each
 # Blocks written per SQLite transaction while building: one transaction per block
 # would cost minutes of fsyncs; the node itself appends one at a time.
@@ -252,7 +253,7 @@ def start_peer(procs: Processes, name: str, tracker: tuple[str, int], data_dir: 
     """`votechain peer` on `data_dir` (admitted to `organizer`'s network)."""
     return procs.start(name, "peer", "--network", str(organizer.network_path), "--tracker",
                        f"{tracker[0]}:{tracker[1]}", "--data-dir", str(data_dir),
-                       "--workers", "1", "-q", timeout=timeout)
+                       "--workers", "1", *(["-q"] if QUIET else []), timeout=timeout)
 
 
 def fresh_dir(path: Path, organizer: Organizer) -> Path:

@@ -56,6 +56,10 @@ class History(Protocol):
         """The id of the block carrying `tx_id`, or None."""
         ...
 
+    def ids_of_txs(self, tx_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """The id of the block carrying each of `tx_ids` that some block carries."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Switch:
@@ -207,6 +211,16 @@ class Chain:
         # The history's rows at or above the window's base are the window's.
         return block_id if block_id is not None and block_id < self._base else None
 
+    def _txs_held(self, tx_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """`_tx_holder` of each of `tx_ids` that this chain carries, in one go."""
+        held = {tx_id: self._by_tx[tx_id] for tx_id in tx_ids if tx_id in self._by_tx}
+        if self._history is not None:
+            rest = [tx_id for tx_id in tx_ids if tx_id not in held]
+            if rest:
+                held.update((tx_id, block_id) for tx_id, block_id
+                            in self._history.ids_of_txs(rest).items() if block_id < self._base)
+        return held
+
     # ------------------------------------------------------------------ writes
 
     def check_next(self, block: Block) -> None:
@@ -267,12 +281,15 @@ class Chain:
         # rules and their order are append's: link, duplicate, stand-alone.
         prev = self[fork_id]
         in_branch: dict[bytes, int] = {}
+        # One indexed query for the whole branch, not one per block (a sync adopts
+        # thousands at a time).
+        stored = self._txs_held([b.transaction.tx_id for b in new_blocks])
         for block in new_blocks:
             check_link(block, prev)
             tx_id = block.transaction.tx_id
             holder = in_branch.get(tx_id)
             if holder is None:
-                index = self._tx_holder(tx_id)
+                index = stored.get(tx_id)
                 # A vote in the part about to be dropped may be carried again.
                 holder = index if index is not None and index <= fork_id else None
             if holder is not None:

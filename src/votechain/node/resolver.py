@@ -165,7 +165,9 @@ class Resolver:
             switch = adopted or switch
             if fetched.complete or plan.done or adopted is None:
                 return switch
-            if fetched.stopped == "deadline":
+            if fetched.stopped == "deadline" or time.monotonic() >= deadline:
+                # (A chunk that ended at the cap just as the deadline passed: no
+                # request would be sent, so this is the same, not a failure.)
                 log.info("%s ran out of time at block %d: the next holder goes on",
                          fetch.holder, height)
                 return switch  # the next holder of the tip gets its turn

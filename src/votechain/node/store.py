@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from votechain.core import voting
@@ -94,6 +94,8 @@ _VERIFIED = "verified_height"
 _TALLY_KEPT = "tally"
 # The serial of the revocation list every stored block was last checked against.
 _REVOCATIONS = "revocations_serial"
+# Tx ids per `IN (...)` query: SQLite allows 32,766 parameters since 3.32.
+_IN_QUERY_IDS = 1000
 # How many of quick_check's complaints a StoreError quotes.
 _QUICK_CHECK_SHOWN = 3
 
@@ -300,6 +302,18 @@ class ChainStore:
             row = self._conn.execute(
                 "SELECT id FROM blocks WHERE tx_id = ? LIMIT 1", (tx_id,)).fetchone()
         return None if row is None else int(row[0])
+
+    def ids_of_txs(self, tx_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """`id_of_tx` of many tx ids at once (one query per IN_QUERY_IDS of them)."""
+        found: dict[bytes, int] = {}
+        with self._lock:
+            for first in range(0, len(tx_ids), _IN_QUERY_IDS):
+                part = list(tx_ids[first : first + _IN_QUERY_IDS])
+                marks = ",".join("?" * len(part))
+                found.update((bytes(tx_id), int(block_id)) for tx_id, block_id in
+                             self._conn.execute(f"SELECT tx_id, id FROM blocks WHERE tx_id "
+                                                f"IN ({marks})", part))
+        return found
 
     @property
     def revocations_serial(self) -> int:
