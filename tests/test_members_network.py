@@ -21,6 +21,7 @@ from framework.network import Network, converged
 from framework.waiting import wait_until
 from votechain.core.keys import NodeKey
 from votechain.core.membership import Certificate
+from votechain.core.node_state import RECHECK_TAIL
 from votechain.errors import IncompatiblePeer, InvalidVote
 from votechain.net.connection import Connection, LocalIdentity
 from votechain.node.runtime import Node, now_ms
@@ -177,10 +178,16 @@ def test_handshake_with_a_bad_certificate_is_refused_clearly(
         assert isinstance(conn.request(GetLatest()), Latest)
 
 
+@pytest.mark.parametrize("later", [0, RECHECK_TAIL + 4], ids=["at-the-tip", "below-the-tail"])
 def test_a_revoked_member_is_refused_and_its_later_blocks_are_invalid(
-        net: Network, org: Organizer) -> None:
+        net: Network, org: Organizer, later: int) -> None:
+    """`later`: votes mined after the revoked member's block, so that with
+    RECHECK_TAIL + 4 of them its block lies below the tail a restart checks:
+    the new revocation list makes the node check every stored block again."""
     nodes, _ = voted_network(net, org)
     a, c = nodes[0], nodes[2]
+    for i in range(later):
+        assert a.wait_for_tx(a.submit_vote(f"later{i}"), DEADLINE) is not None
     revoked_key = c.key.public_der
     before = a.blocks()
     # c mined one vote; revoke c from that block's height on.
