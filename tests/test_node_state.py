@@ -344,6 +344,19 @@ def test_an_observer_queues_no_vote() -> None:
     assert decision.effects == () and state.pending == () and state.next_job() is None
 
 
+def test_a_synced_branch_takes_the_queued_votes_it_carries_out_of_the_queue() -> None:
+    """Only queued votes are named `done` (deleted from the stored queue): a sync
+    adopts thousands of blocks, whose other votes were never queued here."""
+    queued, waiting = tx_for("queued"), tx_for("waiting")
+    state = state_of([GENESIS], [queued, waiting])
+    b1 = theirs(GENESIS, "b1")
+    b2 = make_block(b1, queued, key=other_key())  # another node mined our queued vote
+    decision = state.adopt([b1, b2])
+    assert decision.status == "synced"
+    assert decision.effects[0] == ReplaceFrom(1, (b1, b2), requeue=(), done=(queued.tx_id,))
+    assert state.pending == (waiting,)
+
+
 def test_majority_switch_requeues_only_our_orphaned_votes_ahead_of_the_queue() -> None:
     b1 = theirs(GENESIS, "b1")
     mine1 = make_block(b1, tx_for("mine1"))
@@ -362,8 +375,8 @@ def test_majority_switch_requeues_only_our_orphaned_votes_ahead_of_the_queue() -
     assert decision.status == "switched" and plan.done
     assert decision.requeued == (mine1.transaction,)  # not mine2 (carried), not others'
     assert decision.effects == (
-        ReplaceFrom(2, (m2, m3, m4), requeue=(mine1.transaction,),
-                    done=tuple(b.transaction.tx_id for b in (m2, m3, m4))),
+        # done: the branch's votes that were queued (none here: mine2 was in a block).
+        ReplaceFrom(2, (m2, m3, m4), requeue=(mine1.transaction,), done=()),
         AbortMining(), Wake())
     assert state.pending == (mine1.transaction, queued)  # ahead of the queue
     assert state.chain.blocks() == [GENESIS, b1, m2, m3, m4] and state.forks_resolved == 1

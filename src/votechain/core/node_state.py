@@ -506,7 +506,10 @@ class NodeState:
         carried = set(added_tx)
         self._pending = [t for t in requeue if t.tx_id not in queued] + self._pending
         self._pending = [t for t in self._pending if t.tx_id not in carried]
-        effects = (ReplaceFrom(switch.fork_id + 1, switch.added, requeue=requeue, done=added_tx),
+        # `done`: only the votes that were queued (a sync adopts thousands of
+        # blocks, and deleting each of their ids from the stored queue costs).
+        done = tuple(tx_id for tx_id in added_tx if tx_id in queued)
+        effects = (ReplaceFrom(switch.fork_id + 1, switch.added, requeue=requeue, done=done),
                    ABORT_MINING, WAKE)
         if switch.dropped:
             self.forks_resolved += 1
