@@ -63,7 +63,7 @@ def verify_with(data_dir: Path, workers: int) -> Callable[[], int]:
     def run() -> int:
         verified = verify_store(data_dir, workers=workers, now_ms=NOW)
         assert verified.workers == workers
-        return len(verified.blocks)
+        return verified.count
 
     return run
 

@@ -243,18 +243,16 @@ def _format_uptime(seconds: float) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from votechain.app.verify import verify_store
-    from votechain.core.voting import tally
 
-    # The genesis, every link, hash, difficulty and signature (those over
-    # --workers processes), that no transaction appears twice, and on a
-    # members-only network that every author was a member at that height.
+    # The genesis, every link, hash, difficulty and signature (over --workers
+    # processes), that no transaction appears twice, and on a members-only
+    # network that every author was a member at that height; the tally is
+    # counted on the way, so the chain is read once and never held whole.
     verified = verify_store(
         args.data_dir, workers=args.workers, now_ms=time.time_ns() // 1_000_000,
         network_path=args.network,
     )
-    blocks = verified.blocks
-    counts = tally(blocks)
-    tip = blocks[-1]
+    counts = verified.tally
     plural = "s" if verified.workers > 1 else ""
     network = verified.network
     if network is None:
@@ -265,9 +263,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         whose = (f"network {network.name!r} id {network.id.hex()}, every author one of "
                  f"{verified.members} members{refused}")
     out(
-        f"chain OK: {len(blocks)} blocks (height {tip.id}), difficulty {verified.difficulty}, "
-        f"{whose}, tip {tip.hash.hex()}, {sum(counts.values())} votes in {len(counts)} "
-        f"categories; verified {len(blocks)} blocks in {verified.seconds:.2f} s "
+        f"chain OK: {verified.count} blocks (height {verified.tip_id}), difficulty "
+        f"{verified.difficulty}, {whose}, tip {verified.tip_hash.hex()}, "
+        f"{sum(counts.values())} votes in {len(counts)} categories; verified "
+        f"{verified.count} blocks in {verified.seconds:.2f} s "
         f"({verified.rate:,.0f} blocks/s, {verified.workers} worker{plural})"
     )
     return 0

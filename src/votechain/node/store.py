@@ -232,7 +232,7 @@ class ChainStore:
                 after = f"from {expected - 1} to" if expected else "to"
                 rows.append(UnreadableRow(expected, b"", f"is missing (the stored ids jump "
                                                          f"{after} {row_id})"))
-            rows.append(_read_row(row_id, column_hash, body))
+            rows.append(read_row(row_id, column_hash, body))
             expected = row_id + 1
         return rows
 
@@ -262,7 +262,7 @@ class ChainStore:
                 (first_id, end_id)).fetchall()
         blocks: list[Block] = []
         for expected, row in enumerate(raw, start=first_id):
-            block = _read_row(*row)
+            block = read_row(*row)
             problem = _history_problem(expected, row[0], block, blocks[-1] if blocks else None)
             if problem is not None:
                 raise DamagedStore(expected, problem)
@@ -286,7 +286,7 @@ class ChainStore:
             expected = 0
             while rows := cursor.fetchmany(batch):
                 for row in rows:
-                    block = _read_row(*row)
+                    block = read_row(*row)
                     problem = _history_problem(expected, row[0], block, before)
                     if problem is not None:
                         raise DamagedStore(expected, problem)
@@ -347,7 +347,7 @@ class ChainStore:
         rows = [(b.id, b.hash, b.transaction.tx_id, b.encode()) for b in added]
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            dropped = [_read_row(*row) for row in self._conn.execute(
+            dropped = [read_row(*row) for row in self._conn.execute(
                 "SELECT id, hash, body FROM blocks WHERE id >= ? ORDER BY id", (first_id,))]
             self._conn.execute("DELETE FROM blocks WHERE id >= ?", (first_id,))
             self._conn.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", rows)
@@ -417,7 +417,7 @@ class ChainStore:
         # Streamed from the cursor: a long chain is never all in memory.
         counts = voting.count_votes(block for row in self._conn.execute(
             "SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id")
-            if isinstance(block := _read_row(*row), Block))
+            if isinstance(block := read_row(*row), Block))
         self._conn.execute("DELETE FROM tally")
         self._add_to_tally(counts)
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_TALLY_KEPT,))
@@ -467,7 +467,7 @@ class ChainStore:
             self._conn.close()
 
 
-def _read_row(row_id: int, column_hash: object, body: object) -> Block | UnreadableRow:
+def read_row(row_id: int, column_hash: object, body: object) -> Block | UnreadableRow:
     """The block a stored row holds, or an UnreadableRow saying why it holds none."""
     label = column_hash if isinstance(column_hash, bytes) else b""
     if not isinstance(body, bytes):  # a hand edit: SQLite lets any column hold any type
