@@ -260,19 +260,12 @@ class ChainStore:
             raw = self._conn.execute(
                 "SELECT id, hash, body FROM blocks WHERE id >= ? AND id < ? ORDER BY id",
                 (first_id, end_id)).fetchall()
-        blocks: list[Block] = []
-        for expected, row in enumerate(raw, start=first_id):
-            block = read_row(*row)
-            problem = _history_problem(expected, row[0], block, blocks[-1] if blocks else None)
-            if problem is not None:
-                raise DamagedStore(expected, problem)
-            assert isinstance(block, Block)
-            blocks.append(block)
+        blocks = list(_checked(raw, first_id))
         if len(blocks) < end_id - first_id:
             raise DamagedStore(first_id + len(blocks), "is missing")
         return blocks
 
-    def walk(self, batch: int = 1024) -> Iterator[Block]:
+    def walk(self) -> Iterator[Block]:
         """Every stored block, genesis first, checked as `blocks_between` checks
         them, read from one snapshot of the file through a read-only connection
         of its own (one SELECT is one WAL snapshot): a walk of a long chain
@@ -282,17 +275,7 @@ class ChainStore:
         conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
         try:
             cursor = conn.execute("SELECT id, hash, body FROM blocks WHERE id >= 0 ORDER BY id")
-            before: Block | None = None
-            expected = 0
-            while rows := cursor.fetchmany(batch):
-                for row in rows:
-                    block = read_row(*row)
-                    problem = _history_problem(expected, row[0], block, before)
-                    if problem is not None:
-                        raise DamagedStore(expected, problem)
-                    assert isinstance(block, Block)
-                    yield block
-                    before, expected = block, expected + 1
+            yield from _checked(cursor, 0)  # the cursor steps a row at a time
         finally:
             conn.close()
 
@@ -482,6 +465,20 @@ def read_row(row_id: int, column_hash: object, body: object) -> Block | Unreadab
     if block.hash != column_hash:
         return UnreadableRow(row_id, label, "holds a block whose hash is not the row's")
     return block
+
+
+def _checked(rows: Iterable[tuple[int, object, object]], first_id: int) -> Iterator[Block]:
+    """The blocks `rows` (id, hash, body, from id `first_id` on) hold, each checked
+    as history is read (`_history_problem`); DamagedStore at the first bad one."""
+    before: Block | None = None
+    for expected, row in enumerate(rows, start=first_id):
+        block = read_row(*row)
+        problem = _history_problem(expected, row[0], block, before)
+        if problem is not None:
+            raise DamagedStore(expected, problem)
+        assert isinstance(block, Block)
+        yield block
+        before = block
 
 
 def _history_problem(expected: int, row_id: int, block: Block | UnreadableRow,
