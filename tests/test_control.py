@@ -56,10 +56,12 @@ STATUS = NodeStatus(height=3, tip="ab" * 32, peers=2, pending=0, backend="native
                     hashrate=1234.5, forks_resolved=1, address="127.0.0.1:9000",
                     network="election", difficulty=4, version="0.1.0",
                     tracker="127.0.0.1:8000", tracker_up=True, uptime=12.5,
-                    votes_per_second=0.5, live_hashrate=2345.5)
+                    votes_per_second=0.5, live_hashrate=2345.5, final_height=2,
+                    locked_height=3, seats=5)
 STATUS_FIELDS = {"height", "tip", "peers", "pending", "backend", "hashrate", "forks_resolved",
                  "address", "network", "difficulty", "version", "tracker", "tracker_up",
-                 "uptime", "votes_per_second", "live_hashrate"}
+                 "uptime", "votes_per_second", "live_hashrate", "final_height",
+                 "locked_height", "seats"}
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ from votechain.protocol.peer import (
     PROTOCOL_VERSION,
     Add,
     AddResult,
+    Announce,
     Auth,
     Blocks,
     Error,
@@ -143,6 +144,7 @@ def example_messages() -> dict[str, Message]:
         "get_blocks": GetBlocks(from_id=1, limit=MAX_BATCH_BLOCKS),
         "blocks": Blocks(blocks=(block,)),
         "blocks_empty": Blocks(blocks=()),
+        "announce": Announce(tip_id=block.id, tip_hash=block.hash, locked=0),
         "error": Error(reason="expected hello in the handshake, got get_latest"),
     }
 

@@ -61,6 +61,11 @@ class FakeNode:
             self._changed.wait_for(lambda: find() is not None, timeout)
             return find()
 
+    def wait_for_vote(self, tx_id: bytes, timeout: float) -> tuple[Block | None, bool]:
+        """A fake network of one: a vote is final once in a block."""
+        block = self.wait_for_tx(tx_id, timeout)
+        return block, block is not None
+
     def status(self) -> NodeStatus:
         if self.fail_status:
             raise RuntimeError("the node broke")
@@ -82,6 +87,9 @@ class FakeNode:
             uptime=1.5,
             votes_per_second=0.25,
             live_hashrate=2000.0,
+            final_height=tip.id,
+            locked_height=tip.id,
+            seats=0,
         )
 
     def tally(self, recount: bool = False) -> dict[str, int]:

@@ -40,6 +40,14 @@ def parse_difficulty(text: str) -> int:
     return int(text)
 
 
+def parse_seats(text: str) -> int:
+    from votechain.core.membership import MAX_SEATS
+
+    if not text.isdigit() or int(text) > MAX_SEATS:
+        raise argparse.ArgumentTypeError(f"expected a member count 0..{MAX_SEATS}, got {text!r}")
+    return int(text)
+
+
 def parse_height(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a block height 0 or more, got {text!r}")

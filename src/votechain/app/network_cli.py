@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from votechain.app.args import parse_difficulty, parse_height
+from votechain.app.args import parse_difficulty, parse_height, parse_seats
 from votechain.app.render import out
 from votechain.errors import CliError
 
@@ -63,9 +63,12 @@ def cmd_network_create(args: argparse.Namespace) -> int:
     from votechain.node import membership_files as files
 
     with membership_errors():
-        network_path, authority_path = files.create_network(args.name, args.difficulty, args.out)
+        network_path, authority_path = files.create_network(args.name, args.difficulty, args.out,
+                                                            args.seats)
         network = files.read_network(network_path)
-    out(f"network {network.name!r}, difficulty {network.difficulty}, id {network.id.hex()}")
+    seats = f", {network.seats} seats" if network.seats else ""
+    out(f"network {network.name!r}, difficulty {network.difficulty}{seats}, "
+        f"id {network.id.hex()}")
     out(f"public, for every peer and auditor: {network_path}")
     out(f"secret, for the organizer only:     {authority_path} (mode 0600; keep it offline)")
     return 0
@@ -200,6 +203,9 @@ def add_network_command(sub: argparse._SubParsersAction[_P]) -> None:
     q.add_argument("name", metavar="NAME", help="the network's name, 1 to 64 characters")
     q.add_argument("--difficulty", type=parse_difficulty, default=4,
                    help="leading zero hex digits of every block hash (default 4)")
+    q.add_argument("--seats", type=parse_seats, default=0, metavar="N",
+                   help="how many members the network will have: a vote is final once a "
+                        "majority of them keep it (default 0: each node counts alone)")
     q.add_argument("--out", type=Path, default=Path("."),
                    help="directory for the two files (default: the current one)")
 

@@ -260,6 +260,16 @@ class Chain:
             return parent_id
         raise BadLink(first, "builds on a block this node does not hold")
 
+    def parting(self, branch: Sequence[Block]) -> int:
+        """The id of the last block `branch` and our chain share: its parent, or
+        further up when the branch repeats blocks we hold verbatim (those are
+        not part of the fork). Raises BadLink as `fork_point` does."""
+        parent_id = self.fork_point(branch)
+        skip = 0
+        while skip < len(branch) and self.holds(parent_id + 1 + skip, branch[skip].hash):
+            skip += 1
+        return parent_id + skip
+
     def switch(self, branch: Sequence[Block], *, difficulty: int, now_ms: int,
                prechecked: bool = False, members: Members | None = None) -> Switch:
         """Replace everything after branch[0]'s parent with `branch`, atomically:
@@ -268,13 +278,8 @@ class Chain:
 
         Costs the fork's depth plus the branch's length, not the chain's height:
         the kept prefix is neither copied nor walked, only its indexes read."""
-        parent_id = self.fork_point(branch)
-        # Blocks the branch repeats verbatim are not part of the fork.
-        skip = 0
-        while skip < len(branch) and self.holds(parent_id + 1 + skip, branch[skip].hash):
-            skip += 1
-        fork_id = parent_id + skip
-        new_blocks = tuple(branch[skip:])
+        fork_id = self.parting(branch)
+        new_blocks = tuple(branch[fork_id - self.fork_point(branch):])
         # Validate the new blocks against the kept prefix (ids 0..fork_id) in
         # place: copying the prefix would make every switch cost the chain's
         # height; this costs the fork's depth plus the branch's length. The

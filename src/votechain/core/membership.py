@@ -58,6 +58,9 @@ MAX_LABEL_CHARS = 64
 # damaged file can make a node allocate.
 MAX_REVOKED = 100_000
 FINGERPRINT_BYTES = 32
+# Seats bound the member count a node's finality counts over (core/finality.py):
+# far more than any polling network, and small enough that no count overflows.
+MAX_SEATS = 10_000
 
 # A certificate on the wire is a 4-element array: its id, key, label and
 # signature; nothing in it can be longer than a block field.
@@ -111,6 +114,11 @@ class Network:
     name: str
     difficulty: int
     authority: bytes  # the authority's RSA public key, DER SubjectPublicKeyInfo
+    # How many members the network has: a vote is final once a majority of
+    # them keep it (core/finality.py), and that majority must be the same
+    # number on every node, so the genesis block commits to it. 0 (a network
+    # made before seats existed): finality counts each node alone.
+    seats: int = 0
     genesis: Block = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +126,9 @@ class Network:
 
         _check_text(self.name, "the network name", MAX_NAME_CHARS)
         check_difficulty(self.difficulty)
+        if (not isinstance(self.seats, int) or isinstance(self.seats, bool)
+                or not 0 <= self.seats <= MAX_SEATS):
+            raise BadCertificate(f"the network's seats must be an integer in 0..{MAX_SEATS}")
         try:
             keys.public_key(self.authority)
         except SignatureError as exc:
@@ -125,8 +136,12 @@ class Network:
         object.__setattr__(self, "genesis", genesis_block(self.descriptor()))
 
     def descriptor(self) -> bytes:
-        """The genesis block's data: what the network id commits to."""
-        return pack([DESCRIPTOR_TAG, self.name, self.difficulty, self.authority])
+        """The genesis block's data: what the network id commits to (the seats
+        only when set, so a network made before them keeps its id)."""
+        fields: list[object] = [DESCRIPTOR_TAG, self.name, self.difficulty, self.authority]
+        if self.seats:
+            fields.append(self.seats)
+        return pack(fields)
 
     @property
     def id(self) -> bytes:
@@ -134,9 +149,13 @@ class Network:
         return self.genesis.hash
 
     def to_json(self) -> str:
-        return json.dumps({"format": NETWORK_FORMAT, "name": self.name,
-                           "difficulty": self.difficulty, "authority": self.authority.hex(),
-                           "id": self.id.hex()}, indent=2) + "\n"
+        obj: dict[str, object] = {"format": NETWORK_FORMAT, "name": self.name,
+                                  "difficulty": self.difficulty,
+                                  "authority": self.authority.hex()}
+        if self.seats:
+            obj["seats"] = self.seats
+        obj["id"] = self.id.hex()
+        return json.dumps(obj, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Network:
@@ -144,13 +163,17 @@ class Network:
         difficulty = obj.get("difficulty")
         if not isinstance(difficulty, int) or isinstance(difficulty, bool):
             raise BadCertificate("the network file's difficulty must be an integer")
+        seats = obj.get("seats", 0)
+        if not isinstance(seats, int) or isinstance(seats, bool):
+            raise BadCertificate("the network file's seats must be an integer")
         try:
-            network = cls(obj.get("name"), difficulty, _hex(obj, "authority", "network"))  # type: ignore[arg-type]
+            network = cls(obj.get("name"), difficulty, _hex(obj, "authority", "network"),  # type: ignore[arg-type]
+                          seats)
         except (TypeError, ValueError) as exc:
             raise BadCertificate(f"the network file: {exc}") from exc
         if obj.get("id") != network.id.hex():
-            raise BadCertificate("the network file's id does not match its name, difficulty "
-                                 "and authority (edited?)")
+            raise BadCertificate("the network file's id does not match its name, difficulty, "
+                                 "authority and seats (edited?)")
         return network
 
 

@@ -11,7 +11,12 @@ An *effect* is one thing the runtime must do; it never decides anything itself:
 - Wake: the chain or the queue changed; wake whoever waits on them;
 - Resolve: a block did not extend our tip; ask the majority soon;
 - Broadcast: send this block of ours to every peer (after the lock is released:
-  it asks the tracker and queues network work).
+  it asks the tracker and queues network work);
+- Finalized: our locked or final height rose (core/finality.py): persist both
+  (the lock must survive a restart before any peer hears of it), and wake the
+  voters whose votes are now final;
+- AnnounceTip: our tip or locked height changed: tell every peer (coalesced:
+  each peer gets the latest account once its link is free).
 
 A *decision* is the answer to one input: a status (the same words the wire's
 AddResult carries, for a block), a reason for a human, and the effects.
@@ -94,8 +99,23 @@ class Broadcast:
     block: Block
 
 
+@dataclass(frozen=True, slots=True)
+class Finalized:
+    """Our locked and final heights (core/finality.py) rose to these."""
+
+    locked: int
+    final: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceTip:
+    """Tell the peers our tip and locked height (the runtime reads them when it sends)."""
+
+
+ANNOUNCE = AnnounceTip()
+
 Effect = (AppendBlock | ReplaceFrom | QueueVote | DropVotes | AbortMining | Wake | Resolve
-          | Broadcast)
+          | Broadcast | Finalized | AnnounceTip)
 
 # ================================================================ decisions
 

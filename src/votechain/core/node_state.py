@@ -105,9 +105,11 @@ from typing import TYPE_CHECKING
 
 from votechain.core.block import Block, Transaction
 from votechain.core.chain import Chain, History
+from votechain.core.finality import Finality
 from votechain.core.forkchoice import Tip, Vote, candidates, holders
 from votechain.core.node_effects import (
     ABORT_MINING,
+    ANNOUNCE,
     WAKE,
     AppendBlock,
     BlockDecision,
@@ -116,6 +118,7 @@ from votechain.core.node_effects import (
     DropVotes,
     Effect,
     FetchBranch,
+    Finalized,
     MinedDecision,
     MineJob,
     QueueVote,
@@ -162,6 +165,8 @@ class Resolution:
     index: int = 0  # the candidate being tried
     asked: int = 0  # how many of its holders were asked
     done: bool = False
+    # What the tips, as members' reports, did to our finality (Finalized, ...).
+    effects: tuple[Effect, ...] = ()
 
     @property
     def winner(self) -> Tip | None:
@@ -176,7 +181,7 @@ class NodeState:
     """A node's chain, queue and identity, and its rules (see the module docstring)."""
 
     def __init__(self, author: bytes, difficulty: int, members: Members | None = None,
-                 *, member: bool = True) -> None:
+                 *, member: bool = True, seats: int = 0) -> None:
         self.author = author
         self.difficulty = check_difficulty(difficulty)
         self.members = members
@@ -186,6 +191,8 @@ class NodeState:
         self.chain = Chain(genesis=members.network.genesis if members is not None else None)
         self._pending: list[Transaction] = []
         self.forks_resolved = 0
+        # Which heights a majority of the `seats` members keep (core/finality.py).
+        self.finality = Finality(seats, member=member)
 
     @property
     def pending(self) -> tuple[Transaction, ...]:
@@ -210,6 +217,7 @@ class NodeState:
         verified_height: int = 0,
         members: Members | None = None,
         member: bool = True,
+        seats: int = 0,
     ) -> tuple[NodeState, Restored]:
         """The state of a node restarting from the stored rows `blocks` (genesis
         first, one per id; an UnreadableRow for a row that holds no block) and
@@ -240,6 +248,7 @@ class NodeState:
             keep = () if cut > 0 else (state.chain.genesis,)
             effects = (ReplaceFrom(cut, keep, requeue=lost, done=()),)
         state._pending = [t for t in queue if state.chain.block_with_tx(t.tx_id) is None]
+        state.finality = Finality(seats, member=member)
         return state, Restored(bad, effects)
 
     @classmethod
@@ -254,6 +263,7 @@ class NodeState:
         now_ms: int,
         members: Members | None = None,
         member: bool = True,
+        seats: int = 0,
     ) -> NodeState | None:
         """The state of a node restarting on a long stored chain without reading
         it all: its chain attached to `history` (the store), which holds every
@@ -267,7 +277,7 @@ class NodeState:
         anchor = tail[0] if tail else None
         if not isinstance(anchor, Block) or anchor.id == 0:
             return None
-        state = cls(author, difficulty, members, member=member)
+        state = cls(author, difficulty, members, member=member, seats=seats)
         try:
             check_block_alone(anchor, difficulty=difficulty, now_ms=now_ms, members=members)
             state.chain = Chain.resumed(history, anchor, genesis=state.chain.genesis)
@@ -377,10 +387,37 @@ class NodeState:
                 or self.block_checked(block))
 
     def _appended(self, block: Block) -> tuple[Effect, ...]:
-        """The chain grew by `block`: its vote leaves the queue; persist, restart mining, wake."""
+        """The chain grew by `block`: its vote leaves the queue; persist, restart
+        mining, wake, and tell the peers (a block of ours is told by its Broadcast)."""
         tx_id = block.transaction.tx_id
         self._pending = [t for t in self._pending if t.tx_id != tx_id]
-        return (AppendBlock(block, done=(tx_id,)), ABORT_MINING, WAKE)
+        finality = self._finality_effects(self.finality.chain_changed(self.chain))
+        if block.author != self.author and not finality and self.finality.counting:
+            finality = (ANNOUNCE,)
+        return (AppendBlock(block, done=(tx_id,)), ABORT_MINING, WAKE, *finality)
+
+    # ------------------------------------------------------------- finality
+
+    def restore_finality(self, locked: int, final: int) -> None:
+        """The locked and final heights the store kept (a lock outlives a restart:
+        peers counted it). A chain cut below them by damage caps them."""
+        height = self.chain.height
+        self.finality.locked = min(locked, height)
+        self.finality.final = min(final, self.finality.locked)
+
+    def member_reported(self, voter: bytes, tip: Tip, locked: int | None) -> tuple[Effect, ...]:
+        """Member `voter` (its key proven by a handshake) holds `tip` and has
+        locked `locked` (None: not said; its last word stands). Our own key
+        heard from elsewhere counts nothing."""
+        if voter == self.author:
+            return ()
+        return self._finality_effects(self.finality.tip_seen(voter, tip, locked, self.chain))
+
+    def _finality_effects(self, moved: bool) -> tuple[Effect, ...]:
+        if not moved:
+            return ()
+        finality = self.finality
+        return (Finalized(finality.locked, finality.final), ANNOUNCE)
 
     # ------------------------------------------------------- votes and mining
 
@@ -436,7 +473,11 @@ class NodeState:
             heard.add(vote.voter)
             counted.append(vote)
         votes = tuple(counted)
-        return Resolution(votes, tuple(candidates(votes)))
+        moved = False
+        for vote in votes:
+            if vote.voter is not None:
+                moved = self.finality.tip_seen(vote.voter, vote.tip, None, self.chain) or moved
+        return Resolution(votes, tuple(candidates(votes)), effects=self._finality_effects(moved))
 
     def next_fetch(self, plan: Resolution) -> FetchBranch | None:
         """The next branch to fetch, or None when the round is over."""
@@ -493,6 +534,12 @@ class NodeState:
     def adopt(self, branch: Sequence[Block]) -> BranchDecision:
         """Switch to `branch` (prechecked: only the link and duplicate rules run here)."""
         try:
+            fork_id = self.chain.parting(branch)
+            if fork_id < self.chain.height and not self.finality.may_drop(fork_id, branch):
+                return BranchDecision(
+                    "skipped", reason=f"it would drop block {fork_id + 1}, and a majority "
+                                      f"of the members keep our chain up to block "
+                                      f"{self.finality.locked} (locked)")
             # now_ms is unused: `prechecked` skips the only rule that reads the clock.
             switch = self.chain.switch(branch, difficulty=self.difficulty, now_ms=0,
                                        prechecked=True)
@@ -509,8 +556,12 @@ class NodeState:
         # `done`: only the votes that were queued (a sync adopts thousands of
         # blocks, and deleting each of their ids from the stored queue costs).
         done = tuple(tx_id for tx_id in added_tx if tx_id in queued)
+        moved = self.finality.chain_changed(
+            self.chain, fork_id=switch.fork_id if switch.dropped else None)
         effects = (ReplaceFrom(switch.fork_id + 1, switch.added, requeue=requeue, done=done),
-                   ABORT_MINING, WAKE)
+                   ABORT_MINING, WAKE, *self._finality_effects(moved))
+        if self.finality.counting and not moved:
+            effects += (ANNOUNCE,)
         if switch.dropped:
             self.forks_resolved += 1
             return BranchDecision("switched", switch, requeue, effects=effects)

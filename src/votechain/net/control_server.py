@@ -137,9 +137,11 @@ class ControlHandler(Protocol):
         """Validate (raising voting.InvalidVote), queue for mining, return the tx_id."""
         ...
 
-    def wait_for_tx(self, tx_id: bytes, timeout: float) -> Block | None:
-        """The block holding `tx_id` once it is in this node's chain; None on timeout.
-        Raises NodeStopping if the node shuts down first."""
+    def wait_for_vote(self, tx_id: bytes, timeout: float) -> tuple[Block | None, bool]:
+        """Wait at most `timeout` s for the vote `tx_id` to be final (kept by a
+        majority of the members): the block holding it in this node's chain
+        (None if none yet) and whether it is final. Raises NodeStopping if the
+        node shuts down before the vote is in a block."""
         ...
 
     def status(self) -> NodeStatus: ...
@@ -361,11 +363,19 @@ class ControlServer:
 
     def _vote(self, category: str, timeout: float) -> Reply:
         tx_id = self._handler.submit_vote(category)
-        block = self._handler.wait_for_tx(tx_id, timeout)
+        block, final = self._handler.wait_for_vote(tx_id, timeout)
         if block is None:
             return ErrorReply(
                 f"vote {tx_id.hex()} not mined within {timeout:g} s "
                 "(it stays queued; the node will still mine it)",
+                "unavailable",
+            )
+        if not final:
+            return ErrorReply(
+                f"vote {tx_id.hex()} is included in block {block.id} "
+                f"{block.hash.hex()[:16]}, not yet final after {timeout:g} s: a majority of "
+                "the network's members has not yet confirmed keeping it (if the majority "
+                "settles on another block, the vote is mined again)",
                 "unavailable",
             )
         return VoteResult(block_id=block.id, hash=block.hash, tx_id=tx_id)

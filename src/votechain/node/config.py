@@ -153,6 +153,10 @@ class NodeConfig:
     # may write, which only in-process tests of other concerns use; `votechain
     # peer` always runs with one. Its difficulty overrides `difficulty`.
     membership: Membership | None = None
+    # How many members the network has, for finality (core/finality.py), when
+    # `membership` is None; a members-only network's own file says it
+    # (Network.seats). 0: finality counts this node alone.
+    seats: int = 0
     # Timeouts (seconds) and caps; the constants above say why each is what it is.
     sync_interval: float = SYNC_INTERVAL
     tracker_interval: float = TRACKER_INTERVAL

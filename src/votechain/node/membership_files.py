@@ -132,7 +132,8 @@ def beside(network_path: Path, suffix: str) -> Path:
     return path.with_name(stem + suffix)
 
 
-def create_network(name: str, difficulty: int, out_dir: Path) -> tuple[Path, Path]:
+def create_network(name: str, difficulty: int, out_dir: Path,
+                   seats: int = 0) -> tuple[Path, Path]:
     """Write NAME.network and NAME.authority (0600, never overwritten) in `out_dir`.
 
     FileExistsError (an OSError) if either file is there already: the
@@ -151,7 +152,7 @@ def create_network(name: str, difficulty: int, out_dir: Path) -> tuple[Path, Pat
             raise FileExistsError(f"{path} exists: refusing to replace network {name!r} "
                                   "(choose another name or --out directory)")
     authority = keys.NodeKey.generate()
-    network = Network(name, difficulty, authority.public_der)
+    network = Network(name, difficulty, authority.public_der, seats)
     out.mkdir(parents=True, exist_ok=True)
     # O_EXCL: losing an authority key by overwriting it would orphan every certificate.
     fd = os.open(authority_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -50,6 +50,7 @@ class Snapshot:
     """What the node already keeps, read at each scrape."""
 
     height: int
+    final_height: int  # kept by a majority of the members (core/finality.py)
     votes_committed: int  # votes in the chain (the store's kept tally, summed)
     pending: int
     forks_resolved: int
@@ -73,6 +74,8 @@ class _SnapshotCollector(Collector):
             return GaugeMetricFamily(name, doc, value=value)
 
         yield gauge("votechain_height", "Id of the tip block.", s.height)
+        yield gauge("votechain_final_height", "Id of the highest block a majority of the "
+                    "members keep: votes up to it are final.", s.final_height)
         yield gauge("votechain_votes_committed", "Votes in the chain (the kept tally's total; "
                     "it drops when a fork switch requeues votes).", s.votes_committed)
         yield gauge("votechain_pending_votes", "Votes queued for mining.", s.pending)

@@ -19,10 +19,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 
 from votechain.core.block import Block
+from votechain.core.forkchoice import Tip
 from votechain.core.membership import Members
 from votechain.errors import (
     ConnectionClosed,
@@ -40,6 +41,7 @@ from votechain.node.peers import Backoff
 from votechain.protocol.peer import (
     Add,
     AddResult,
+    Announce,
     Hello,
     Message,
 )
@@ -64,6 +66,9 @@ log = logging.getLogger("votechain.peer")
 SPARE_LINKS = 1024
 
 Address = tuple[str, int]
+# A member told us of its chain: who (as its handshake proved), its tip, its
+# lock (None: not said). Node._reported, for finality (core/finality.py).
+OnReport = Callable[[PeerIdentity, Tip, "int | None"], None]
 
 
 class FetchDeadline(TimeoutError):
@@ -103,6 +108,9 @@ class PeerLink:
         self.lock = threading.Lock()
         self._outbox: deque[Block] = deque(maxlen=outbox_blocks)
         self._outbox_lock = threading.Lock()  # guards the outbox, the backoff and the latency
+        # Our account (Announce) is due here: sent after the queued blocks, once
+        # however many changes came meanwhile (the latest is read when sent).
+        self._announce_due = False
         self._draining = False
         self._backoff = Backoff(backoff, max_backoff)
         # Smoothed round trip of the requests answered here (s), None before one:
@@ -139,11 +147,26 @@ class PeerLink:
             self._draining = True
             return True
 
-    def next_block(self) -> Block | None:
-        """The next block to send, or None (and the drain ends) when the outbox is empty."""
+    def announce_due(self) -> bool:
+        """Mark our account due here; True when the caller must start a drain."""
+        with self._outbox_lock:
+            if not self._backoff.ready(time.monotonic()):
+                return False
+            self._announce_due = True
+            if self._draining:
+                return False
+            self._draining = True
+            return True
+
+    def next_item(self) -> Block | bool | None:
+        """The next block to send, else True when our account is due, else None
+        (and the drain ends)."""
         with self._outbox_lock:
             if self._outbox:
                 return self._outbox.popleft()
+            if self._announce_due:
+                self._announce_due = False
+                return True
             self._draining = False
             return None
 
@@ -152,6 +175,7 @@ class PeerLink:
         `at_least` s); how long it is now skipped for."""
         with self._outbox_lock:
             self._outbox.clear()
+            self._announce_due = False
             return self._backoff.failed(time.monotonic(), at_least)
 
     def _answered(self, seconds: float) -> None:
@@ -286,8 +310,13 @@ class Outbound:
     yet or failing). An address in backoff gets neither broadcasts nor polls."""
 
     def __init__(self, hello: Hello, identity: LocalIdentity, members: Members | None,
-                 config: NodeConfig) -> None:
+                 config: NodeConfig, *, announcement: Callable[[], Announce] | None = None,
+                 on_report: OnReport | None = None) -> None:
         self._hello = hello
+        # Our account for `announce`, read when it is sent; and who hears the
+        # accounts and acknowledgements peers send back (both for finality).
+        self._announcement = announcement
+        self._on_report = on_report
         self._identity = identity
         self._members = members
         self._config = config
@@ -326,18 +355,45 @@ class Outbound:
                 except RuntimeError:  # the executor is shut down: we are stopping
                     return
 
+    def announce(self, peers: Iterable[Address]) -> None:
+        """Send our account (Announce) to each of `peers` not backed off, after
+        the blocks queued for it; returns without waiting."""
+        if self._announcement is None:
+            return
+        for address in dict.fromkeys(peers):
+            link = self.link(address)
+            if link.announce_due():
+                pool = self._sends if link.proven else self._probes
+                try:
+                    pool.submit(self._drain, link)
+                except RuntimeError:  # the executor is shut down: we are stopping
+                    return
+
     def _drain(self, link: PeerLink) -> None:
-        """Send `link`'s queued blocks in order, until its outbox is empty (a
-        failed send empties it: PeerLink.ask backs the address off)."""
-        while (block := link.next_block()) is not None:
-            try:
-                reply = link.request(Add(block))
-            except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
-                log.debug("could not send block %d to %s: %s", block.id, link.address, exc)
+        """Send `link`'s queued blocks in order, then our account if due, until
+        nothing is left (a failed send empties it: PeerLink.ask backs the
+        address off). The replies are reports for finality: a peer that added
+        or knows our block holds it; an Announce answers with the peer's own."""
+        while (item := link.next_item()) is not None:
+            msg = Add(item) if isinstance(item, Block) else self._account()
+            if msg is None:
                 continue
-            if isinstance(reply, AddResult) and reply.status == "rejected":
-                log.warning("peer %s rejected our block %d: %s", link.address, block.id,
-                            reply.reason)
+            try:
+                reply, peer = link.ask(msg)
+            except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
+                log.debug("could not send %s to %s: %s", msg.TYPE, link.address, exc)
+                continue
+            if isinstance(reply, AddResult) and isinstance(msg, Add):
+                if reply.status == "rejected":
+                    log.warning("peer %s rejected our block %d: %s", link.address,
+                                msg.block.id, reply.reason)
+                elif reply.status in ("added", "known") and self._on_report is not None:
+                    self._on_report(peer, Tip(msg.block.id, msg.block.hash), None)
+            elif isinstance(reply, Announce) and self._on_report is not None:
+                self._on_report(peer, Tip(reply.tip_id, reply.tip_hash), reply.locked)
+
+    def _account(self) -> Announce | None:
+        return None if self._announcement is None else self._announcement()
 
     def ask_all(self, peers: Iterable[Address],
                 msg: Message) -> list[tuple[Address, Message, PeerIdentity]]:

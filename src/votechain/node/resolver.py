@@ -126,6 +126,7 @@ class Resolver:
         ]
         with self._changed:
             plan = self._state.tips_collected(votes)
+            self._carry_out(plan.effects)  # the tips are members' reports too (finality)
         switch = None
         while not plan.done:
             with self._changed:

@@ -57,10 +57,12 @@ from votechain.core.forkchoice import Tip
 from votechain.core.membership import Members
 from votechain.core.node_effects import (
     AbortMining,
+    AnnounceTip,
     AppendBlock,
     Broadcast,
     DropVotes,
     Effect,
+    Finalized,
     QueueVote,
     ReplaceFrom,
     Resolve,
@@ -88,6 +90,7 @@ from votechain.protocol.peer import (
     PROTOCOL_VERSION,
     Add,
     AddResult,
+    Announce,
     Blocks,
     Error,
     GetBlocks,
@@ -132,6 +135,9 @@ class Node:
         # nor answers blocks, so tests (and operators) can partition it and heal it.
         self.network_active = True
         self.metrics: NodeMetrics | None = None
+        # Voters waiting for their vote to be final, by tx id (`wait_for_vote`):
+        # each is woken only when its own vote's block becomes final.
+        self._final_waiters: dict[bytes, list[threading.Event]] = {}
         self._hash_rate = LiveRate(HASHRATE_WINDOW)
         self._vote_rate = LiveRate(VOTE_RATE_WINDOW)
         self._started_at = time.monotonic()
@@ -173,6 +179,7 @@ class Node:
             is_member = membership.certificate is not None
             if membership.certificate is not None:
                 certificate = membership.certificate.encode()
+        self.seats = membership.network.seats if membership is not None else self.config.seats
         self.store = ChainStore.open(self.data_dir, self.difficulty, genesis)  # quick_check
         self.certificates = CertificateKeeper(self.members, self.store)
         started = time.perf_counter()
@@ -191,6 +198,8 @@ class Node:
             self._carry_out(restored.effects)
         if restored.bad is not None:
             self.store.rebuild_tally()
+        self.state.restore_finality(*self.store.finality)
+        self._final_recorded = self.state.finality.final
         # Every block above the recorded height was just checked with every rule.
         if self.store.verified_height < self.state.chain.height:
             self.store.mark_verified(self.state.chain.height)
@@ -216,7 +225,8 @@ class Node:
             self.store.close()
             raise
         self.address = self.inbound.address
-        self.outbound = Outbound(self.hello, self.identity, self.members, self.config)
+        self.outbound = Outbound(self.hello, self.identity, self.members, self.config,
+                                 announcement=self._announcement, on_report=self._reported)
         self.resolver = Resolver(
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
             stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving,
@@ -256,6 +266,10 @@ class Node:
         log.info("peer %s:%d started (%s): height %d, %d pending, miner %s x%d",
                  *self.address, role, self.chain.height, self.state.pending_count,
                  self.pool.backend, self.pool.size)
+        if self.seats == 0 and is_member:
+            log.warning("the network file names no seats: a vote is reported final once it "
+                        "is in this node's chain, not once a majority of the members keep it "
+                        "(make the network with `votechain network create --seats N`)")
 
     def stop(self) -> None:
         """Unregister, stop every thread and worker, close the database. Idempotent."""
@@ -266,6 +280,9 @@ class Node:
         with self._changed:
             self.pool.abort()
             self._changed.notify_all()
+            for waiters in self._final_waiters.values():
+                for event in waiters:
+                    event.set()
         self.control.stop()
         if self.metrics is not None:
             self.metrics.close()
@@ -292,6 +309,8 @@ class Node:
                     self.certificates.keep((block,))
                     self.store.append(block, done=done)
                     self.state.chain.settled()
+                    if self._final_waiters and not self.state.finality.counting:
+                        self._wake_voters((block,))
                 case AbortMining():
                     self.pool.abort()
                 case Wake():
@@ -304,8 +323,21 @@ class Node:
                     self.certificates.keep(blocks)
                     self.store.replace_from(first_id, blocks, requeue=requeue, done=done)
                     self.state.chain.settled()
+                    if self._final_waiters and not self.state.finality.counting:
+                        self._wake_voters(blocks)
                 case DropVotes(tx_ids=tx_ids):
                     self.store.drop_pending(tx_ids)
+                case Finalized(locked=locked, final=final):
+                    before, self._final_recorded = self._final_recorded, final
+                    # Persisted before any peer hears of the lock (AnnounceTip
+                    # comes after): peers count it, so it must outlive a crash.
+                    self.store.mark_finality(locked, final)
+                    if self._final_waiters and final > before:
+                        chain = self.state.chain
+                        self._wake_voters(chain.blocks_from(before + 1, final - before))
+                case AnnounceTip():
+                    if self.network_active:
+                        self.outbound.announce(self.directory.known)
                 case Broadcast():
                     pass
                 case _:
@@ -330,12 +362,12 @@ class Node:
                 and self.store.revocations_serial == self._revocations_serial()):
             state = NodeState.resume(key, self.difficulty, self.store, self.store.rows(anchor),
                                      self.store.pending(), now_ms=now, members=members,
-                                     member=is_member)
+                                     member=is_member, seats=self.seats)
             if state is not None:
                 return state, Restored(), False
         state, restored = NodeState.restore(
             key, self.difficulty, self.store.rows(), self.store.pending(), now_ms=now,
-            verified_height=verified, members=members, member=is_member)
+            verified_height=verified, members=members, member=is_member, seats=self.seats)
         return state, restored, True
 
     def store_damaged(self, exc: DamagedStore) -> None:
@@ -375,6 +407,10 @@ class Node:
         if isinstance(msg, GetLatest):
             with self._lock:
                 return Latest(self.chain.tip)
+        if isinstance(msg, Announce):
+            if peer.member and peer.key is not None:
+                self._reported(peer, Tip(msg.tip_id, msg.tip_hash), msg.locked)
+            return self._announcement()
         if isinstance(msg, GetBlocks):
             try:
                 with self._lock:
@@ -393,6 +429,9 @@ class Node:
                 log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
                 return AddResult("rejected", reason)
             result = self.receive_block(msg.block, peer.key, source)
+            if result.status != "rejected" and self.state.finality.counting:
+                # Its author holds the block it pushes (its tip when it sent it).
+                self._reported(peer, Tip(msg.block.id, msg.block.hash), None)
             # An invalid block scores against its sender (core/discipline.py): enough
             # of them ban it, and inbound.py then drops and refuses it.
             offence = block_offence(result.status, result.reason)
@@ -400,6 +439,61 @@ class Node:
                 self.inbound.misbehaved(source, peer, offence, result.reason)
             return result
         return Error(f"unexpected {type(msg).__name__} message")
+
+    # -------------------------------------------------------------- finality
+
+    def _announcement(self) -> Announce:
+        """Our account for the peers: the tip and the locked height, read together."""
+        with self._lock:
+            tip = self.chain.tip
+            return Announce(tip.id, tip.hash, self.state.finality.locked)
+
+    def _reported(self, peer: PeerIdentity, tip: Tip, locked: int | None) -> None:
+        """A member told us of its chain (core/finality.py); observers count nothing."""
+        if not peer.member or peer.key is None or not self.state.finality.counting:
+            return
+        with self._changed:
+            self._carry_out(self.state.member_reported(peer.key, tip, locked))
+
+    def _wake_voters(self, blocks: Iterable[Block]) -> None:
+        """Wake the voters whose votes `blocks` carry (now final); under `_lock`."""
+        waiters = self._final_waiters
+        for block in blocks:
+            for event in waiters.get(block.transaction.tx_id, ()):
+                event.set()
+
+    def _final_block(self, tx_id: bytes) -> tuple[Block | None, bool]:
+        """The block holding `tx_id` in our chain, and whether it is final; under `_lock`."""
+        block = self.chain.block_with_tx(tx_id)
+        final = self.state.finality.final_at(self.chain.height)
+        return block, block is not None and block.id <= final
+
+    def wait_for_vote(self, tx_id: bytes, timeout: float) -> tuple[Block | None, bool]:
+        """Wait until the vote `tx_id` is final (a majority of the members keep
+        its block: core/finality.py), at most `timeout` s: its block (None if
+        not in our chain yet) and whether it is final. Only this vote's own
+        finality wakes the caller, not every block. Raises NodeStopping if the
+        node stops before the vote is in a block."""
+        event = threading.Event()
+        with self._lock:
+            block, final = self._final_block(tx_id)
+            if final:
+                return block, True
+            self._final_waiters.setdefault(tx_id, []).append(event)
+        try:
+            event.wait(timeout)
+        finally:
+            with self._lock:
+                waiters = self._final_waiters.get(tx_id, [])
+                waiters.remove(event)
+                if not waiters:
+                    self._final_waiters.pop(tx_id, None)
+                block, final = self._final_block(tx_id)
+        if block is None and self._stopping.is_set():
+            raise NodeStopping(
+                f"the node stopped before vote {tx_id.hex()} was mined; it stays queued "
+                "and is mined when the node starts again")
+        return block, final
 
     def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
         """The seed design's 'add a block' request (docs/design.md): screen and
@@ -530,6 +624,8 @@ class Node:
         with self._lock:
             height, tip = self.chain.height, self.chain.tip.hash.hex()
             pending, forks = self.state.pending_count, self.state.forks_resolved
+            finality = self.state.finality
+            final, locked = finality.final_at(height), finality.locked
         return NodeStatus(
             height=height,
             tip=tip,
@@ -547,6 +643,9 @@ class Node:
             uptime=round(time.monotonic() - self._started_at, 3),
             votes_per_second=self._vote_rate.total,
             live_hashrate=self._hash_rate.total,
+            final_height=final,
+            locked_height=locked,
+            seats=self.seats,
         )
 
     # ------------------------------------------------------------- monitoring
@@ -559,8 +658,10 @@ class Node:
         (each is one attribute read or the store's own short lock), so a scrape
         never waits behind a block being appended."""
         state = self.state
+        height = state.chain.height
         return Snapshot(
-            height=state.chain.height,
+            height=height,
+            final_height=state.finality.final_at(height),
             votes_committed=self._votes_committed(),
             pending=state.pending_count,
             forks_resolved=state.forks_resolved,

@@ -94,6 +94,9 @@ _VERIFIED = "verified_height"
 _TALLY_KEPT = "tally"
 # The serial of the revocation list every stored block was last checked against.
 _REVOCATIONS = "revocations_serial"
+# "LOCKED FINAL": the heights a node never switches below, and reports final
+# (core/finality.py); the lock must outlive a restart, as peers counted it.
+_FINALITY = "finality"
 # Tx ids per `IN (...)` query: SQLite allows 32,766 parameters since 3.32.
 _IN_QUERY_IDS = 1000
 # How many of quick_check's complaints a StoreError quotes.
@@ -182,6 +185,18 @@ class ChainStore:
         value = self._meta(_VERIFIED)
         # A value that is no number (a hand edit) vouches for nothing: 0.
         return int(value) if value is not None and value.isdecimal() else 0
+
+    @property
+    def finality(self) -> tuple[int, int]:
+        """The locked and final heights last recorded (core/finality.py); (0, 0) before any."""
+        value = self._meta(_FINALITY)
+        if value is None:
+            return 0, 0
+        locked, final = value.split()
+        return int(locked), int(final)
+
+    def mark_finality(self, locked: int, final: int) -> None:
+        self._set_meta(_FINALITY, f"{locked} {final}")
 
     def mark_verified(self, height: int) -> None:
         """Record that the node has just fully verified the stored blocks up to `height`."""

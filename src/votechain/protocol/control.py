@@ -61,6 +61,9 @@ class NodeStatus:
     uptime: float  # seconds since the node started
     votes_per_second: float  # votes committed per second over the last minute
     live_hashrate: float  # hashes per second over the last few seconds, all workers
+    final_height: int  # every block up to here is kept by a majority of the members
+    locked_height: int  # this node never switches away from a block up to here
+    seats: int  # the network's member count (0: finality counts this node alone)
 
 
 # The cookie a client proves itself with: COOKIE_BYTES random bytes, as hex.
@@ -281,6 +284,9 @@ class StatusReply:
             uptime=rate("uptime"),
             votes_per_second=rate("votes_per_second"),
             live_hashrate=rate("live_hashrate"),
+            final_height=_REPLY.uint(wire["final_height"], "status_reply.final_height"),
+            locked_height=_REPLY.uint(wire["locked_height"], "status_reply.locked_height"),
+            seats=_REPLY.uint(wire["seats"], "status_reply.seats"),
         ))
 
 

@@ -350,12 +350,43 @@ class Error:
         return cls(reason=_CODEC.text(fields["reason"], "error.reason", MAX_REASON_CHARS))
 
 
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A member's account of its chain, for finality (core/finality.py): its tip
+    and its locked height (the height a majority of members hold, below which
+    it never switches). Sent when either changes; answered with the receiver's
+    own Announce, so one round trip informs both sides. Only a member's counts
+    (the key its handshake proved); an observer's is answered and ignored."""
+
+    TYPE: ClassVar[str] = "announce"
+    tip_id: int
+    tip_hash: bytes
+    locked: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "tip_id": self.tip_id, "tip_hash": self.tip_hash,
+                "locked": self.locked}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Announce:
+        fields = _CODEC.fields(obj, cls.TYPE, ("tip_id", "tip_hash", "locked"), tagged=True)
+        tip_id = _CODEC.uint(fields["tip_id"], "announce.tip_id")
+        locked = _CODEC.uint(fields["locked"], "announce.locked")
+        if locked > tip_id:
+            raise MalformedMessage(f"announce.locked={locked} is above announce.tip_id={tip_id}")
+        return cls(tip_id=tip_id,
+                   tip_hash=_CODEC.binary(fields["tip_hash"], "announce.tip_hash", HASH_BYTES,
+                                          exact=True),
+                   locked=locked)
+
+
 Message: TypeAlias = (Hello | Auth | GetLatest | Latest | Add | AddResult | GetBlocks | Blocks
-                      | Error)
+                      | Announce | Error)
 
 PEER: MessageSet[Message] = MessageSet(
     what="message",
-    classes=(Hello, Auth, GetLatest, Latest, Add, AddResult, GetBlocks, Blocks, Error),
+    classes=(Hello, Auth, GetLatest, Latest, Add, AddResult, GetBlocks, Blocks, Announce,
+             Error),
     codec=_CODEC,
     cap=FrameCap("MAX_FRAME_BYTES", MAX_FRAME_BYTES),
     unknown=UnknownMessageType,
