@@ -52,10 +52,11 @@ LOCAL = "127.0.0.1"
 class Organizer:
     """One network's organizer: holds the authority key, admits and revokes."""
 
-    def __init__(self, root: Path, name: str = "testnet", difficulty: int = 3) -> None:
+    def __init__(self, root: Path, name: str = "testnet", difficulty: int = 3,
+                 seats: int = 0) -> None:
         self.root = root
         self.network_path, self.authority_path = membership_files.create_network(
-            name, difficulty, root)
+            name, difficulty, root, seats)
         self.network = membership_files.read_network(self.network_path)
         self.authority = membership_files.read_authority(self.authority_path)
         self.revocations: Revocations | None = None

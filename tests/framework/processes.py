@@ -166,9 +166,10 @@ class Peer:
 class Cluster:
     """Every tracker and peer one test starts; `stop_all()` undoes it all."""
 
-    def __init__(self, root: Path, difficulty: int = 3) -> None:
+    def __init__(self, root: Path, difficulty: int = 3, seats: int = 0) -> None:
         self.root = root
         self.difficulty = difficulty
+        self.seats = seats  # the network's member count (finality); 0: none named
         self.children: list[ChildProcess] = []
         self.frozen: set[int] = set()
         self.peers: list[Peer] = []
@@ -180,7 +181,8 @@ class Cluster:
         """The cluster's network and its authority, made on first use (an RSA key,
         ~0.1 s) in a directory of its own beside the peers' data directories."""
         if self._organizer is None:
-            self._organizer = Organizer(self.root / "organizer", "cluster", self.difficulty)
+            self._organizer = Organizer(self.root / "organizer", "cluster", self.difficulty,
+                                        self.seats)
         return self._organizer
 
     @property

@@ -1,0 +1,196 @@
+"""Finality (core/finality.py), driven event by event with no sockets: which
+heights a quorum of the seats hold and have locked, and the rule that keeps a
+locked block in the chain; then the same through NodeState, whose decisions
+the runtime carries out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from blockkit import LOW_DIFFICULTY, NOW, fixed_key, make_block, other_key, tx_for
+from votechain.core.block import Block, genesis_block
+from votechain.core.chain import Chain
+from votechain.core.finality import Finality, Report, quorum_of
+from votechain.core.forkchoice import Tip, Vote
+from votechain.core.node_effects import AnnounceTip, Finalized
+from votechain.core.node_state import NodeState
+
+GENESIS = genesis_block()
+A, B, C, D = (f"member {name}".encode() for name in "ABCD")
+P1, P2 = ("10.0.0.1", 9001), ("10.0.0.2", 9002)
+
+
+def chain_of(labels: Sequence[str], prev: Block = GENESIS) -> list[Block]:
+    blocks = []
+    for label in labels:
+        prev = make_block(prev, tx_for(label), key=other_key())
+        blocks.append(prev)
+    return blocks
+
+
+def held(blocks: Sequence[Block]) -> Chain:
+    chain = Chain()
+    for block in blocks:
+        chain.append(block, difficulty=LOW_DIFFICULTY, now_ms=NOW)
+    return chain
+
+
+def tip(block: Block) -> Tip:
+    return Tip(block.id, block.hash)
+
+
+def test_a_quorum_is_a_majority_of_the_seats() -> None:
+    assert [quorum_of(n) for n in (1, 2, 3, 4, 5, 10, 20)] == [1, 2, 2, 3, 3, 6, 11]
+
+
+def test_a_network_of_one_seat_is_final_at_once() -> None:
+    blocks = chain_of("ab")
+    chain = held(blocks)
+    finality = Finality(1)
+    assert finality.chain_changed(chain)
+    assert (finality.locked, finality.final) == (2, 2)
+
+
+def test_holding_locks_and_only_a_quorum_of_locks_is_final() -> None:
+    blocks = chain_of("abc")
+    chain = held(blocks)
+    finality = Finality(5)  # quorum 3: us and two more
+    finality.chain_changed(chain)
+    assert (finality.locked, finality.final) == (0, 0)
+    finality.reported(A, Report(tip(blocks[2]), 0), chain)
+    assert (finality.locked, finality.final) == (0, 0)  # two hold it: not a quorum
+    finality.reported(B, Report(tip(blocks[1]), 0), chain)
+    # Three agree up to block 2: locked there; nobody else has locked: not final.
+    assert (finality.locked, finality.final) == (2, 0)
+    finality.reported(A, Report(tip(blocks[2]), 2), chain)
+    assert finality.final == 0  # two locks (A's and ours) of the three needed
+    finality.reported(B, Report(tip(blocks[2]), 1), chain)
+    assert finality.final == 1  # three locks up to block 1
+
+
+def test_a_report_of_a_tip_we_lack_counts_once_our_chain_holds_it() -> None:
+    blocks = chain_of("abc")
+    chain = held(blocks[:1])
+    finality = Finality(3)
+    finality.reported(A, Report(tip(blocks[2]), 2), chain)
+    assert finality.locked == 0  # A is ahead of us: we cannot tell it is our chain
+    chain.append(blocks[1], difficulty=LOW_DIFFICULTY, now_ms=NOW)
+    chain.append(blocks[2], difficulty=LOW_DIFFICULTY, now_ms=NOW)
+    assert finality.chain_changed(chain)
+    # Two hold block 3: locked there; A had locked only up to block 2: final there.
+    assert (finality.locked, finality.final) == (3, 2)
+
+
+def test_a_member_on_another_branch_agrees_only_below_the_parting_point() -> None:
+    blocks = chain_of("ab")
+    other = chain_of("x", prev=blocks[0])
+    chain = held(blocks)
+    finality = Finality(3)
+    finality.reported(A, Report(tip(other[0]), 0), chain)
+    assert finality.locked == 0  # A's tip is not in our chain: no agreement at all yet
+    finality.reported(A, Report(tip(blocks[0]), 0), chain)
+    assert finality.locked == 1
+
+
+def test_reports_out_of_order_never_lower_what_was_counted() -> None:
+    blocks = chain_of("abc")
+    chain = held(blocks)
+    finality = Finality(3)
+    finality.reported(A, Report(tip(blocks[2]), 3), chain)
+    assert (finality.locked, finality.final) == (3, 3)
+    finality.reported(A, Report(tip(blocks[0]), 0), chain)  # an older push, arriving late
+    assert (finality.locked, finality.final) == (3, 3)
+
+
+def test_a_locked_block_is_not_dropped_for_a_branch_without_a_quorum_of_locks() -> None:
+    blocks = chain_of("ab")
+    rival = chain_of("xyz", prev=blocks[0])
+    chain = held(blocks)
+    finality = Finality(3)
+    finality.reported(A, Report(tip(blocks[1]), 0), chain)
+    assert finality.locked == 2
+    assert not finality.may_drop(1, rival)  # would drop block 2, locked
+    assert finality.may_drop(2, [])  # nothing locked above block 2
+    # The rest of the network locked the rival branch above the parting point:
+    # our block 2 can never be final, so the lock gives way.
+    finality.reported(B, Report(tip(rival[2]), 3), chain)
+    assert not finality.may_drop(1, rival)  # one lock of the two needed
+    finality.reported(C, Report(tip(rival[1]), 2), chain)
+    assert finality.may_drop(1, rival)
+
+
+def test_a_switch_voids_agreement_above_the_parting_point() -> None:
+    blocks = chain_of("ab")
+    rival = chain_of("xy", prev=blocks[0])
+    chain = held(blocks)
+    finality = Finality(5)
+    finality.reported(A, Report(tip(blocks[1]), 0), chain)
+    assert finality.locked == 0  # two of the three needed
+    chain.switch(rival, difficulty=LOW_DIFFICULTY, now_ms=NOW)
+    finality.chain_changed(chain, fork_id=1)
+    finality.reported(B, Report(tip(rival[1]), 0), chain)
+    # A agreed on our old block 2, which is gone: only block 1 is agreed by three.
+    assert finality.locked == 1
+
+
+def test_without_seats_nothing_is_counted_and_final_is_the_height() -> None:
+    blocks = chain_of("ab")
+    chain = held(blocks)
+    finality = Finality(0)
+    assert not finality.reported(A, Report(tip(blocks[1]), 2), chain)
+    assert finality.locked == 0 and finality.final_at(chain.height) == 2
+    assert finality.may_drop(0, [])
+
+
+# ================================================================ through NodeState
+
+
+def seated(seats: int, blocks: Sequence[Block] = (GENESIS,)) -> NodeState:
+    state, _ = NodeState.restore(fixed_key().public_der, LOW_DIFFICULTY, list(blocks), (),
+                                 now_ms=NOW, seats=seats)
+    return state
+
+
+def test_a_received_block_and_its_authors_report_lock_it_in_a_network_of_three() -> None:
+    state = seated(3)
+    block = make_block(GENESIS, tx_for("a"), key=other_key())
+    decision = state.block_received(block, block.author, NOW)
+    assert decision.status == "added"
+    assert AnnounceTip() in decision.effects  # our tip changed: the others must hear
+    effects = state.member_reported(block.author, tip(block), None)
+    assert Finalized(locked=1, final=0) in effects  # its author and we hold it: 2 of 3
+    effects = state.member_reported(block.author, tip(block), 1)
+    assert Finalized(locked=1, final=1) in effects  # and both locked it: final
+
+
+def test_our_own_key_heard_from_elsewhere_counts_nothing() -> None:
+    state = seated(3)
+    block = make_block(GENESIS, tx_for("a"), key=other_key())
+    state.block_received(block, block.author, NOW)
+    assert state.member_reported(fixed_key().public_der, tip(block), 1) == ()
+    assert state.finality.locked == 0
+
+
+def test_the_majority_vote_cannot_drop_a_locked_block() -> None:
+    base = chain_of("a")
+    ours = chain_of("b", prev=base[0])
+    rival = chain_of("xy", prev=base[0])
+    state = seated(3, [GENESIS, *base, *ours])
+    state.member_reported(A, tip(ours[0]), None)
+    assert state.finality.locked == 2
+    # Two other members report the rival tip: the majority vote picks it...
+    plan = state.tips_collected([Vote(tip(rival[1]), P1, B), Vote(tip(rival[1]), P2, C)])
+    assert plan.winner == tip(rival[1])
+    fetch = state.next_fetch(plan)
+    assert fetch is not None
+    decision = state.branch_fetched(plan, fetch, rival)
+    # ... but block 2 is locked: kept, and nothing switched.
+    assert decision.status == "skipped" and "locked" in decision.reason
+    assert state.chain.tip == ours[0]
+
+
+def test_a_lock_survives_a_restart_capped_by_the_chain() -> None:
+    blocks = chain_of("ab")
+    state = seated(3, [GENESIS, *blocks])
+    state.restore_finality(5, 4)  # recorded before the chain was cut at block 2
+    assert (state.finality.locked, state.finality.final) == (2, 2)

@@ -1,0 +1,163 @@
+"""Finality on a real network (core/finality.py): a vote reported final is never
+orphaned, under forks, a partition and a kill -9.
+
+The in-process harness (tests/framework/network.py) for the fork and the
+partition: nodes on an open network told they are three seats; real
+`votechain peer` processes (tests/framework/processes.py) for the kill -9,
+on a members-only network whose file names three seats.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from framework.network import DIFFICULTY, Network
+from framework.processes import Cluster, Peer, wait_for
+from votechain.core.block import Block
+from votechain.errors import ControlUnavailable
+from votechain.node.runtime import Node
+from votechain.node.store import ChainStore
+
+SEATS = 3
+DEADLINE = 60.0
+# A vote at an isolated node: long enough to be mined many times over, and it
+# must still not be reported final (one of three seats is no majority).
+ISOLATED_WAIT = 1.5
+
+Confirmed = tuple[int, bytes]  # (block id, block hash) a voter was told is final
+
+
+def vote_final(node: Node, category: str, timeout: float = DEADLINE) -> Confirmed:
+    """Cast a vote at `node` and wait for it to be final, as the control channel does."""
+    tx_id = node.submit_vote(category)
+    block, final = node.wait_for_vote(tx_id, timeout)
+    assert block is not None and final, f"vote {category!r} not final within {timeout} s"
+    return block.id, block.hash
+
+
+def assert_kept(chain: Iterable[Block], confirmed: Iterable[Confirmed]) -> None:
+    """Every confirmation names a block of `chain`: none was orphaned."""
+    held = {(block.id, block.hash) for block in chain}
+    orphaned = [c for c in confirmed if c not in held]
+    assert not orphaned, f"final confirmations orphaned: {orphaned}"
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[Network]:
+    with Network(tmp_path, difficulty=DIFFICULTY) as net:
+        yield net
+
+
+def test_votes_racing_on_three_nodes_are_never_orphaned_once_final(network: Network) -> None:
+    """Three nodes vote at once, back to back, so blocks race and forks are
+    settled by majority as they come: every vote a voter was told is final is
+    in the chain all three agree on at the end, each once."""
+    nodes = network.add_nodes("abc", seats=SEATS)
+    network.wait_connected(nodes)
+    confirmed: list[Confirmed] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def voter(node: Node, name: str) -> None:
+        try:
+            for i in range(8):
+                result = vote_final(node, f"{name}{i % 3}")
+                with lock:
+                    confirmed.append(result)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=voter, args=(n, n.config.data_dir.name)) for n in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE * 2)
+    assert not errors, errors
+    assert len(confirmed) == 24
+    network.wait_converged(nodes)
+    chain = nodes[0].blocks()
+    assert_kept(chain, confirmed)
+    tx_ids = [b.transaction.tx_id for b in chain[1:]]
+    assert len(tx_ids) == len(set(tx_ids)) == 24  # each vote once, none lost
+    for node in nodes:
+        status = node.status()
+        assert status.seats == SEATS and status.locked_height <= status.height
+
+
+def test_an_isolated_node_never_reports_final_and_its_block_is_orphaned(
+        network: Network) -> None:
+    """c is cut off: its vote is mined into its own chain but never reported
+    final (one seat of three); a and b go on and finalise theirs. On healing c
+    switches to the majority's chain, dropping its block (so it was right not
+    to confirm it), mines the vote again there, and then it is final."""
+    a, b, c = network.add_nodes("abc", seats=SEATS)
+    network.wait_connected([a, b, c])
+    before = vote_final(a, "before")  # all three hold a final block first
+    network.wait_converged([a, b, c])
+    c.set_network_active(False)
+    tx_id = c.submit_vote("isolated")
+    block, final = c.wait_for_vote(tx_id, ISOLATED_WAIT)
+    assert block is not None and not final  # in c's chain, not final
+    alone = (block.id, block.hash)
+    majority = [vote_final(a, "majority"), vote_final(b, "majority")]
+    assert c.status().final_height < alone[0]
+    c.set_network_active(True)
+    again, final = c.wait_for_vote(tx_id, DEADLINE)
+    assert again is not None and final
+    network.wait_converged([a, b, c])
+    chain = a.blocks()
+    assert_kept(chain, [before, *majority, (again.id, again.hash)])
+    assert alone not in {(b.id, b.hash) for b in chain}  # c's lone block was orphaned
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(tmp_path, DIFFICULTY, seats=SEATS) as c:
+        yield c
+
+
+def stored_chain(peer: Peer) -> list[Block]:
+    store = ChainStore.open_readonly(peer.data_dir)
+    try:
+        return store.blocks()
+    finally:
+        store.close()
+
+
+def test_kill9_keeps_every_final_vote_and_the_lock(cluster: Cluster) -> None:
+    """Three member processes; c is killed with SIGKILL while a and b take votes.
+    a and b are still a majority: their votes become final, c's lock and final
+    height come back from its store on restart, and after c catches up every
+    confirmation is in every peer's chain."""
+    tracker = cluster.tracker()
+    assert tracker.address is not None
+    a, b, c = cluster.add_peers("abc", tracker.address)
+    wait_for(lambda: all(p.status()["peers"] == 2 for p in (a, b, c)), DEADLINE,
+             "every peer to see the others")
+    confirmed: list[Confirmed] = []
+    for peer, category in zip((a, b, c), ("red", "blue", "green"), strict=True):
+        block_id, block_hash = peer.client().vote(category, timeout=DEADLINE)
+        confirmed.append((block_id, bytes.fromhex(block_hash)))
+    wait_for(lambda: int(str(c.status()["locked_height"])) >= max(i for i, _ in confirmed),
+             DEADLINE, "c to lock the confirmed blocks")
+    locked_before = int(str(c.status()["locked_height"]))
+    cluster.kill9(c)
+    for peer in (a, b):  # still two seats of three: final without c
+        block_id, block_hash = peer.client().vote("after", timeout=DEADLINE)
+        confirmed.append((block_id, bytes.fromhex(block_hash)))
+    with pytest.raises(ControlUnavailable):
+        c.client()  # dead: no vote could be confirmed there
+    store = ChainStore.open_readonly(c.data_dir)
+    try:
+        assert store.finality[0] >= locked_before  # recorded before it was announced
+    finally:
+        store.close()
+    cluster.restart(c)
+    assert int(str(c.status()["locked_height"])) >= locked_before  # the lock outlived the kill
+    cluster.wait_converged([a, b, c], ["red", "blue", "green", "after"], DEADLINE)
+    for peer in (a, b, c):
+        assert_kept(stored_chain(peer), confirmed)
