@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from blockkit import LOW_DIFFICULTY, NOW, fixed_key, make_block, other_key, tx_for
+from blockkit import LOW_DIFFICULTY, NOW, fixed_key, make_block, other_key, resign, tx_for
 from votechain.core.block import Block, genesis_block
 from votechain.core.chain import Chain
 from votechain.core.finality import Finality, Report, quorum_of
@@ -194,3 +194,65 @@ def test_a_lock_survives_a_restart_capped_by_the_chain() -> None:
     state = seated(3, [GENESIS, *blocks])
     state.restore_finality(5, 4)  # recorded before the chain was cut at block 2
     assert (state.finality.locked, state.finality.final) == (2, 2)
+
+
+# ================================================================ relaying
+
+
+def relaying(blocks: Sequence[Block] = (GENESIS,)) -> NodeState:
+    state = seated(3, blocks)
+    state.relaying = True
+    state.relay_patience_ms = 2000
+    return state
+
+
+def test_votes_go_to_the_author_of_our_tip_and_are_not_mined_here_meanwhile() -> None:
+    theirs = chain_of("a")
+    state = relaying([GENESIS, *theirs])
+    leader = theirs[0].author
+    state.vote_submitted(tx_for("mine"))
+    assert state.relay_due(NOW, reachable={leader}) == (leader, (tx_for("mine"),))
+    assert state.relay_due(NOW, reachable={leader}) is None  # each vote once
+    assert state.next_job(NOW + 1999) is None  # the leader has it, and time yet
+    assert state.relay_wait_ms(NOW + 1500) == 500
+    job = state.next_job(NOW + 2000)  # patience ran out: mined here after all
+    assert job is not None and job.tx == tx_for("mine")
+
+
+def test_no_leader_when_it_is_out_of_reach_or_we_authored_the_tip() -> None:
+    theirs = chain_of("a")
+    state = relaying([GENESIS, *theirs])
+    state.vote_submitted(tx_for("mine"))
+    assert state.relay_due(NOW, reachable=set()) is None  # unreachable: mine it
+    assert state.next_job(NOW) is not None
+    ours = relaying()
+    ours.vote_submitted(tx_for("x"))
+    job = ours.next_job(NOW)
+    assert job is not None
+    ours.nonce_found(job, resign_for(job.template))
+    assert ours.leader(reachable={fixed_key().public_der}) is None  # we lead
+
+
+def test_a_failed_relay_is_mined_here_at_once() -> None:
+    theirs = chain_of("a")
+    state = relaying([GENESIS, *theirs])
+    state.vote_submitted(tx_for("mine"))
+    assert state.relay_due(NOW, reachable={theirs[0].author}) is not None
+    state.relay_failed([tx_for("mine").tx_id], NOW)
+    assert state.next_job(NOW) is not None
+
+
+def test_the_next_block_is_mined_on_ours_before_it_is_signed() -> None:
+    state = seated(3)
+    state.vote_submitted(tx_for("one"))
+    state.vote_submitted(tx_for("two"))
+    job = state.next_job(NOW)
+    assert job is not None and job.tx == tx_for("one")
+    mined = job.template.with_nonce(0)
+    chained = state.next_job(NOW, after=mined)
+    assert chained is not None and chained.tx == tx_for("two")
+    assert (chained.template.id, chained.template.prev_hash) == (mined.id + 1, mined.hash)
+
+
+def resign_for(template: Block) -> Block:
+    return resign(template, fixed_key())

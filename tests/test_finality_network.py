@@ -114,6 +114,32 @@ def test_an_isolated_node_never_reports_final_and_its_block_is_orphaned(
     assert alone not in {(b.id, b.hash) for b in chain}  # c's lone block was orphaned
 
 
+def author_of(node: Node, confirmed: Confirmed) -> bytes:
+    block = node.chain[confirmed[0]]
+    assert block.hash == confirmed[1]
+    return block.author
+
+
+def test_members_hand_votes_to_the_tip_author_and_mine_them_when_it_is_gone(
+        network: Network) -> None:
+    """The member whose block won the last height mines for everyone: b's and
+    c's votes are mined by a, so no block races another. When a stops, b's
+    next vote waits RELAY patience for a, then b mines it itself, and b and c,
+    two seats of three, make it final."""
+    a, b, c = network.add_nodes("abc", seats=SEATS, relay_patience=0.5)
+    network.wait_connected([a, b, c])
+    first = vote_final(a, "first")
+    network.wait_converged([a, b, c])
+    key = a.key.public_der
+    assert author_of(a, first) == key
+    for node in (b, c):
+        assert author_of(a, vote_final(node, "relayed")) == key  # mined by a
+    assert sum(n.forks_resolved for n in (a, b, c)) == 0
+    network.stop_node(a)
+    alone = vote_final(b, "after a stopped")
+    assert author_of(b, alone) == b.key.public_der
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with Cluster(tmp_path, DIFFICULTY, seats=SEATS) as c:

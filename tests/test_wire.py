@@ -69,6 +69,8 @@ from votechain.protocol.peer import (
     Hello,
     Latest,
     Message,
+    Relay,
+    Relayed,
     check_hello,
     decode_payload,
     encode,
@@ -145,6 +147,8 @@ def example_messages() -> dict[str, Message]:
         "blocks": Blocks(blocks=(block,)),
         "blocks_empty": Blocks(blocks=()),
         "announce": Announce(tip_id=block.id, tip_hash=block.hash, locked=0),
+        "relay": Relay(transaction=block.transaction),
+        "relayed": Relayed(status="queued"),
         "error": Error(reason="expected hello in the handshake, got get_latest"),
     }
 

@@ -69,6 +69,19 @@ class Transaction:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tx_id", transaction_id(self.timestamp, self.data, self.salt))
 
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map of a transaction, inside a block's or alone (a Relay)."""
+        return {"timestamp": self.timestamp, "data": self.data, "salt": self.salt}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Transaction:
+        tx = _CODEC.fields(obj, "transaction", _TX_KEYS)
+        return cls(
+            timestamp=_CODEC.uint(tx["timestamp"], "transaction.timestamp"),
+            data=_CODEC.binary(tx["data"], "transaction.data", MAX_DATA_BYTES),
+            salt=_CODEC.binary(tx["salt"], "transaction.salt", SALT_BYTES, exact=True),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Block:
@@ -93,10 +106,9 @@ class Block:
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map that carries a block on the wire and in storage."""
-        tx = self.transaction
         return {
             "id": self.id,
-            "transaction": {"timestamp": tx.timestamp, "data": tx.data, "salt": tx.salt},
+            "transaction": self.transaction.to_wire(),
             "nonce": self.nonce,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
@@ -108,14 +120,9 @@ class Block:
     def from_wire(cls, obj: object) -> Block:
         """Build a block from a decoded map, checking every field's type and size."""
         fields = _CODEC.fields(obj, "block", _BLOCK_KEYS)
-        tx = _CODEC.fields(fields["transaction"], "transaction", _TX_KEYS)
         return cls(
             id=_CODEC.uint(fields["id"], "id"),
-            transaction=Transaction(
-                timestamp=_CODEC.uint(tx["timestamp"], "transaction.timestamp"),
-                data=_CODEC.binary(tx["data"], "transaction.data", MAX_DATA_BYTES),
-                salt=_CODEC.binary(tx["salt"], "transaction.salt", SALT_BYTES, exact=True),
-            ),
+            transaction=Transaction.from_wire(fields["transaction"]),
             nonce=_CODEC.uint(fields["nonce"], "nonce"),
             prev_hash=_CODEC.binary(fields["prev_hash"], "prev_hash", HASH_BYTES, exact=True),
             hash=_CODEC.binary(fields["hash"], "hash", HASH_BYTES, exact=True),

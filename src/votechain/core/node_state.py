@@ -63,9 +63,21 @@ Inputs, and what they return (node_effects.py lists the effects):
     decides (`Resolve`). `block_received` runs all three steps at once.
 - `vote_submitted(tx)`: queued (and persisted) at the back unless it is
   already queued or in the chain; submitting twice queues it once.
-- `next_job()`: what to mine now: the oldest queued vote on the current tip,
-  or nothing when the queue is empty. After any decision that carries
-  `AbortMining` the miner asks again.
+- `next_job(now_ms, after)`: what to mine now: the oldest queued vote on the
+  current tip (or on `after`, our block just mined and not yet signed: the
+  miner searches block N+1 while it signs N), or nothing when the queue is
+  empty. After any decision that carries `AbortMining` the miner asks again.
+- Relaying (a network with seats, `relaying`): members racing each other at
+  every height orphan most blocks (each mines its own queue, and a block is
+  mined faster than it propagates). So one member mines for everyone: the
+  author of our tip, the member whose block won the last height. The others
+  hand it their votes (`relay_due`: each vote once, to a member we reach)
+  and mine nothing while it works; a vote it has not put in the chain
+  within `relay_patience_ms` (the leader died, or ignores it) is mined here
+  after all (`next_job`), which makes us the tip's author and the next
+  leader. Relayed votes stay queued and persisted here until a block
+  carries them, so a relay loses nothing; the majority vote still settles
+  whatever forks remain (two members mining at once while leadership moves).
 - `nonce_found(job, block)`: if the tip moved while mining, the block is stale
   and dropped (the vote stays queued for the next job). If its vote reached
   the chain by another path, the vote leaves the queue. Otherwise it is
@@ -99,7 +111,7 @@ Ties between tips are broken by forkchoice.majority, the same on every node.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -193,6 +205,10 @@ class NodeState:
         self.forks_resolved = 0
         # Which heights a majority of the `seats` members keep (core/finality.py).
         self.finality = Finality(seats, member=member)
+        # Relaying (see the module docstring): off unless the runtime turns it on.
+        self.relaying = False
+        self.relay_patience_ms = 2000
+        self._relayed: dict[bytes, int] = {}  # tx id -> when it was handed to a leader (ms)
 
     @property
     def pending(self) -> tuple[Transaction, ...]:
@@ -435,13 +451,66 @@ class NodeState:
         self._pending.append(tx)
         return VoteDecision(True, effects=(QueueVote(tx), WAKE))
 
-    def next_job(self) -> MineJob | None:
-        """The oldest queued vote on the current tip, or None when nothing is queued."""
-        if not self._pending:
+    def next_job(self, now_ms: int = 0, after: Block | None = None) -> MineJob | None:
+        """The oldest queued vote not waiting on a leader (see relaying), on the
+        current tip, or on `after` (our mined block not yet appended, whose own
+        vote is then skipped); None when nothing is to be mined here now."""
+        base = self.chain.tip if after is None else after
+        skip = None if after is None else after.transaction.tx_id
+        relayed, patience = self._relayed, self.relay_patience_ms
+        for tx in self._pending:
+            if tx.tx_id == skip:
+                continue
+            handed = relayed.get(tx.tx_id) if relayed else None
+            if handed is not None and now_ms - handed < patience:
+                continue  # its leader has it, and time yet
+            return MineJob(Block(id=base.id + 1, transaction=tx, nonce=0, prev_hash=base.hash,
+                                 hash=b"", signature=b"", author=self.author))
+        return None
+
+    # ------------------------------------------------------------- relaying
+
+    def leader(self, reachable: Container[bytes]) -> bytes | None:
+        """The member that mines for everyone now: our tip's author, if relaying
+        is on and it is another member we reach; None: we mine ourselves."""
+        if not self.relaying:
             return None
-        tip = self.chain.tip
-        return MineJob(Block(id=tip.id + 1, transaction=self._pending[0], nonce=0,
-                             prev_hash=tip.hash, hash=b"", signature=b"", author=self.author))
+        author = self.chain.tip.author
+        if author == self.author or author not in reachable:
+            return None
+        return author
+
+    def relay_due(self, now_ms: int,
+                  reachable: Container[bytes]) -> tuple[bytes, tuple[Transaction, ...]] | None:
+        """The leader and the queued votes to hand it now (each vote once), or None."""
+        leader = self.leader(reachable)
+        if leader is None or not self._pending:
+            return None
+        relayed = self._relayed
+        due = tuple(tx for tx in self._pending if tx.tx_id not in relayed)
+        if not due:
+            return None
+        if len(relayed) > 2 * len(self._pending):  # forget votes that left the queue
+            queued = {tx.tx_id for tx in self._pending}
+            self._relayed = relayed = {k: v for k, v in relayed.items() if k in queued}
+        for tx in due:
+            relayed[tx.tx_id] = now_ms
+        return leader, due
+
+    def relay_failed(self, tx_ids: Iterable[bytes], now_ms: int) -> None:
+        """The leader did not take these votes: mine them here at once."""
+        for tx_id in tx_ids:
+            if tx_id in self._relayed:
+                self._relayed[tx_id] = now_ms - self.relay_patience_ms
+
+    def relay_wait_ms(self, now_ms: int) -> int | None:
+        """How long until a relayed vote's patience runs out (None: none waits)."""
+        if not self._relayed:
+            return None
+        queued = {tx.tx_id for tx in self._pending}
+        ends = [at + self.relay_patience_ms for tx_id, at in self._relayed.items()
+                if tx_id in queued]
+        return max(0, min(ends) - now_ms) if ends else None
 
     def nonce_found(self, job: MineJob, block: Block) -> MinedDecision:
         """Our miner solved `job`; `block` is its template with the nonce, hash and signature."""
@@ -457,7 +526,10 @@ class NodeState:
             tx_id = job.tx.tx_id
             self._pending = [t for t in self._pending if t.tx_id != tx_id]
             return MinedDecision("dropped", str(exc), (DropVotes((tx_id,)),))
-        return MinedDecision("appended", effects=(*self._appended(block), Broadcast(block)))
+        # No AbortMining: the miner thread itself appends, and the search it may
+        # already run is on this very block (next_job's `after`).
+        effects = tuple(e for e in self._appended(block) if e is not ABORT_MINING)
+        return MinedDecision("appended", effects=(*effects, Broadcast(block)))
 
     # ------------------------------------------------------- fork resolution
 

@@ -1,8 +1,13 @@
 """The control channel's client: what the `votechain` command and the demo use to
 drive a running node (net/control_server.py serves it).
 
-One connection per call: connect to DATA_DIR/control.sock, authenticate with the
-cookie, one request, one reply, close. Before it sends anything, the client
+`ControlClient` makes one connection per call: connect to DATA_DIR/control.sock,
+authenticate with the cookie, one request, one reply, close. `ControlClient.session()`
+keeps one authenticated connection for many requests (`ControlSession`), for a
+caller that votes back to back: a connect, the file checks and the cookie
+cost more than a vote's round trip, and the server (net/control_server.py
+`_serve`) reads request after request on one connection anyway. Either way,
+before it sends anything, the client
 makes sure it is talking to the owner's node and no one else's
 (net/control_server.py says why that is enough): the data directory and the
 socket must belong to the directory's owner (or root) and the directory must
@@ -17,6 +22,14 @@ Every failure is a ControlError, and says whose fault it is:
   not trust (NodeNotRunning when nothing listens on the data directory's
   socket, or there is none);
 - ControlReplyError: the node answered something this client cannot accept.
+
+A session lives as long as its connection can be trusted to keep each reply
+with its request. A refusal or an "unavailable" answer (a bad category, a vote
+not final in time) leaves it usable: the node answered, and the frames are
+intact. Anything else (no answer in time, a closed connection, a reply that
+does not decode or is of the wrong type) closes it: a late or unread reply
+would otherwise be taken as the answer to the next request. Every later call
+then raises ControlUnavailable naming the failure that closed it.
 """
 
 from __future__ import annotations
@@ -26,8 +39,10 @@ import os
 import socket
 import stat
 import struct
+import threading
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Self, TypeAlias, TypeVar
 
 from votechain.errors import (
     ConnectionClosed,
@@ -62,6 +77,8 @@ from votechain.protocol.control import (
 )
 
 _R = TypeVar("_R", AuthOk, VoteResult, StatusReply, TallyReply)
+# A client's side of the control channel: it sends requests, reads replies.
+_Channel: TypeAlias = FramedSocket[Reply, Request]
 
 # Group or others may write to the directory: then anyone could have put the socket there.
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
@@ -99,13 +116,23 @@ class ControlClient:
         client._call(None)
         return client
 
+    def session(self) -> ControlSession:
+        """One authenticated connection for many requests, until `close()` (a
+        context manager). Connecting raises as any call here does."""
+        return ControlSession(self)
+
     def vote(self, category: str, timeout: float = DEFAULT_VOTE_TIMEOUT) -> tuple[int, str]:
-        """Cast a vote and wait until it is mined into the node's chain: (block id, hash hex)."""
-        # The node may wait `timeout` before it answers; give the socket more.
+        """Cast a vote and wait until it is final (kept by a majority of the
+        network's members): (block id, hash hex). ControlUnavailable if it is
+        not mined, or not final, within `timeout` s."""
         request = VoteRequest(category, float(timeout))
-        reply = self._call(request, read_timeout=timeout + self.timeout)
+        reply = self._call(request, read_timeout=self._vote_read_timeout(timeout))
         result = self._expect(reply, VoteResult)
         return result.block_id, result.hash.hex()
+
+    def _vote_read_timeout(self, timeout: float) -> float:
+        # The node may wait `timeout` before it answers; give the socket more.
+        return timeout + self.timeout
 
     def node_status(self) -> NodeStatus:
         return self._expect(self._call(StatusRequest()), StatusReply).status
@@ -120,18 +147,33 @@ class ControlClient:
     def _call(self, request: Request | None, read_timeout: float | None = None) -> Reply:
         """Connect, authenticate, then send `request` (None: authenticate only) and
         return its reply; an ErrorReply is raised as ControlRefused or ControlUnavailable."""
-        sock = self._connect()
-        with FramedSocket(sock, CONTROL_REPLIES, CONTROL_REQUESTS, timeout=self.timeout) as conn:
+        with self._open() as conn:
+            if request is None:
+                return AuthOk()
+            return self._exchange(conn, request, read_timeout)
+
+    def _open(self) -> _Channel:
+        """A connection to the owner's node (checked as `_connect` says), authenticated."""
+        conn: _Channel = FramedSocket(self._connect(), CONTROL_REPLIES, CONTROL_REQUESTS,
+                                      timeout=self.timeout)
+        try:
             cookie = self._cookie if self._cookie is not None else self._read_cookie()
-            try:
-                authenticated = self._expect(self._check(conn.request(Auth(cookie))), AuthOk)
-                if request is None:
-                    return authenticated
-                if read_timeout is not None:
-                    conn.timeout = read_timeout
-                return self._check(conn.request(request))
-            except (LocalProtocolError, RemoteProtocolError, ConnectionClosed, OSError) as exc:
-                raise self._failure(exc) from exc
+            self._expect(self._exchange(conn, Auth(cookie)), AuthOk)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _exchange(self, conn: _Channel, request: Request,
+                  read_timeout: float | None = None) -> Reply:
+        """Send `request` on `conn` and return its reply, the read waiting up to
+        `read_timeout` (None: the client's timeout); an ErrorReply is raised as
+        ControlRefused or ControlUnavailable, a failure as `_failure` says."""
+        try:
+            conn.timeout = self.timeout if read_timeout is None else read_timeout
+            return self._check(conn.request(request))
+        except (LocalProtocolError, RemoteProtocolError, ConnectionClosed, OSError) as exc:
+            raise self._failure(exc) from exc
 
     def _connect(self) -> socket.socket:
         """A connection to the owner's node at `path`, checked before a byte is sent."""
@@ -245,3 +287,101 @@ class ControlClient:
                 f"bad reply from the node at {self._where}: expected {kind.TYPE}, got {reply.TYPE}"
             )
         return reply
+
+
+class ControlSession:
+    """One authenticated connection to a node's control channel, kept for many
+    requests (`ControlClient.session()`); a context manager, closed on exit.
+
+    Each call raises what the same ControlClient call would. Requests on one
+    session take turns (one lock keeps each reply with its request and its read
+    timeout): a thread that votes back to back should hold a session of its
+    own. A failure of the connection ends the session (the module's docstring
+    says which errors do); every later call then raises ControlUnavailable
+    naming that failure."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()  # one request at a time
+        self._ended_lock = threading.Lock()  # close() may come from another thread
+        self._ended: str | None = None  # why no more requests may be sent
+        self._conn: _Channel = client._open()
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` ran or a failure ended the session."""
+        return self._ended is not None
+
+    def vote(self, category: str, timeout: float = DEFAULT_VOTE_TIMEOUT) -> tuple[int, str]:
+        """As ControlClient.vote: (block id, hash hex) once the vote is final."""
+        result = self.vote_result(category, timeout)
+        return result.block_id, result.hash.hex()
+
+    def vote_result(self, category: str, timeout: float = DEFAULT_VOTE_TIMEOUT) -> VoteResult:
+        """`vote`, with the whole reply: the block's id and hash, and the vote's tx id."""
+        request = VoteRequest(category, float(timeout))
+        return self._request(request, VoteResult, self._client._vote_read_timeout(timeout))
+
+    def node_status(self) -> NodeStatus:
+        return self._request(StatusRequest(), StatusReply).status
+
+    def tally(self, recount: bool = False) -> dict[str, int]:
+        return self._request(TallyRequest(recount), TallyReply).counts
+
+    def close(self) -> None:
+        """Close the connection. Idempotent, and safe from any thread: a request
+        waiting for its reply then fails with ControlUnavailable."""
+        self._end("it was closed")
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self._ended is None else f"closed ({self._ended})"
+        return f"<{type(self).__name__} {self._client.path} {state}>"
+
+    def _request(self, request: Request, kind: type[_R], read_timeout: float | None = None) -> _R:
+        client = self._client
+        with self._lock:
+            if self._ended is not None:
+                raise ControlUnavailable(
+                    f"the control session with the node at {client._where} is closed: "
+                    f"{self._ended}; open a new one")
+            try:
+                self._conn.timeout = client.timeout if read_timeout is None else read_timeout
+                reply = self._conn.request(request)
+            except LocalProtocolError as exc:
+                # Refused before a byte was sent: the connection is as it was.
+                raise client._failure(exc) from exc
+            except (RemoteProtocolError, ConnectionClosed, OSError) as exc:
+                if self._ended is not None:  # close() from another thread woke the read
+                    raise ControlUnavailable(
+                        f"the control session with the node at {client._where} was closed "
+                        f"while waiting for a reply to {request.TYPE}") from exc
+                failure = client._failure(exc)
+                self._fail(failure)
+                raise failure from exc
+            # The node answered (a refusal, or "not now"): the frames are intact.
+            client._check(reply)
+            try:
+                return client._expect(reply, kind)
+            except ControlReplyError as exc:
+                # An answer to some other request: this connection's replies
+                # can no longer be matched to their requests.
+                self._fail(exc)
+                raise
+
+    def _fail(self, failure: ControlError) -> None:
+        self._end(f"it failed earlier ({failure})")
+        self._conn.close()
+
+    def _end(self, why: str) -> None:
+        """Record why the session ended: the first reason stays."""
+        with self._ended_lock:
+            if self._ended is None:
+                self._ended = why

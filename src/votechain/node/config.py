@@ -137,6 +137,11 @@ FETCH_DEADLINE = 10.0
 # How often a peer logs its one-line summary (height, votes/s, hash rate,
 # peers): an operator tailing the log sees the node is alive and working.
 SUMMARY_INTERVAL = 60.0
+# A relayed vote not in the chain after this long is mined by the member that
+# relayed it (its leader died or ignores it). Far above the milliseconds a
+# leader takes to mine a vote, so leadership does not flap under load; short
+# enough that a dead leader costs its voters a couple of seconds.
+RELAY_PATIENCE = 2.0
 
 
 @dataclass
@@ -157,6 +162,11 @@ class NodeConfig:
     # `membership` is None; a members-only network's own file says it
     # (Network.seats). 0: finality counts this node alone.
     seats: int = 0
+    # Whether a member of a network with seats hands its votes to the member
+    # that mines for everyone (core/node_state.py, "Relaying"), and how long
+    # it waits for one to reach the chain before mining it itself.
+    relay: bool = True
+    relay_patience: float = RELAY_PATIENCE
     # Timeouts (seconds) and caps; the constants above say why each is what it is.
     sync_interval: float = SYNC_INTERVAL
     tracker_interval: float = TRACKER_INTERVAL

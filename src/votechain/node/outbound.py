@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 
-from votechain.core.block import Block
+from votechain.core.block import Block, Transaction
 from votechain.core.forkchoice import Tip
 from votechain.core.membership import Members
 from votechain.errors import (
@@ -44,6 +44,8 @@ from votechain.protocol.peer import (
     Announce,
     Hello,
     Message,
+    Relay,
+    Relayed,
 )
 
 __all__ = [
@@ -106,7 +108,8 @@ class PeerLink:
         self.timeout = timeout
         self._conn: Connection | None = None
         self.lock = threading.Lock()
-        self._outbox: deque[Block] = deque(maxlen=outbox_blocks)
+        # Blocks to Add and votes to Relay, in order.
+        self._outbox: deque[Block | Transaction] = deque(maxlen=outbox_blocks)
         self._outbox_lock = threading.Lock()  # guards the outbox, the backoff and the latency
         # Our account (Announce) is due here: sent after the queued blocks, once
         # however many changes came meanwhile (the latest is read when sent).
@@ -136,12 +139,13 @@ class PeerLink:
         with self._outbox_lock:
             return self._backoff.ready(now)
 
-    def enqueue(self, block: Block) -> bool:
-        """Queue `block`; True when the caller must start a drain for this link."""
+    def enqueue(self, item: Block | Transaction) -> bool:
+        """Queue a block to add or a vote to relay; True when the caller must
+        start a drain for this link."""
         with self._outbox_lock:
             if not self._backoff.ready(time.monotonic()):
                 return False
-            self._outbox.append(block)
+            self._outbox.append(item)
             if self._draining:
                 return False
             self._draining = True
@@ -158,9 +162,9 @@ class PeerLink:
             self._draining = True
             return True
 
-    def next_item(self) -> Block | bool | None:
-        """The next block to send, else True when our account is due, else None
-        (and the drain ends)."""
+    def next_item(self) -> Block | Transaction | bool | None:
+        """The next block or vote to send, else True when our account is due,
+        else None (and the drain ends)."""
         with self._outbox_lock:
             if self._outbox:
                 return self._outbox.popleft()
@@ -311,12 +315,14 @@ class Outbound:
 
     def __init__(self, hello: Hello, identity: LocalIdentity, members: Members | None,
                  config: NodeConfig, *, announcement: Callable[[], Announce] | None = None,
-                 on_report: OnReport | None = None) -> None:
+                 on_report: OnReport | None = None,
+                 on_relay_failed: Callable[[list[bytes]], None] | None = None) -> None:
         self._hello = hello
         # Our account for `announce`, read when it is sent; and who hears the
         # accounts and acknowledgements peers send back (both for finality).
         self._announcement = announcement
         self._on_report = on_report
+        self._on_relay_failed = on_relay_failed
         self._identity = identity
         self._members = members
         self._config = config
@@ -355,6 +361,40 @@ class Outbound:
                 except RuntimeError:  # the executor is shut down: we are stopping
                     return
 
+    def member_keys(self) -> frozenset[bytes]:
+        """The member keys proven by the links that answer now (relaying's reach)."""
+        with self._lock:
+            links = list(self._links.values())
+        now = time.monotonic()
+        return frozenset(link.peer.key for link in links
+                         if link.peer is not None and link.peer.member
+                         and link.peer.key is not None and link.ready(now))
+
+    def relay(self, member: bytes, txs: Iterable[Transaction]) -> bool:
+        """Queue `txs` for the member `member` (Relay, after the blocks queued
+        for it), without waiting; False if no link answers as that member."""
+        with self._lock:
+            link = next((link for link in self._links.values()
+                         if link.peer is not None and link.peer.key == member), None)
+        if link is None:
+            return False
+        start = False
+        for tx in txs:
+            if not link.enqueue(tx):
+                # Backed off meanwhile, or a drain runs already: only the first
+                # case loses the vote, and its drain reports nothing for it.
+                if not link.ready(time.monotonic()):
+                    return False
+                continue
+            start = True
+        if start:
+            pool = self._sends if link.proven else self._probes
+            try:
+                pool.submit(self._drain, link)
+            except RuntimeError:  # the executor is shut down: we are stopping
+                return True
+        return True
+
     def announce(self, peers: Iterable[Address]) -> None:
         """Send our account (Announce) to each of `peers` not backed off, after
         the blocks queued for it; returns without waiting."""
@@ -375,13 +415,25 @@ class Outbound:
         address off). The replies are reports for finality: a peer that added
         or knows our block holds it; an Announce answers with the peer's own."""
         while (item := link.next_item()) is not None:
-            msg = Add(item) if isinstance(item, Block) else self._account()
+            msg: Add | Relay | Announce | None
+            if isinstance(item, Block):
+                msg = Add(item)
+            elif isinstance(item, Transaction):
+                msg = Relay(item)
+            else:
+                msg = self._account()
             if msg is None:
                 continue
             try:
                 reply, peer = link.ask(msg)
             except (OSError, RemoteProtocolError, ConnectionClosed) as exc:
                 log.debug("could not send %s to %s: %s", msg.TYPE, link.address, exc)
+                if isinstance(msg, Relay):
+                    self._relay_failed(msg, str(exc))
+                continue
+            if isinstance(msg, Relay):
+                if not isinstance(reply, Relayed) or reply.status == "refused":
+                    self._relay_failed(msg, getattr(reply, "reason", type(reply).__name__))
                 continue
             if isinstance(reply, AddResult) and isinstance(msg, Add):
                 if reply.status == "rejected":
@@ -391,6 +443,11 @@ class Outbound:
                     self._on_report(peer, Tip(msg.block.id, msg.block.hash), None)
             elif isinstance(reply, Announce) and self._on_report is not None:
                 self._on_report(peer, Tip(reply.tip_id, reply.tip_hash), reply.locked)
+
+    def _relay_failed(self, msg: Relay, why: str) -> None:
+        log.debug("relay of vote %s failed: %s", msg.transaction.tx_id.hex()[:16], why)
+        if self._on_relay_failed is not None:
+            self._on_relay_failed([msg.transaction.tx_id])
 
     def _account(self) -> Announce | None:
         return None if self._announcement is None else self._announcement()

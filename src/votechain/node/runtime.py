@@ -63,6 +63,7 @@ from votechain.core.node_effects import (
     DropVotes,
     Effect,
     Finalized,
+    MineJob,
     QueueVote,
     ReplaceFrom,
     Resolve,
@@ -98,6 +99,8 @@ from votechain.protocol.peer import (
     Hello,
     Latest,
     Message,
+    Relay,
+    Relayed,
 )
 
 # NodeConfig and now_ms are re-exported: callers import them from here, and
@@ -199,6 +202,9 @@ class Node:
         if restored.bad is not None:
             self.store.rebuild_tally()
         self.state.restore_finality(*self.store.finality)
+        # Members of a network with seats relay votes to one miner (NodeState).
+        self.state.relaying = self.seats > 0 and is_member and self.config.relay
+        self.state.relay_patience_ms = round(self.config.relay_patience * 1000)
         self._final_recorded = self.state.finality.final
         # Every block above the recorded height was just checked with every rule.
         if self.store.verified_height < self.state.chain.height:
@@ -226,7 +232,8 @@ class Node:
             raise
         self.address = self.inbound.address
         self.outbound = Outbound(self.hello, self.identity, self.members, self.config,
-                                 announcement=self._announcement, on_report=self._reported)
+                                 announcement=self._announcement, on_report=self._reported,
+                                 on_relay_failed=self._relay_failed)
         self.resolver = Resolver(
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
             stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving,
@@ -407,6 +414,8 @@ class Node:
         if isinstance(msg, GetLatest):
             with self._lock:
                 return Latest(self.chain.tip)
+        if isinstance(msg, Relay):
+            return self._relayed_to_us(msg.transaction, peer)
         if isinstance(msg, Announce):
             if peer.member and peer.key is not None:
                 self._reported(peer, Tip(msg.tip_id, msg.tip_hash), msg.locked)
@@ -454,6 +463,17 @@ class Node:
             return
         with self._changed:
             self._carry_out(self.state.member_reported(peer.key, tip, locked))
+
+    def _relayed_to_us(self, tx: Transaction, peer: PeerIdentity) -> Relayed:
+        """Another member hands us a vote to mine (we are the author of its tip)."""
+        if not peer.member or peer.key is None:
+            return Relayed("refused", "only a member may relay a vote")
+        with self._changed:
+            decision = self.state.vote_submitted(tx)
+            self._carry_out(decision.effects)
+        if decision.queued:
+            return Relayed("queued")
+        return Relayed("known" if self.state.member else "refused", decision.reason)
 
     def _wake_voters(self, blocks: Iterable[Block]) -> None:
         """Wake the voters whose votes `blocks` carry (now final); under `_lock`."""
@@ -527,38 +547,79 @@ class Node:
     # ------------------------------------------------------------------ mining
 
     def _mine_loop(self) -> None:
+        """The miner thread: relay votes to the leader when one mines for us
+        (NodeState, "Relaying"), else mine. Pipelined: once a nonce is found,
+        the search for the next block starts on it at once, and the found block
+        is signed and appended while the workers search (its hash does not
+        cover its signature, so the next block's prev_hash is already known)."""
+        found: tuple[MineJob, Block, float] | None = None  # mined, not yet signed
         while not self._stopping.is_set():
             with self._changed:
-                while (job := self.state.next_job()) is None and not self._stopping.is_set():
-                    self._changed.wait()
-                if job is None:
-                    return  # stopping
-                self.pool.submit(job.template.content(), self.difficulty)
+                while True:
+                    now = now_ms()
+                    relay = self.state.relay_due(now, self._reachable())
+                    job = self.state.next_job(now, None if found is None else found[1])
+                    if (job is not None or relay is not None or found is not None
+                            or self._stopping.is_set()):
+                        break
+                    wait = self.state.relay_wait_ms(now)
+                    self._changed.wait(None if wait is None else wait / 1000 + 0.001)
+                if job is not None:
+                    self.pool.submit(job.template.content(), self.difficulty)
             mine_started = time.perf_counter()
+            if relay is not None:
+                self._relay(*relay)
+            if found is not None:
+                self._append_mined(*found)
+                found = None
+            if job is None:
+                continue
             nonce = self.pool.wait()
-            if nonce is None:
-                continue  # the tip moved (or we are stopping): ask for the next job
-            sign_started = time.perf_counter()
-            mined = job.template.with_nonce(nonce)
-            block = replace(mined, signature=self.key.sign(mined.hash))
-            signed = time.perf_counter()
-            with self._changed:
-                decision = self.state.nonce_found(job, block)
-                if decision.status == "appended" and self.metrics is not None:
-                    # Under the lock, so whoever the append wakes sees it counted.
-                    self.metrics.mine_seconds.observe(sign_started - mine_started)
-                    self.metrics.sign_seconds.observe(signed - sign_started)
-                self._carry_out(decision.effects)
-            if decision.status == "dropped":
-                log.info("dropping mined block: %s", decision.reason)
-            elif decision.status == "appended":
-                log.info("mined block %d %s (nonce %d)", block.id, block.hash.hex()[:16], nonce)
-            self._carry_out_unlocked(decision.effects)
+            if nonce is not None:
+                found = (job, job.template.with_nonce(nonce), time.perf_counter() - mine_started)
+
+    def _append_mined(self, job: MineJob, mined: Block, mine_seconds: float) -> None:
+        """Sign our mined block and hand it to the state (appended and broadcast,
+        or stale); a search already running on it is aborted if it is not appended."""
+        sign_started = time.perf_counter()
+        block = replace(mined, signature=self.key.sign(mined.hash))
+        sign_seconds = time.perf_counter() - sign_started
+        with self._changed:
+            decision = self.state.nonce_found(job, block)
+            if decision.status == "appended" and self.metrics is not None:
+                # Under the lock, so whoever the append wakes sees it counted.
+                self.metrics.mine_seconds.observe(mine_seconds)
+                self.metrics.sign_seconds.observe(sign_seconds)
+            self._carry_out(decision.effects)
+            if decision.status != "appended":
+                self.pool.abort()  # the next block's search was on this one
+        if decision.status == "dropped":
+            log.info("dropping mined block: %s", decision.reason)
+        elif decision.status == "appended":
+            log.info("mined block %d %s (nonce %d)", block.id, block.hash.hex()[:16], block.nonce)
+        self._carry_out_unlocked(decision.effects)
+
+    def _reachable(self) -> frozenset[bytes]:
+        """The member keys we can hand votes to now (relaying)."""
+        return self.outbound.member_keys() if self.network_active else frozenset()
+
+    def _relay(self, leader: bytes, txs: tuple[Transaction, ...]) -> None:
+        """Hand `txs` to the member `leader` (without waiting); any it does not take
+        are mined here (`_relay_failed`)."""
+        if not self.outbound.relay(leader, txs):
+            self._relay_failed([tx.tx_id for tx in txs])
+
+    def _relay_failed(self, tx_ids: list[bytes]) -> None:
+        with self._changed:
+            self.state.relay_failed(tx_ids, now_ms())
+            self._changed.notify_all()
 
     def broadcast(self, block: Block) -> None:
         """Send `block` and our public key to every other peer, each in its own
         thread with a bounded timeout; returns without waiting for them."""
-        self.outbound.broadcast(block, self.peers())
+        # The tracker keeper's list (refreshed every tracker_interval), not a
+        # tracker round trip per block: that was a third of the miner's time.
+        self.outbound.broadcast(block, self.directory.known if self.network_active else [])
 
     # ------------------------------------------------------------------- peers
 

@@ -45,6 +45,7 @@ from votechain.core.block import (
     MAX_BLOCK_BYTES,
     MAX_SIGNATURE_BYTES,
     Block,
+    Transaction,
 )
 from votechain.core.codec import Codec, Limits, quote
 from votechain.errors import (
@@ -380,13 +381,67 @@ class Announce:
                    locked=locked)
 
 
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A member hands a vote to the member that mines for everyone now (the
+    author of its tip: core/node_state.py, "Relaying"), instead of racing it
+    with a block of its own. The sender keeps the vote queued, and mines it
+    itself if it is not in the chain within RELAY_PATIENCE."""
+
+    TYPE: ClassVar[str] = "relay"
+    transaction: Transaction
+
+    def to_wire(self) -> dict[str, Any]:
+        if not isinstance(self.transaction, Transaction):
+            raise LocalProtocolError("relay.transaction must be a Transaction")
+        return {"type": self.TYPE, "transaction": self.transaction.to_wire()}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Relay:
+        fields = _CODEC.fields(obj, cls.TYPE, ("transaction",), tagged=True)
+        try:
+            return cls(transaction=Transaction.from_wire(fields["transaction"]))
+        except EncodingError as exc:
+            raise MalformedMessage(f"relay.{exc}") from exc
+
+
+RELAY_STATUSES = ("queued", "known", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """The reply to Relay: "queued" (it will be mined here), "known" (already
+    queued or in the chain here) or "refused" (an observer's, or by one that
+    mines nothing: `reason` says)."""
+
+    TYPE: ClassVar[str] = "relayed"
+    status: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", cut_reason(self.reason))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "status": self.status, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Relayed:
+        fields = _CODEC.fields(obj, cls.TYPE, ("status", "reason"), tagged=True)
+        status = _CODEC.text(fields["status"], "relayed.status", max(map(len, RELAY_STATUSES)))
+        if status not in RELAY_STATUSES:
+            raise MalformedMessage(
+                f"relayed.status {quote(status)} is not one of {', '.join(RELAY_STATUSES)}")
+        return cls(status=status,
+                   reason=_CODEC.text(fields["reason"], "relayed.reason", MAX_REASON_CHARS))
+
+
 Message: TypeAlias = (Hello | Auth | GetLatest | Latest | Add | AddResult | GetBlocks | Blocks
-                      | Announce | Error)
+                      | Announce | Relay | Relayed | Error)
 
 PEER: MessageSet[Message] = MessageSet(
     what="message",
     classes=(Hello, Auth, GetLatest, Latest, Add, AddResult, GetBlocks, Blocks, Announce,
-             Error),
+             Relay, Relayed, Error),
     codec=_CODEC,
     cap=FrameCap("MAX_FRAME_BYTES", MAX_FRAME_BYTES),
     unknown=UnknownMessageType,
