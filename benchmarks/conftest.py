@@ -5,7 +5,8 @@ end of the run `pytest_terminal_summary` prints them with the ratios that matter
 (native/pure, native/limit, pool/native-1, abort p99), so the `make bench`
 output alone answers "how fast is the miner here, and against what". The
 long-chain figures (bench_long_chain.py) follow as a table by height, with
-issue 10's goals and whether each was met beside them.
+issue 10's goals and whether each was met beside them, then the finality
+figures (bench_finality.py) as a table by peer count, with issue 11's goals.
 
 The network benchmarks run on the tests' own harness (tests/framework/), so
 tests/ goes on the import path here, as pytest puts it there for the tests
@@ -15,6 +16,7 @@ sys.path); `make lint` type-checks benchmarks with MYPYPATH=tests to match.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +105,9 @@ def pytest_terminal_summary(
     long_chain = _long_chain_lines(rates)
     if long_chain:
         lines += ([""] if lines else []) + long_chain  # a blank line after the others
+    finality = _finality_lines(rates)
+    if finality:
+        lines += ([""] if lines else []) + finality
     terminalreporter.write_sep("=", "votechain benchmark summary")
     for line in lines:
         terminalreporter.write_line(line)
@@ -176,3 +181,95 @@ def _long_chain_lines(rates: dict[str, float]) -> list[str]:
 
 def _fmt(value: float | None, form: str) -> str | None:
     return None if value is None else form.format(value)
+
+
+# Issue 11's goals for final votes under load (bench_finality.py records its
+# figures as "finality_NAME@PEERS"): throughput that holds up as peers join,
+# fast finality, and never a confirmation taken back.
+SINGLE_GOAL = 700.0  # final votes/s, one peer
+THREE_GOAL = 450.0  # final votes/s, three peers
+THREE_SCALING = 0.9  # three peers against one, in the same run
+TEN_SCALING = 0.6  # ten peers against one
+P99_GOAL_MS = 100.0  # at three peers
+SETTLE_GOAL_S = 10.0  # twenty peers, after the load stops
+
+
+def _finality_lines(rates: dict[str, float]) -> list[str]:
+    """The finality figures as a table, one column per peer count, then each
+    of issue 11's goals with the figure it judges and whether it was met:
+    reported, never asserted (bench_finality.py asserts the safety counts)."""
+    peer_counts = sorted({int(key.rsplit("@", 1)[1]) for key in rates
+                          if key.startswith("finality_") and "@" in key})
+    if not peer_counts:
+        return []
+
+    def at(name: str, peers: int) -> float | None:
+        return rates.get(f"finality_{name}@{peers}")
+
+    def scaling(peers: int) -> float | None:
+        single, many = at("final_per_s", 1), at("final_per_s", peers)
+        return many / single if single and many is not None else None
+
+    def settle(peers: int) -> str | None:
+        seconds = at("settle_s", peers)
+        if seconds is None:
+            return None
+        return "not converged" if math.isinf(seconds) else f"{seconds:.2f} s"
+
+    def errors(peers: int) -> str | None:
+        total = at("errors", peers)
+        if total is None:
+            return None
+        return (f"{total:.0f} ({at('errors_not_mined', peers) or 0:.0f}/"
+                f"{at('errors_not_final', peers) or 0:.0f})")
+
+    def safety(peers: int) -> str | None:
+        counts = [at(name, peers) for name in ("orphaned", "lost", "doubled")]
+        if any(count is None for count in counts):
+            return None
+        return "/".join(f"{count:.0f}" for count in counts if count is not None)
+
+    rows: list[tuple[str, Callable[[int], str | None]]] = [
+        ("final votes/s", lambda p: _fmt(at("final_per_s", p), "{:,.1f}")),
+        ("  against one peer", lambda p: _fmt(scaling(p), "{:.2f}x")),
+        ("finality latency p50", lambda p: _fmt(at("p50_ms", p), "{:,.1f} ms")),
+        ("finality latency p99", lambda p: _fmt(at("p99_ms", p), "{:,.1f} ms")),
+        ("errors (not mined/not final)", errors),
+        ("forks resolved/s", lambda p: _fmt(at("forks_per_s", p), "{:,.2f}")),
+        ("settled after the load", settle),
+        ("orphaned/lost/doubled", safety),
+    ]
+    width = 16
+    lines = [f"{'finality under load, peers':<30}" + "".join(f"{p:>{width}}" for p in peer_counts)]
+    for label, value in rows:
+        lines.append(f"{label:<30}" + "".join(f"{value(p) or '-':>{width}}" for p in peer_counts))
+
+    def goal(text: str, figure: str | None, ok: bool | None) -> str:
+        verdict = "not measured" if ok is None else "met" if ok else "MISSED"
+        return f"  {text:<52}{figure or '-':>16}   {verdict}"
+
+    def check(value: float | None, ok: Callable[[float], bool]) -> bool | None:
+        return None if value is None else ok(value)
+
+    single, three = at("final_per_s", 1), at("final_per_s", 3)
+    p99 = at("p99_ms", 3)
+    settled_20 = at("settle_s", 20)
+    unsafe = [p for p in peer_counts if (safety(p) or "x") != "0/0/0"]
+    lines += [
+        "goals (issue 11)",
+        goal(f"1 peer >= {SINGLE_GOAL:g} final votes/s", _fmt(single, "{:,.1f}"),
+             check(single, lambda r: r >= SINGLE_GOAL)),
+        goal(f"3 peers >= {THREE_GOAL:g} final votes/s", _fmt(three, "{:,.1f}"),
+             check(three, lambda r: r >= THREE_GOAL)),
+        goal(f"3 peers >= {THREE_SCALING:g}x one peer's rate", _fmt(scaling(3), "{:.2f}x"),
+             check(scaling(3), lambda x: x >= THREE_SCALING)),
+        goal(f"10 peers >= {TEN_SCALING:g}x one peer's rate", _fmt(scaling(10), "{:.2f}x"),
+             check(scaling(10), lambda x: x >= TEN_SCALING)),
+        goal(f"p99 finality latency at 3 peers < {P99_GOAL_MS:g} ms", _fmt(p99, "{:,.1f} ms"),
+             check(p99, lambda ms: ms < P99_GOAL_MS)),
+        goal("orphaned, lost, doubled: 0 in every run",
+             "0 everywhere" if not unsafe else f"not 0 at {unsafe}", not unsafe),
+        goal(f"20 peers settled within {SETTLE_GOAL_S:g} s after the load", settle(20),
+             check(settled_20, lambda s: s <= SETTLE_GOAL_S)),
+    ]
+    return lines

@@ -202,7 +202,6 @@ def test_a_lock_survives_a_restart_capped_by_the_chain() -> None:
 def relaying(blocks: Sequence[Block] = (GENESIS,)) -> NodeState:
     state = seated(3, blocks)
     state.relaying = True
-    state.relay_patience_ms = 2000
     return state
 
 

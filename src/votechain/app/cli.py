@@ -197,7 +197,8 @@ def cmd_vote(args: argparse.Namespace) -> int:
     except InvalidVote as exc:
         raise CliError(str(exc), code=2) from exc
     block_id, block_hash = _client(args.data_dir).vote(category, timeout=args.timeout)
-    out(f"vote for {category!r} mined in block {block_id} {block_hash}")
+    # Only once final: a majority of the members keep the block (core/finality.py).
+    out(f"vote for {category!r} mined in block {block_id} {block_hash}, final")
     return 0
 
 
@@ -217,6 +218,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("version", status.version),
         ("uptime", _format_uptime(status.uptime)),
         ("height", status.height),
+        ("final height", _format_final(status.final_height, status.locked_height,
+                                       status.seats)),
         ("tip", status.tip),
         ("tracker", f"{status.tracker} ({'up' if status.tracker_up else 'DOWN'})"),
         ("peers", status.peers),
@@ -229,6 +232,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     out("\n".join(f"{name:<16}{value}" for name, value in rows))
     return 0
+
+
+def _format_final(final: int, locked: int, seats: int) -> str:
+    """'41 (locked 42; majority of 5 seats)', or what a network without seats means."""
+    if seats == 0:
+        return f"{final} (no seats named: final once in this node's chain)"
+    return f"{final} (locked {locked}; majority of {seats} seats)"
 
 
 def _format_uptime(seconds: float) -> str:

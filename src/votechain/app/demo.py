@@ -280,13 +280,15 @@ def run_demo(*, peers: int, votes: int, difficulty: int, deadline: float, seed: 
 def _admit_peers(root: Path, dirs: Sequence[Path], difficulty: int) -> Path:
     """The organizer's part: a network in `root`, each of `dirs` admitted as a
     member (its key made there). Returns the network file the peers start with."""
-    network_path, authority_path = membership_files.create_network("demo", difficulty, root)
+    # Every peer is a seat: a vote is final once a majority of them keep it.
+    network_path, authority_path = membership_files.create_network("demo", difficulty, root,
+                                                                   len(dirs))
     network = membership_files.read_network(network_path)
     authority = membership_files.read_authority(authority_path)
     for peer_dir in dirs:
         membership_files.admit(network, authority, peer_dir, peer_dir.name)
-    print(f"network {network.name!r} {network.id.hex()[:16]}…, difficulty {difficulty}: "
-          f"{len(dirs)} members admitted", file=sys.stderr)
+    print(f"network {network.name!r} {network.id.hex()[:16]}…, difficulty {difficulty}, "
+          f"{network.seats} seats: {len(dirs)} members admitted", file=sys.stderr)
     return network_path
 
 

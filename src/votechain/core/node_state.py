@@ -67,17 +67,11 @@ Inputs, and what they return (node_effects.py lists the effects):
   current tip (or on `after`, our block just mined and not yet signed: the
   miner searches block N+1 while it signs N), or nothing when the queue is
   empty. After any decision that carries `AbortMining` the miner asks again.
-- Relaying (a network with seats, `relaying`): members racing each other at
-  every height orphan most blocks (each mines its own queue, and a block is
-  mined faster than it propagates). So one member mines for everyone: the
-  author of our tip, the member whose block won the last height. The others
-  hand it their votes (`relay_due`: each vote once, to a member we reach)
-  and mine nothing while it works; a vote it has not put in the chain
-  within `relay_patience_ms` (the leader died, or ignores it) is mined here
-  after all (`next_job`), which makes us the tip's author and the next
-  leader. Relayed votes stay queued and persisted here until a block
-  carries them, so a relay loses nothing; the majority vote still settles
-  whatever forks remain (two members mining at once while leadership moves).
+- Relaying (a network with seats, `relaying`; core/relaying.py says why):
+  the author of our tip mines for everyone. `relay_due` names it and the
+  queued votes to hand it (each once, and only to a member we reach);
+  `next_job` skips a vote handed over until its patience runs out
+  (`relay_failed` ends it at once), then mines it here.
 - `nonce_found(job, block)`: if the tip moved while mining, the block is stale
   and dropped (the vote stays queued for the next job). If its vote reached
   the chain by another path, the vote leaves the queue. Otherwise it is
@@ -139,6 +133,7 @@ from votechain.core.node_effects import (
     Restored,
     VoteDecision,
 )
+from votechain.core.relaying import Relays
 from votechain.core.rules import check_block_alone, check_difficulty
 from votechain.errors import BadGenesis, DamagedRow, InvalidBlock, OurBug
 
@@ -205,10 +200,9 @@ class NodeState:
         self.forks_resolved = 0
         # Which heights a majority of the `seats` members keep (core/finality.py).
         self.finality = Finality(seats, member=member)
-        # Relaying (see the module docstring): off unless the runtime turns it on.
+        # Relaying (core/relaying.py): off unless the runtime turns it on.
         self.relaying = False
-        self.relay_patience_ms = 2000
-        self._relayed: dict[bytes, int] = {}  # tx id -> when it was handed to a leader (ms)
+        self.relays = Relays()
 
     @property
     def pending(self) -> tuple[Transaction, ...]:
@@ -457,13 +451,10 @@ class NodeState:
         vote is then skipped); None when nothing is to be mined here now."""
         base = self.chain.tip if after is None else after
         skip = None if after is None else after.transaction.tx_id
-        relayed, patience = self._relayed, self.relay_patience_ms
+        relays = self.relays
         for tx in self._pending:
-            if tx.tx_id == skip:
+            if tx.tx_id == skip or relays.waiting(tx.tx_id, now_ms):
                 continue
-            handed = relayed.get(tx.tx_id) if relayed else None
-            if handed is not None and now_ms - handed < patience:
-                continue  # its leader has it, and time yet
             return MineJob(Block(id=base.id + 1, transaction=tx, nonce=0, prev_hash=base.hash,
                                  hash=b"", signature=b"", author=self.author))
         return None
@@ -486,31 +477,16 @@ class NodeState:
         leader = self.leader(reachable)
         if leader is None or not self._pending:
             return None
-        relayed = self._relayed
-        due = tuple(tx for tx in self._pending if tx.tx_id not in relayed)
-        if not due:
-            return None
-        if len(relayed) > 2 * len(self._pending):  # forget votes that left the queue
-            queued = {tx.tx_id for tx in self._pending}
-            self._relayed = relayed = {k: v for k, v in relayed.items() if k in queued}
-        for tx in due:
-            relayed[tx.tx_id] = now_ms
-        return leader, due
+        due = self.relays.hand_over(self._pending, now_ms)
+        return (leader, due) if due else None
 
     def relay_failed(self, tx_ids: Iterable[bytes], now_ms: int) -> None:
         """The leader did not take these votes: mine them here at once."""
-        for tx_id in tx_ids:
-            if tx_id in self._relayed:
-                self._relayed[tx_id] = now_ms - self.relay_patience_ms
+        self.relays.failed(tx_ids, now_ms)
 
     def relay_wait_ms(self, now_ms: int) -> int | None:
         """How long until a relayed vote's patience runs out (None: none waits)."""
-        if not self._relayed:
-            return None
-        queued = {tx.tx_id for tx in self._pending}
-        ends = [at + self.relay_patience_ms for tx_id, at in self._relayed.items()
-                if tx_id in queued]
-        return max(0, min(ends) - now_ms) if ends else None
+        return self.relays.wait_ms(self._pending, now_ms)
 
     def nonce_found(self, job: MineJob, block: Block) -> MinedDecision:
         """Our miner solved `job`; `block` is its template with the nonce, hash and signature."""

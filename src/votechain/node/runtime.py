@@ -8,9 +8,15 @@ miner, waking waiters, broadcasting, waking the resolver, log lines.
 Threads (the seed design's, made concrete; docs/design.md):
 - listener (inbound.py): blocks in accept() and hands each connection to its
   own thread, which answers Hello, GetLatest, GetBlocks and Add;
-- miner: asks the state for the next job (the oldest queued vote on the tip),
-  mines it with the MinerPool, signs, hands the block back; the state appends
-  it and says to broadcast it to every peer the tracker lists (outbound.py);
+- miner: asks the state whether to hand the queued votes to the member that
+  mines for everyone (relaying) or what to mine (the oldest queued vote on
+  the tip), mines it with the MinerPool, and while the workers search the
+  next block on it, signs it and hands it back; the state appends it and says
+  to broadcast it to every peer the tracker listed last (outbound.py);
+- finality: members' reports (pushes, acknowledgements, polls, Announce)
+  move the locked and final heights (core/finality.py); each change is
+  persisted, wakes the voters whose votes became final, and is announced to
+  the peers by the outbound threads (coalesced per peer);
 - resolver (resolver.py): every sync_interval, or at once when a block arrives
   that does not extend our tip, polls every peer's tip and follows the plan
   the state makes of the majority;
@@ -44,7 +50,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import assert_never
 
@@ -63,7 +68,6 @@ from votechain.core.node_effects import (
     DropVotes,
     Effect,
     Finalized,
-    MineJob,
     QueueVote,
     ReplaceFrom,
     Resolve,
@@ -81,10 +85,12 @@ from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
 from votechain.node.datadir import DataDirLock
 from votechain.node.inbound import InboundServer
 from votechain.node.metrics import NodeMetrics, Snapshot
+from votechain.node.miner import Miner
 from votechain.node.outbound import Outbound
 from votechain.node.peers import PeerDirectory
 from votechain.node.resolver import Resolver
 from votechain.node.store import ChainStore
+from votechain.node.voters import FinalWaiters
 from votechain.protocol.control import NodeStatus
 from votechain.protocol.peer import (
     MAX_BATCH_BLOCKS,
@@ -138,9 +144,8 @@ class Node:
         # nor answers blocks, so tests (and operators) can partition it and heal it.
         self.network_active = True
         self.metrics: NodeMetrics | None = None
-        # Voters waiting for their vote to be final, by tx id (`wait_for_vote`):
-        # each is woken only when its own vote's block becomes final.
-        self._final_waiters: dict[bytes, list[threading.Event]] = {}
+        # Voters waiting for their vote to be final (`wait_for_vote`).
+        self._voters = FinalWaiters(self._lock, self._final_block, self._stopping)
         self._hash_rate = LiveRate(HASHRATE_WINDOW)
         self._vote_rate = LiveRate(VOTE_RATE_WINDOW)
         self._started_at = time.monotonic()
@@ -204,7 +209,7 @@ class Node:
         self.state.restore_finality(*self.store.finality)
         # Members of a network with seats relay votes to one miner (NodeState).
         self.state.relaying = self.seats > 0 and is_member and self.config.relay
-        self.state.relay_patience_ms = round(self.config.relay_patience * 1000)
+        self.state.relays.patience_ms = round(self.config.relay_patience * 1000)
         self._final_recorded = self.state.finality.final
         # Every block above the recorded height was just checked with every rule.
         if self.store.verified_height < self.state.chain.height:
@@ -238,6 +243,11 @@ class Node:
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
             stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving,
             on_misbehaviour=self._fetched_invalid)
+        self.miner = Miner(self.state, self._changed, self.pool, self.key, self.difficulty,
+                           carry_out=self._carry_out,
+                           carry_out_unlocked=self._carry_out_unlocked,
+                           reachable=self._reachable, relay=self._relay,
+                           stopping=self._stopping, metrics=self.metrics)
         self.directory = PeerDirectory(self.config, self.address, stopping=self._stopping,
                                        registered=self._resolve_now.set)
         self.tracker = self.directory.tracker
@@ -259,7 +269,7 @@ class Node:
         self._started_at = time.monotonic()
         for name, target in (
             ("listener", self.inbound.run),
-            ("miner", self._mine_loop),
+            ("miner", self.miner.run),
             ("resolver", self.resolver.run),
             ("tracker", self.directory.run),
             ("monitor", self._monitor),
@@ -287,9 +297,7 @@ class Node:
         with self._changed:
             self.pool.abort()
             self._changed.notify_all()
-            for waiters in self._final_waiters.values():
-                for event in waiters:
-                    event.set()
+            self._voters.wake_all()
         self.control.stop()
         if self.metrics is not None:
             self.metrics.close()
@@ -316,8 +324,8 @@ class Node:
                     self.certificates.keep((block,))
                     self.store.append(block, done=done)
                     self.state.chain.settled()
-                    if self._final_waiters and not self.state.finality.counting:
-                        self._wake_voters((block,))
+                    if self._voters and not self.state.finality.counting:
+                        self._voters.settled((block,))
                 case AbortMining():
                     self.pool.abort()
                 case Wake():
@@ -330,8 +338,8 @@ class Node:
                     self.certificates.keep(blocks)
                     self.store.replace_from(first_id, blocks, requeue=requeue, done=done)
                     self.state.chain.settled()
-                    if self._final_waiters and not self.state.finality.counting:
-                        self._wake_voters(blocks)
+                    if self._voters and not self.state.finality.counting:
+                        self._voters.settled(blocks)
                 case DropVotes(tx_ids=tx_ids):
                     self.store.drop_pending(tx_ids)
                 case Finalized(locked=locked, final=final):
@@ -339,9 +347,9 @@ class Node:
                     # Persisted before any peer hears of the lock (AnnounceTip
                     # comes after): peers count it, so it must outlive a crash.
                     self.store.mark_finality(locked, final)
-                    if self._final_waiters and final > before:
+                    if self._voters and final > before:
                         chain = self.state.chain
-                        self._wake_voters(chain.blocks_from(before + 1, final - before))
+                        self._voters.settled(chain.blocks_from(before + 1, final - before))
                 case AnnounceTip():
                     if self.network_active:
                         self.outbound.announce(self.directory.known)
@@ -475,13 +483,6 @@ class Node:
             return Relayed("queued")
         return Relayed("known" if self.state.member else "refused", decision.reason)
 
-    def _wake_voters(self, blocks: Iterable[Block]) -> None:
-        """Wake the voters whose votes `blocks` carry (now final); under `_lock`."""
-        waiters = self._final_waiters
-        for block in blocks:
-            for event in waiters.get(block.transaction.tx_id, ()):
-                event.set()
-
     def _final_block(self, tx_id: bytes) -> tuple[Block | None, bool]:
         """The block holding `tx_id` in our chain, and whether it is final; under `_lock`."""
         block = self.chain.block_with_tx(tx_id)
@@ -491,29 +492,8 @@ class Node:
     def wait_for_vote(self, tx_id: bytes, timeout: float) -> tuple[Block | None, bool]:
         """Wait until the vote `tx_id` is final (a majority of the members keep
         its block: core/finality.py), at most `timeout` s: its block (None if
-        not in our chain yet) and whether it is final. Only this vote's own
-        finality wakes the caller, not every block. Raises NodeStopping if the
-        node stops before the vote is in a block."""
-        event = threading.Event()
-        with self._lock:
-            block, final = self._final_block(tx_id)
-            if final:
-                return block, True
-            self._final_waiters.setdefault(tx_id, []).append(event)
-        try:
-            event.wait(timeout)
-        finally:
-            with self._lock:
-                waiters = self._final_waiters.get(tx_id, [])
-                waiters.remove(event)
-                if not waiters:
-                    self._final_waiters.pop(tx_id, None)
-                block, final = self._final_block(tx_id)
-        if block is None and self._stopping.is_set():
-            raise NodeStopping(
-                f"the node stopped before vote {tx_id.hex()} was mined; it stays queued "
-                "and is mined when the node starts again")
-        return block, final
+        not in our chain yet) and whether it is final (voters.py)."""
+        return self._voters.wait(tx_id, timeout)
 
     def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
         """The seed design's 'add a block' request (docs/design.md): screen and
@@ -545,59 +525,6 @@ class Node:
         return AddResult(decision.status, decision.reason)
 
     # ------------------------------------------------------------------ mining
-
-    def _mine_loop(self) -> None:
-        """The miner thread: relay votes to the leader when one mines for us
-        (NodeState, "Relaying"), else mine. Pipelined: once a nonce is found,
-        the search for the next block starts on it at once, and the found block
-        is signed and appended while the workers search (its hash does not
-        cover its signature, so the next block's prev_hash is already known)."""
-        found: tuple[MineJob, Block, float] | None = None  # mined, not yet signed
-        while not self._stopping.is_set():
-            with self._changed:
-                while True:
-                    now = now_ms()
-                    relay = self.state.relay_due(now, self._reachable())
-                    job = self.state.next_job(now, None if found is None else found[1])
-                    if (job is not None or relay is not None or found is not None
-                            or self._stopping.is_set()):
-                        break
-                    wait = self.state.relay_wait_ms(now)
-                    self._changed.wait(None if wait is None else wait / 1000 + 0.001)
-                if job is not None:
-                    self.pool.submit(job.template.content(), self.difficulty)
-            mine_started = time.perf_counter()
-            if relay is not None:
-                self._relay(*relay)
-            if found is not None:
-                self._append_mined(*found)
-                found = None
-            if job is None:
-                continue
-            nonce = self.pool.wait()
-            if nonce is not None:
-                found = (job, job.template.with_nonce(nonce), time.perf_counter() - mine_started)
-
-    def _append_mined(self, job: MineJob, mined: Block, mine_seconds: float) -> None:
-        """Sign our mined block and hand it to the state (appended and broadcast,
-        or stale); a search already running on it is aborted if it is not appended."""
-        sign_started = time.perf_counter()
-        block = replace(mined, signature=self.key.sign(mined.hash))
-        sign_seconds = time.perf_counter() - sign_started
-        with self._changed:
-            decision = self.state.nonce_found(job, block)
-            if decision.status == "appended" and self.metrics is not None:
-                # Under the lock, so whoever the append wakes sees it counted.
-                self.metrics.mine_seconds.observe(mine_seconds)
-                self.metrics.sign_seconds.observe(sign_seconds)
-            self._carry_out(decision.effects)
-            if decision.status != "appended":
-                self.pool.abort()  # the next block's search was on this one
-        if decision.status == "dropped":
-            log.info("dropping mined block: %s", decision.reason)
-        elif decision.status == "appended":
-            log.info("mined block %d %s (nonce %d)", block.id, block.hash.hex()[:16], block.nonce)
-        self._carry_out_unlocked(decision.effects)
 
     def _reachable(self) -> frozenset[bytes]:
         """The member keys we can hand votes to now (relaying)."""

@@ -233,13 +233,7 @@ class AddResult:
 
     @classmethod
     def from_wire(cls, obj: object) -> AddResult:
-        fields = _CODEC.fields(obj, cls.TYPE, ("status", "reason"), tagged=True)
-        status = _CODEC.text(fields["status"], "add_result.status", max(map(len, ADD_STATUSES)))
-        if status not in ADD_STATUSES:
-            raise MalformedMessage(
-                f"add_result.status {quote(status)} is not one of {', '.join(ADD_STATUSES)}"
-            )
-        reason = _CODEC.text(fields["reason"], "add_result.reason", MAX_REASON_CHARS)
+        status, reason = _status_and_reason(obj, cls.TYPE, ADD_STATUSES)
         if reason and status != "rejected":
             raise MalformedMessage(f"add_result.reason must be empty when status is {status}")
         return cls(status=status, reason=reason)
@@ -426,13 +420,8 @@ class Relayed:
 
     @classmethod
     def from_wire(cls, obj: object) -> Relayed:
-        fields = _CODEC.fields(obj, cls.TYPE, ("status", "reason"), tagged=True)
-        status = _CODEC.text(fields["status"], "relayed.status", max(map(len, RELAY_STATUSES)))
-        if status not in RELAY_STATUSES:
-            raise MalformedMessage(
-                f"relayed.status {quote(status)} is not one of {', '.join(RELAY_STATUSES)}")
-        return cls(status=status,
-                   reason=_CODEC.text(fields["reason"], "relayed.reason", MAX_REASON_CHARS))
+        status, reason = _status_and_reason(obj, cls.TYPE, RELAY_STATUSES)
+        return cls(status=status, reason=reason)
 
 
 Message: TypeAlias = (Hello | Auth | GetLatest | Latest | Add | AddResult | GetBlocks | Blocks
@@ -467,6 +456,16 @@ def check_hello(ours: Hello, theirs: Hello) -> None:
         )
     if theirs.difficulty != ours.difficulty:
         raise IncompatiblePeer(f"difficulty {theirs.difficulty}, expected {ours.difficulty}")
+
+
+def _status_and_reason(obj: object, tag: str, statuses: tuple[str, ...]) -> tuple[str, str]:
+    """A reply's `status` (one of `statuses`) and `reason` fields, checked."""
+    fields = _CODEC.fields(obj, tag, ("status", "reason"), tagged=True)
+    status = _CODEC.text(fields["status"], f"{tag}.status", max(map(len, statuses)))
+    if status not in statuses:
+        raise MalformedMessage(
+            f"{tag}.status {quote(status)} is not one of {', '.join(statuses)}")
+    return status, _CODEC.text(fields["reason"], f"{tag}.reason", MAX_REASON_CHARS)
 
 
 def _block(value: object, where: str) -> Block:

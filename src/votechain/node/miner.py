@@ -1,0 +1,119 @@
+"""The miner thread: the runtime around NodeState's mining decisions
+(core/node_state.py `relay_due`, `next_job`, `nonce_found`).
+
+Each turn, under the node's lock, it asks the state whether to hand the
+queued votes to the member that mines for everyone (relaying,
+core/relaying.py) and what to mine, and submits the job to the MinerPool;
+submit and abort both happen under that lock, so a block appended between
+reading the tip and submitting cannot have its abort erased by the submit.
+
+Pipelined: once a nonce is found, the next block's search starts on the found
+block at once, and the found block is signed and appended while the workers
+search. Its hash does not cover its signature, so the next block's prev_hash
+is already known; signing (~0.25 ms of RSA) and the store write no longer
+wait for each other. If the found block is not appended after all (the tip
+moved meanwhile), the search built on it is aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from votechain.core.block import Block, Transaction
+from votechain.core.keys import NodeKey
+from votechain.core.node_effects import Effect, MineJob
+from votechain.core.node_state import NodeState
+from votechain.mining.pool import MinerPool
+from votechain.node.config import now_ms
+from votechain.node.metrics import NodeMetrics
+
+log = logging.getLogger("votechain.peer")
+
+
+class Miner:
+    """The miner thread's loop (`run`) for one node. `carry_out` performs a
+    decision's effects with the lock held, `carry_out_unlocked` the ones that
+    wait for it to be released (a Broadcast); `reachable` names the member
+    keys we can hand votes to, `relay(leader, txs)` hands them over."""
+
+    def __init__(
+        self,
+        state: NodeState,
+        changed: threading.Condition,
+        pool: MinerPool,
+        key: NodeKey,
+        difficulty: int,
+        *,
+        carry_out: Callable[[Iterable[Effect]], None],
+        carry_out_unlocked: Callable[[Iterable[Effect]], None],
+        reachable: Callable[[], frozenset[bytes]],
+        relay: Callable[[bytes, tuple[Transaction, ...]], None],
+        stopping: threading.Event,
+        metrics: NodeMetrics | None,
+    ) -> None:
+        self._state = state
+        self._changed = changed
+        self._pool = pool
+        self._key = key
+        self._difficulty = difficulty
+        self._carry_out = carry_out
+        self._carry_out_unlocked = carry_out_unlocked
+        self._reachable = reachable
+        self._relay = relay
+        self._stopping = stopping
+        self._metrics = metrics
+
+    def run(self) -> None:
+        found: tuple[MineJob, Block, float] | None = None  # mined, not yet signed
+        state, pool = self._state, self._pool
+        while not self._stopping.is_set():
+            with self._changed:
+                while True:
+                    now = now_ms()
+                    relay = state.relay_due(now, self._reachable())
+                    job = state.next_job(now, None if found is None else found[1])
+                    if (job is not None or relay is not None or found is not None
+                            or self._stopping.is_set()):
+                        break
+                    # Nothing to do until the state changes, or a relayed vote's
+                    # patience runs out (then it is ours to mine).
+                    wait = state.relay_wait_ms(now)
+                    self._changed.wait(None if wait is None else wait / 1000 + 0.001)
+                if job is not None:
+                    pool.submit(job.template.content(), self._difficulty)
+            mine_started = time.perf_counter()
+            if relay is not None:
+                self._relay(*relay)
+            if found is not None:
+                self._append(*found)
+                found = None
+            if job is None:
+                continue
+            nonce = pool.wait()
+            if nonce is not None:
+                found = (job, job.template.with_nonce(nonce), time.perf_counter() - mine_started)
+
+    def _append(self, job: MineJob, mined: Block, mine_seconds: float) -> None:
+        """Sign our mined block and hand it to the state: appended and broadcast,
+        or not (a search already running on it is then aborted)."""
+        sign_started = time.perf_counter()
+        block = replace(mined, signature=self._key.sign(mined.hash))
+        sign_seconds = time.perf_counter() - sign_started
+        with self._changed:
+            decision = self._state.nonce_found(job, block)
+            if decision.status == "appended" and self._metrics is not None:
+                # Under the lock, so whoever the append wakes sees it counted.
+                self._metrics.mine_seconds.observe(mine_seconds)
+                self._metrics.sign_seconds.observe(sign_seconds)
+            self._carry_out(decision.effects)
+            if decision.status != "appended":
+                self._pool.abort()  # the next block's search was on this one
+        if decision.status == "dropped":
+            log.info("dropping mined block: %s", decision.reason)
+        elif decision.status == "appended":
+            log.info("mined block %d %s (nonce %d)", block.id, block.hash.hex()[:16], block.nonce)
+        self._carry_out_unlocked(decision.effects)
