@@ -23,7 +23,16 @@ from typing import Any
 
 import pytest
 
-from blockkit import LOW_DIFFICULTY, NOW, T0, fixed_key, make_block, make_chain, other_key
+from blockkit import (
+    LOW_DIFFICULTY,
+    NOW,
+    T0,
+    extend,
+    fixed_key,
+    make_block,
+    make_chain,
+    other_key,
+)
 from framework.fakes_net import (
     Answer,
     FakePeer,
@@ -560,3 +569,34 @@ def test_a_late_joiner_syncs_past_a_small_branch_cap(
               f"{sorted(chunks)}")
         assert len(chunks) >= CAP_LENGTH // CAP  # one chunk per cap's worth, at least
 
+
+
+def test_a_holder_that_switches_branch_between_batches_is_not_blamed() -> None:
+    """An honest peer may settle a fork between two of our GetBlocks: its second
+    batch then does not link to its first. That ends the fetch (FetchFailed: try
+    the next holder), but is no lie: the address is not backed off for
+    misbehaviour, unlike a batch that does not link up within itself."""
+    first = make_chain(8, prefix="first")
+    switched = first[:3] + extend(first[2], [f"second{i}" for i in range(6)])
+    answers = [first, switched]
+
+    def answer(msg: Message) -> Message | None:
+        if isinstance(msg, GetBlocks):
+            served = answers[0] if len(answers) > 1 else answers[-1]
+            if len(answers) > 1:
+                answers.pop(0)
+            return Blocks(tuple(served[msg.from_id:msg.from_id + msg.limit]))
+        return Error(f"unexpected {type(msg).__name__}")
+
+    blamed: list[str] = []
+    with FakePeer(LOW_HELLO, answer, key=other_key()) as holder:
+        link = outbound.PeerLink(holder.address, LOW_HELLO)
+        try:
+            with pytest.raises(fetch.FetchFailed, match="changed at block 5"):
+                fetch.fetch_branch(
+                    link, 0, lambda i: first[0].hash if i == 0 else None,
+                    Tip(8, first[-1].hash), check=lambda block: None, batch_blocks=4,
+                    on_misbehaviour=lambda address, why: blamed.append(why))
+        finally:
+            link.close()
+    assert blamed == []

@@ -128,8 +128,13 @@ def _fetch(link: PeerLink, height: int, hash_at: HashAt, target: Tip, *,
     prefetch = _Prefetch(link, batch[-1].id + 1, end, batch_blocks, ahead, admit, deadline)
     try:
         while True:
-            for block in batch:
+            for index, block in enumerate(batch):
                 if prev is not None and (block.id != prev.id + 1 or block.prev_hash != prev.hash):
+                    if index == 0:
+                        # Between two requests an honest peer may switch branch
+                        # (a fork settled on its side): news, not a lie.
+                        raise FetchFailed(f"its chain changed at block {block.id} while we "
+                                          "fetched it")
                     raise InvalidBlock(block, "the peer sent a batch that does not link up")
                 check(block)
                 prev = block
