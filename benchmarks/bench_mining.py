@@ -6,6 +6,10 @@ kernel earns its keep.
 - hash rates at difficulty 16 over fixed ranges (nothing found, every nonce
   hashed): pure, native 1 worker, portable C 1 worker, MinerPool on every core;
 - the pool's abort latency (abort() to wait() returning);
+- the pool's dispatch round trip alone (submit a job found by the first nonce,
+  wait() for it), on 1 worker and on every core, and blocks/s of submit + wait
+  at difficulty 4 on 1 worker beside the same searches done in-process: what a
+  node pays per block for mining in worker processes;
 - blocks/s mined and signed at difficulty 4, and blocks/s validated
   (`rules.check_block_alone`, public-key cache warm).
 
@@ -42,6 +46,13 @@ PURE_NONCES = 1_000_000
 NATIVE_NONCES = bench.NATIVE_NONCES
 PORTABLE_NONCES = bench.PORTABLE_NONCES
 ABORT_ROUNDS = 100
+# Round trips timed one by one: enough for a steady p99 in a few seconds at worst.
+DISPATCH_ROUNDS = 2000
+DISPATCH_WARMUP = 50
+# Blocks mined by the 1-worker pool, in a fixed sequence of contents, so the
+# nonces (the luck) are the same from one run to the next and only the pool's
+# own cost differs between two versions of it.
+POOL_BLOCKS = 200
 BLOCK_DIFFICULTY = 4
 BLOCK_ROUNDS = 20
 VALIDATION_BLOCKS = 50
@@ -70,8 +81,13 @@ class Clock:
 
 
 def run_rounds(benchmark: BenchmarkFixture, clock: Clock, *, rounds: int,
-               setup: Callable[[], None] | None = None) -> None:
-    """pytest-benchmark's pedantic mode: exactly `rounds` timed calls, one each."""
+               setup: Callable[[], None] | None = None, warmup: int = 0) -> None:
+    """pytest-benchmark's pedantic mode: exactly `rounds` timed calls, one each,
+    after `warmup` calls of the bare function that neither clock sees."""
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        clock.fn()
     benchmark.pedantic(clock, setup=setup, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
 
 
@@ -187,6 +203,113 @@ def test_pool_abort_latency(
                        abort_stop_p99_ms=stop_p99)
     benchmark.extra_info.update(p50_ms=p50, p99_ms=p99, stop_p50_ms=stop_p50,
                                 stop_p99_ms=stop_p99)
+
+
+@pytest.fixture(scope="module")
+def pool_1() -> Iterator[mining.MinerPool]:
+    with mining.MinerPool(1, backend=bench.pool_backend()) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def one_cpu_for(pool: mining.MinerPool) -> Iterator[None]:
+    """This process and every worker of `pool` on one CPU, for the duration.
+
+    Why: in a VM, waking a process whose (virtual) CPU has gone idle costs tens
+    of microseconds whatever carries the wake-up (a bare pipe byte's round trip
+    was ~8 us on one vCPU and ~70 us across two, on the 2-vCPU machine these
+    figures were first taken on), and the scheduler chooses the placement run by
+    run. On one CPU the figure is the pool's own cost plus two context switches,
+    and stays put from one run to the next."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs os.sched_setaffinity")
+    before = {pid: os.sched_getaffinity(pid) for pid in [0, *pool.pids]}
+    cpu = {min(before[0])}
+    try:
+        for pid in before:
+            os.sched_setaffinity(pid, cpu)
+        yield
+    finally:
+        for pid, cpus in before.items():  # the pool outlives the test (a module fixture)
+            os.sched_setaffinity(pid, cpus)
+
+
+@pytest.mark.parametrize("placement", ["1_worker", "1_worker_same_cpu", "every_core"])
+def test_pool_dispatch_round_trip(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], request: pytest.FixtureRequest,
+    placement: str,
+) -> None:
+    """submit() + wait() of a job at difficulty 0 (the first nonce searched meets
+    it): what the pool itself costs per job, with next to no hashing in it.
+    "1_worker" and "every_core" leave placement to the scheduler, as a node does;
+    "1_worker_same_cpu" pins (see one_cpu_for), for a figure that does not
+    depend on where the worker happened to land."""
+    if placement == "every_core":
+        pool: mining.MinerPool = request.getfixturevalue("pool")
+        pinned: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:
+        pool = request.getfixturevalue("pool_1")
+        pinned = one_cpu_for(pool) if placement == "1_worker_same_cpu" else contextlib.nullcontext()
+    contents = [hashlib.sha256(b"dispatch %d" % n).digest() for n in range(16)]
+    counter = itertools.count()
+
+    def round_trip() -> None:
+        n = next(counter)
+        # Every worker's first nonce meets it; whichever reports first stops the others.
+        assert pool.mine(contents[n % len(contents)], 0, n * 1000) is not None
+
+    clock = Clock(round_trip)
+    with pinned:
+        run_rounds(benchmark, clock, rounds=DISPATCH_ROUNDS, warmup=DISPATCH_WARMUP)
+    p50, p99 = bench.percentiles_ms(clock.durations)
+    bench_rates[f"dispatch_{placement}_p50_us"] = p50 * 1e3
+    bench_rates[f"dispatch_{placement}_p99_us"] = p99 * 1e3
+    benchmark.extra_info.update(workers=pool.size, backend=pool.backend, p50_us=p50 * 1e3,
+                                p99_us=p99 * 1e3)
+
+
+def block_contents(count: int) -> list[bytes]:
+    return [hashlib.sha256(b"pool block %d" % n).digest() for n in range(count)]
+
+
+def test_pool_blocks_per_second_1_worker(
+    benchmark: BenchmarkFixture, bench_rates: dict[str, float], pool_1: mining.MinerPool
+) -> None:
+    """submit() + wait() at difficulty 4 on one worker, back to back, over the same
+    POOL_BLOCKS contents every run. Beside it the same searches in this process,
+    one pass before the pool's rounds and one after (the mean of the two, so a
+    change of load during the run weighs on both sides): one worker searches in
+    order from 0 as they do, so both hash the same nonces and the difference is
+    what the pool costs per block."""
+    contents = block_contents(POOL_BLOCKS)
+    search = mining.kernel(pool_1.backend)
+    nonces: list[int | None] = []
+
+    def search_here() -> float:
+        nonces.clear()
+        started = time.perf_counter()
+        nonces.extend(search(content, BLOCK_DIFFICULTY, 0, mining.NONCE_SPACE, None)
+                      for content in contents)
+        return time.perf_counter() - started
+
+    before = search_here()
+    counter = itertools.count()
+
+    def one_block() -> None:
+        n = next(counter) % POOL_BLOCKS
+        assert pool_1.mine(contents[n], BLOCK_DIFFICULTY) == nonces[n]
+
+    clock = Clock(one_block)
+    run_rounds(benchmark, clock, rounds=POOL_BLOCKS)
+    in_process = (before + search_here()) / 2
+    pooled = sum(clock.durations)
+    rounds = len(clock.durations)
+    bench_rates["pool_blocks_per_s"] = rounds / pooled
+    benchmark.extra_info.update(
+        blocks_per_s=rounds / pooled, in_process_blocks_per_s=POOL_BLOCKS / in_process,
+        overhead_us_per_block=(pooled / rounds - in_process / POOL_BLOCKS) * 1e6,
+        backend=pool_1.backend,
+    )
 
 
 # --- blocks ------------------------------------------------------------------------------

@@ -177,11 +177,12 @@ FIELD_CASES: list[tuple[object, str]] = [
         ({"kind": "get_latest"}, "must be a string"),
         ([1, 2, 3], "must be a map"),
         ({"type": "add"}, "missing block"),
-        ({"type": "add", "block": "a block"}, "must be a map"),
-        ({"type": "add", "block": {"id": 1}}, "is missing"),
+        ({"type": "add", "block": "a block", "locked": 0}, "must be a map"),
+        ({"type": "add", "block": {"id": 1}, "locked": 0}, "is missing"),
         # Version 1's Add named its sender's key; the key is now the one the
         # handshake proved, and a field claiming another is refused.
-        ({"type": "add", "block": {"id": 1}, "public_key": b"k"}, "unknown fields public_key"),
+        ({"type": "add", "block": {"id": 1}, "locked": 0, "public_key": b"k"},
+         "unknown fields public_key"),
 ]
 
 
@@ -207,7 +208,7 @@ def test_mistyped_block_fields_get_an_error(target: Target) -> None:
     ]
     with target.raw() as raw:
         for block_map, words in cases:
-            raw.send_obj({"type": "add", "block": block_map})
+            raw.send_obj({"type": "add", "block": block_map, "locked": 0})
             reply = raw.recv()
             assert isinstance(reply, Error) and words in reply.reason, (words, reply)
     target.assert_unharmed()
@@ -220,7 +221,8 @@ def test_oversized_block_data_is_refused_by_the_decoder(
     transaction = {"timestamp": 1, "data": b"x" * (MAX_DATA_BYTES + 1),
                    "salt": block.transaction.salt}
     with target.raw() as raw:
-        raw.send_obj({"type": "add", "block": _block_map(block, transaction=transaction)})
+        raw.send_obj({"type": "add", "block": _block_map(block, transaction=transaction),
+                      "locked": 0})
         reply = raw.recv()
         assert isinstance(reply, Error)
         assert "transaction.data is 1025 bytes, over its cap of 1024" in reply.reason

@@ -39,7 +39,7 @@ DOC_TEXT = DOC.read_text(encoding="utf-8")
 # with its whitespace collapsed.
 DOC_FLAT = re.sub(r"\s+", " ", DOC_TEXT)
 
-VERSION = 2  # section 2.1
+VERSION = 3  # section 2.1
 DIFFICULTY = 3  # the harness's
 MAX_FRAME_BYTES = 4_194_304  # section 1
 MAX_BATCH_BLOCKS = 256  # section 2.7
@@ -241,8 +241,9 @@ class DocClient:
         assert self.auth(key)["type"] == "auth"
 
     def add(self, block: dict[str, Any]) -> tuple[str, str]:
-        reply = self.request({"type": "add", "block": block})
-        assert set(reply) == {"type", "status", "reason"} and reply["type"] == "add_result"
+        reply = self.request({"type": "add", "block": block, "locked": 0})
+        assert set(reply) == {"type", "status", "reason", "locked"}
+        assert reply["type"] == "add_result"
         assert reply["status"] in ("added", "known", "fork", "rejected")
         assert (reply["reason"] != "") == (reply["status"] == "rejected")
         return reply["status"], reply["reason"]
@@ -462,7 +463,7 @@ def test_a_second_message_that_is_no_auth(node_address: tuple[str, int]) -> None
 
 
 @pytest.mark.parametrize(("change", "reason", "template"), [
-    ({"version": 1}, "incompatible: protocol version 1, expected 2", None),
+    ({"version": 1}, "incompatible: protocol version 1, expected 3", None),
     ({"difficulty": 4}, "incompatible: difficulty 4, expected 3", None),
     ({"genesis": bytes(32)}, "incompatible: genesis block 0000000000000000…, expected "
                              f"{OPEN_NETWORK_ID.hex()[:16]}… (a different chain)",

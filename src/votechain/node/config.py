@@ -142,6 +142,10 @@ SUMMARY_INTERVAL = 60.0
 # leader takes to mine a vote, so leadership does not flap under load; short
 # enough that a dead leader costs its voters a couple of seconds.
 RELAY_PATIENCE = 2.0
+# Announce (finality) at most this often: under load a node's tip and lock
+# change with every block, and a request per peer per block was most of the
+# network's messages; the blocks and their answers carry the locks meanwhile.
+ANNOUNCE_INTERVAL = 0.02
 
 
 @dataclass
@@ -167,6 +171,7 @@ class NodeConfig:
     # it waits for one to reach the chain before mining it itself.
     relay: bool = True
     relay_patience: float = RELAY_PATIENCE
+    announce_interval: float = ANNOUNCE_INTERVAL
     # Timeouts (seconds) and caps; the constants above say why each is what it is.
     sync_interval: float = SYNC_INTERVAL
     tracker_interval: float = TRACKER_INTERVAL

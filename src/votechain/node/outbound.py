@@ -109,7 +109,7 @@ class PeerLink:
         self._conn: Connection | None = None
         self.lock = threading.Lock()
         # Blocks to Add and votes to Relay, in order.
-        self._outbox: deque[Block | Transaction] = deque(maxlen=outbox_blocks)
+        self._outbox: deque[Add | Transaction] = deque(maxlen=outbox_blocks)
         self._outbox_lock = threading.Lock()  # guards the outbox, the backoff and the latency
         # Our account (Announce) is due here: sent after the queued blocks, once
         # however many changes came meanwhile (the latest is read when sent).
@@ -139,7 +139,7 @@ class PeerLink:
         with self._outbox_lock:
             return self._backoff.ready(now)
 
-    def enqueue(self, item: Block | Transaction) -> bool:
+    def enqueue(self, item: Add | Transaction) -> bool:
         """Queue a block to add or a vote to relay; True when the caller must
         start a drain for this link."""
         with self._outbox_lock:
@@ -162,7 +162,7 @@ class PeerLink:
             self._draining = True
             return True
 
-    def next_item(self) -> Block | Transaction | bool | None:
+    def next_item(self) -> Add | Transaction | bool | None:
         """The next block or vote to send, else True when our account is due,
         else None (and the drain ends)."""
         with self._outbox_lock:
@@ -349,12 +349,14 @@ class Outbound:
                     link.close()  # close() closed the others already: refuse requests
             return link
 
-    def broadcast(self, block: Block, peers: Iterable[Address]) -> None:
-        """Send `block` to each of `peers` not backed off, each in its own
-        thread with a bounded timeout; returns without waiting for them."""
+    def broadcast(self, block: Block, peers: Iterable[Address], locked: int = 0) -> None:
+        """Send `block` (with our locked height) to each of `peers` not backed
+        off, each in its own thread with a bounded timeout; returns without
+        waiting for them."""
+        add = Add(block, locked)
         for address in dict.fromkeys(peers):
             link = self.link(address)
-            if link.enqueue(block):
+            if link.enqueue(add):
                 pool = self._sends if link.proven else self._probes
                 try:
                     pool.submit(self._drain, link)
@@ -416,8 +418,8 @@ class Outbound:
         or knows our block holds it; an Announce answers with the peer's own."""
         while (item := link.next_item()) is not None:
             msg: Add | Relay | Announce | None
-            if isinstance(item, Block):
-                msg = Add(item)
+            if isinstance(item, Add):
+                msg = item
             elif isinstance(item, Transaction):
                 msg = Relay(item)
             else:
@@ -440,7 +442,9 @@ class Outbound:
                     log.warning("peer %s rejected our block %d: %s", link.address,
                                 msg.block.id, reply.reason)
                 elif reply.status in ("added", "known") and self._on_report is not None:
-                    self._on_report(peer, Tip(msg.block.id, msg.block.hash), None)
+                    # It holds our block; its lock is below it, on this chain.
+                    block = msg.block
+                    self._on_report(peer, Tip(block.id, block.hash), min(reply.locked, block.id))
             elif isinstance(reply, Announce) and self._on_report is not None:
                 self._on_report(peer, Tip(reply.tip_id, reply.tip_hash), reply.locked)
 

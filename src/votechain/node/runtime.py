@@ -50,6 +50,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import assert_never
 
@@ -137,6 +138,7 @@ class Node:
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._resolve_now = threading.Event()
+        self._announce_due = threading.Event()
         self._resolving = threading.Lock()  # held by the resolver thread during a round
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -273,6 +275,7 @@ class Node:
             ("resolver", self.resolver.run),
             ("tracker", self.directory.run),
             ("monitor", self._monitor),
+            ("announcer", self._announce_loop),
         ):
             thread = threading.Thread(target=target, name=f"votechain-{name}", daemon=True)
             thread.start()
@@ -294,6 +297,7 @@ class Node:
             return
         self._stopping.set()
         self._resolve_now.set()
+        self._announce_due.set()
         with self._changed:
             self.pool.abort()
             self._changed.notify_all()
@@ -351,8 +355,7 @@ class Node:
                         chain = self.state.chain
                         self._voters.settled(chain.blocks_from(before + 1, final - before))
                 case AnnounceTip():
-                    if self.network_active:
-                        self.outbound.announce(self.directory.known)
+                    self._announce_due.set()  # the announcer thread sends it
                 case Broadcast():
                     pass
                 case _:
@@ -447,8 +450,10 @@ class Node:
                 return AddResult("rejected", reason)
             result = self.receive_block(msg.block, peer.key, source)
             if result.status != "rejected" and self.state.finality.counting:
-                # Its author holds the block it pushes (its tip when it sent it).
-                self._reported(peer, Tip(msg.block.id, msg.block.hash), None)
+                # Its author holds the block it pushes, and had locked below it.
+                block = msg.block
+                self._reported(peer, Tip(block.id, block.hash), min(msg.locked, block.id))
+                return replace(result, locked=self.state.finality.locked)
             # An invalid block scores against its sender (core/discipline.py): enough
             # of them ban it, and inbound.py then drops and refuses it.
             offence = block_offence(result.status, result.reason)
@@ -526,6 +531,21 @@ class Node:
 
     # ------------------------------------------------------------------ mining
 
+    def _announce_loop(self) -> None:
+        """The announcer thread: our account (tip and lock) to every peer when it
+        changed, at most once per announce_interval, however many changes came
+        meanwhile. Under load the blocks and their answers carry the locks
+        (Add, AddResult); this covers the rest (the last vote of a burst, the
+        members that hear of a block only from its author's other peers)."""
+        while not self._stopping.is_set():
+            self._announce_due.wait()
+            self._announce_due.clear()
+            if self._stopping.is_set():
+                return
+            if self.network_active:
+                self.outbound.announce(self.directory.known)
+            self._stopping.wait(self.config.announce_interval)
+
     def _reachable(self) -> frozenset[bytes]:
         """The member keys we can hand votes to now (relaying)."""
         return self.outbound.member_keys() if self.network_active else frozenset()
@@ -546,7 +566,8 @@ class Node:
         thread with a bounded timeout; returns without waiting for them."""
         # The tracker keeper's list (refreshed every tracker_interval), not a
         # tracker round trip per block: that was a third of the miner's time.
-        self.outbound.broadcast(block, self.directory.known if self.network_active else [])
+        self.outbound.broadcast(block, self.directory.known if self.network_active else [],
+                                self.state.finality.locked)
 
     # ------------------------------------------------------------------- peers
 

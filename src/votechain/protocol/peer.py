@@ -60,8 +60,9 @@ from votechain.protocol.framing import FrameCap
 from votechain.protocol.messages import MessageSet, cut_reason
 
 # 2: the authenticated handshake (Auth), salted transactions with derived ids,
-# certificates in Blocks (docs/protocol.md).
-PROTOCOL_VERSION = 2
+# certificates in Blocks; 3: finality and relaying (Announce, Relay, Relayed,
+# and the locked heights in Add and AddResult) (docs/protocol.md).
+PROTOCOL_VERSION = 3
 CHALLENGE_BYTES = 32
 # A certificate is ~600 bytes with an RSA-2048 member key (membership.py);
 # 2 KiB allows larger keys.
@@ -203,14 +204,19 @@ class Add:
 
     TYPE: ClassVar[str] = "add"
     block: Block
+    # The sender's locked height (finality, core/finality.py) when it queued
+    # the block: under load the next block carries the news, not an Announce.
+    locked: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "block": _block_to_wire(self.block, "add.block")}
+        return {"type": self.TYPE, "block": _block_to_wire(self.block, "add.block"),
+                "locked": self.locked}
 
     @classmethod
     def from_wire(cls, obj: object) -> Add:
-        fields = _CODEC.fields(obj, cls.TYPE, ("block",), tagged=True)
-        return cls(block=_block(fields["block"], "add.block"))
+        fields = _CODEC.fields(obj, cls.TYPE, ("block", "locked"), tagged=True)
+        return cls(block=_block(fields["block"], "add.block"),
+                   locked=_CODEC.uint(fields["locked"], "add.locked"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,19 +230,24 @@ class AddResult:
     TYPE: ClassVar[str] = "add_result"
     status: str
     reason: str = ""
+    # The receiver's locked height once it took the block (finality): with
+    # "added" or "known", a report that it holds the block and has locked this.
+    locked: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reason", cut_reason(self.reason))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "status": self.status, "reason": self.reason}
+        return {"type": self.TYPE, "status": self.status, "reason": self.reason,
+                "locked": self.locked}
 
     @classmethod
     def from_wire(cls, obj: object) -> AddResult:
-        status, reason = _status_and_reason(obj, cls.TYPE, ADD_STATUSES)
+        status, reason, fields = _status_and_reason(obj, cls.TYPE, ADD_STATUSES, ("locked",))
         if reason and status != "rejected":
             raise MalformedMessage(f"add_result.reason must be empty when status is {status}")
-        return cls(status=status, reason=reason)
+        return cls(status=status, reason=reason,
+                   locked=_CODEC.uint(fields["locked"], "add_result.locked"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +431,7 @@ class Relayed:
 
     @classmethod
     def from_wire(cls, obj: object) -> Relayed:
-        status, reason = _status_and_reason(obj, cls.TYPE, RELAY_STATUSES)
+        status, reason, _ = _status_and_reason(obj, cls.TYPE, RELAY_STATUSES)
         return cls(status=status, reason=reason)
 
 
@@ -458,14 +469,16 @@ def check_hello(ours: Hello, theirs: Hello) -> None:
         raise IncompatiblePeer(f"difficulty {theirs.difficulty}, expected {ours.difficulty}")
 
 
-def _status_and_reason(obj: object, tag: str, statuses: tuple[str, ...]) -> tuple[str, str]:
-    """A reply's `status` (one of `statuses`) and `reason` fields, checked."""
-    fields = _CODEC.fields(obj, tag, ("status", "reason"), tagged=True)
+def _status_and_reason(obj: object, tag: str, statuses: tuple[str, ...],
+                       others: tuple[str, ...] = ()) -> tuple[str, str, dict[str, Any]]:
+    """A reply's `status` (one of `statuses`) and `reason`, checked, and its
+    fields (exactly those two and `others`) for the caller to check the rest."""
+    fields = _CODEC.fields(obj, tag, ("status", "reason", *others), tagged=True)
     status = _CODEC.text(fields["status"], f"{tag}.status", max(map(len, statuses)))
     if status not in statuses:
         raise MalformedMessage(
             f"{tag}.status {quote(status)} is not one of {', '.join(statuses)}")
-    return status, _CODEC.text(fields["reason"], f"{tag}.reason", MAX_REASON_CHARS)
+    return status, _CODEC.text(fields["reason"], f"{tag}.reason", MAX_REASON_CHARS), fields
 
 
 def _block(value: object, where: str) -> Block:
