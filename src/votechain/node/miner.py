@@ -35,7 +35,9 @@ log = logging.getLogger("votechain.peer")
 
 
 class Miner:
-    """The miner thread's loop (`run`) for one node. `carry_out` performs a
+    """The miner thread's loop (`run`) for one node. `changed` is the node's
+    lock (a Condition); `work`, a Condition on the same lock, is notified when
+    there may be something to mine or relay. `carry_out` performs a
     decision's effects with the lock held, `carry_out_unlocked` the ones that
     wait for it to be released (a Broadcast); `reachable` names the member
     keys we can hand votes to, `relay(leader, txs)` hands them over."""
@@ -44,6 +46,7 @@ class Miner:
         self,
         state: NodeState,
         changed: threading.Condition,
+        work: threading.Condition,
         pool: MinerPool,
         key: NodeKey,
         difficulty: int,
@@ -57,6 +60,7 @@ class Miner:
     ) -> None:
         self._state = state
         self._changed = changed
+        self._work = work  # on `changed`'s lock: notified when there may be work
         self._pool = pool
         self._key = key
         self._difficulty = difficulty
@@ -82,7 +86,7 @@ class Miner:
                     # Nothing to do until the state changes, or a relayed vote's
                     # patience runs out (then it is ours to mine).
                     wait = state.relay_wait_ms(now)
-                    self._changed.wait(None if wait is None else wait / 1000 + 0.001)
+                    self._work.wait(None if wait is None else wait / 1000 + 0.001)
                 if job is not None:
                     pool.submit(job.template.content(), self._difficulty)
             mine_started = time.perf_counter()

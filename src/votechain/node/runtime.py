@@ -136,6 +136,11 @@ class Node:
         self.difficulty = config.difficulty
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # What the idle miner waits on, on the same lock: notified only when it
+        # may have work (a vote queued, votes re-queued by a switch, a relay
+        # that failed), not at every block appended, whose wake-up (a futex
+        # and a GIL hand-off for nothing) cost followers ~15% of their time.
+        self._work = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._resolve_now = threading.Event()
         self._announce_due = threading.Event()
@@ -245,7 +250,8 @@ class Node:
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
             stopping=self._stopping, wake=self._resolve_now, round_lock=self._resolving,
             on_misbehaviour=self._fetched_invalid)
-        self.miner = Miner(self.state, self._changed, self.pool, self.key, self.difficulty,
+        self.miner = Miner(self.state, self._changed, self._work, self.pool, self.key,
+                           self.difficulty,
                            carry_out=self._carry_out,
                            carry_out_unlocked=self._carry_out_unlocked,
                            reachable=self._reachable, relay=self._relay,
@@ -301,6 +307,7 @@ class Node:
         with self._changed:
             self.pool.abort()
             self._changed.notify_all()
+            self._work.notify_all()
             self._voters.wake_all()
         self.control.stop()
         if self.metrics is not None:
@@ -338,10 +345,12 @@ class Node:
                     self._resolve_now.set()
                 case QueueVote(tx=tx):
                     self.store.add_pending(tx)
+                    self._work.notify()
                 case ReplaceFrom(first_id=first_id, blocks=blocks, requeue=requeue, done=done):
                     self.certificates.keep(blocks)
                     self.store.replace_from(first_id, blocks, requeue=requeue, done=done)
                     self.state.chain.settled()
+                    self._work.notify()  # votes re-queued, or a new leader
                     if self._voters and not self.state.finality.counting:
                         self._voters.settled(blocks)
                 case DropVotes(tx_ids=tx_ids):
@@ -559,7 +568,7 @@ class Node:
     def _relay_failed(self, tx_ids: list[bytes]) -> None:
         with self._changed:
             self.state.relay_failed(tx_ids, now_ms())
-            self._changed.notify_all()
+            self._work.notify()
 
     def broadcast(self, block: Block) -> None:
         """Send `block` and our public key to every other peer, each in its own
