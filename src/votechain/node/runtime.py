@@ -542,8 +542,9 @@ class Node:
 
     def _announce_loop(self) -> None:
         """The announcer thread: our account (tip and lock) to every peer when it
-        changed, at most once per announce_interval, however many changes came
-        meanwhile. Under load the blocks and their answers carry the locks
+        changed, at most once per announce_interval (stretched so that no more
+        than announce_budget requests a second go out), however many changes
+        came meanwhile. Under load the blocks and their answers carry the locks
         (Add, AddResult); this covers the rest (the last vote of a burst, the
         members that hear of a block only from its author's other peers)."""
         while not self._stopping.is_set():
@@ -551,9 +552,11 @@ class Node:
             self._announce_due.clear()
             if self._stopping.is_set():
                 return
-            if self.network_active:
-                self.outbound.announce(self.directory.known)
-            self._stopping.wait(self.config.announce_interval)
+            peers = self.directory.known if self.network_active else []
+            self.outbound.announce(peers)
+            config = self.config
+            self._stopping.wait(max(config.announce_interval,
+                                    len(peers) / config.announce_budget))
 
     def _reachable(self) -> frozenset[bytes]:
         """The member keys we can hand votes to now (relaying)."""
