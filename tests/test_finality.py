@@ -255,3 +255,11 @@ def test_the_next_block_is_mined_on_ours_before_it_is_signed() -> None:
 
 def resign_for(template: Block) -> Block:
     return resign(template, fixed_key())
+
+
+def test_on_the_genesis_block_the_smallest_key_leads() -> None:
+    state = relaying()
+    me_key = fixed_key().public_der
+    smaller, larger = b"\x00" + me_key, b"\xff" + me_key
+    assert state.leader(reachable={larger}) is None  # we are the smallest: we mine
+    assert state.leader(reachable={smaller, larger}) == smaller

@@ -17,6 +17,7 @@ import pytest
 
 from framework.network import DIFFICULTY, Network
 from framework.processes import Cluster, Peer, wait_for
+from framework.waiting import wait_until
 from votechain.core.block import Block
 from votechain.errors import ControlUnavailable
 from votechain.node.runtime import Node
@@ -122,22 +123,27 @@ def author_of(node: Node, confirmed: Confirmed) -> bytes:
 
 def test_members_hand_votes_to_the_tip_author_and_mine_them_when_it_is_gone(
         network: Network) -> None:
-    """The member whose block won the last height mines for everyone: b's and
-    c's votes are mined by a, so no block races another. When a stops, b's
-    next vote waits RELAY patience for a, then b mines it itself, and b and c,
-    two seats of three, make it final."""
-    a, b, c = network.add_nodes("abc", seats=SEATS, relay_patience=0.5)
-    network.wait_connected([a, b, c])
-    first = vote_final(a, "first")
-    network.wait_converged([a, b, c])
-    key = a.key.public_der
-    assert author_of(a, first) == key
-    for node in (b, c):
-        assert author_of(a, vote_final(node, "relayed")) == key  # mined by a
-    assert sum(n.forks_resolved for n in (a, b, c)) == 0
-    network.stop_node(a)
-    alone = vote_final(b, "after a stopped")
-    assert author_of(b, alone) == b.key.public_der
+    """One member mines for everyone: on the genesis block the smallest key,
+    then the author of the tip. The others' votes are mined by it, so no block
+    races another. When it stops, the next vote waits RELAY patience for it,
+    then its own member mines it, and the two left, two seats of three, make
+    it final."""
+    nodes = network.add_nodes("abc", seats=SEATS, relay_patience=0.5)
+    network.wait_connected(nodes)
+    # Each node reaches the two others once its first resolution round polled them.
+    wait_until(lambda: all(len(n.outbound.member_keys()) == 2 for n in nodes), DEADLINE,
+               what="every node to reach the other members")
+    first = vote_final(nodes[0], "first")
+    network.wait_converged(nodes)
+    leader = min(nodes, key=lambda n: n.key.public_der)
+    assert author_of(nodes[0], first) == leader.key.public_der
+    for node in nodes:
+        assert author_of(nodes[0], vote_final(node, "relayed")) == leader.key.public_der
+    assert sum(n.forks_resolved for n in nodes) == 0
+    network.stop_node(leader)
+    other = next(n for n in nodes if n is not leader)
+    alone = vote_final(other, "after the leader stopped")
+    assert author_of(other, alone) == other.key.public_der
 
 
 @pytest.fixture

@@ -105,7 +105,8 @@ Ties between tips are broken by forkchoice.majority, the same on every node.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -461,18 +462,21 @@ class NodeState:
 
     # ------------------------------------------------------------- relaying
 
-    def leader(self, reachable: Container[bytes]) -> bytes | None:
-        """The member that mines for everyone now: our tip's author, if relaying
-        is on and it is another member we reach; None: we mine ourselves."""
+    def leader(self, reachable: AbstractSet[bytes]) -> bytes | None:
+        """The member that mines for everyone now (core/relaying.py): our tip's
+        author, if relaying is on and it is another member we reach; on the
+        genesis block, which no member wrote, the smallest key among us and the
+        members we reach. None: we mine ourselves."""
         if not self.relaying:
             return None
-        author = self.chain.tip.author
+        author = self.chain.tip.author if self.chain.height > 0 else min(
+            {self.author, *reachable})
         if author == self.author or author not in reachable:
             return None
         return author
 
     def relay_due(self, now_ms: int,
-                  reachable: Container[bytes]) -> tuple[bytes, tuple[Transaction, ...]] | None:
+                  reachable: AbstractSet[bytes]) -> tuple[bytes, tuple[Transaction, ...]] | None:
         """The leader and the queued votes to hand it now (each vote once), or None."""
         leader = self.leader(reachable)
         if leader is None or not self._pending:

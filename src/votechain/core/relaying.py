@@ -13,7 +13,11 @@ author of a member's tip, the member whose block won the last height, is the
 docs/protocol.md 2.11) and mine nothing while it works. Every member that
 holds the same tip names the same leader, with no message exchanged to agree
 on it; while they disagree (a fork in flight) two members may mine at once,
-and the majority vote settles that as before.
+and the majority vote settles that as before. The genesis block has no
+author: on it the leader is the smallest key among a member and the members
+it reaches, the same on every member that reaches all the others (without
+it, every member mined its first votes at once: at 10 peers, 40 blocks
+racing for the first five heights).
 
 A vote handed over stays queued, and persisted, where it was cast until a
 block carries it, so a relay loses nothing. If the leader has not put it in
