@@ -185,21 +185,29 @@ def test_a_node_that_stops_mid_session_is_a_clear_error(
         session.vote("bob", timeout=5)
 
 
-def test_a_node_that_stops_during_a_vote_ends_the_vote(
-    session: ControlSession, server: CountingServer, node: FakeNode
-) -> None:
+def vote_waiting(session: ControlSession, node: FakeNode,
+                 timeout: float) -> tuple[threading.Thread, list[Exception]]:
+    """A vote on `session` in a thread, left waiting (the node mines nothing):
+    the thread, and the ControlUnavailable it ends with, once it ends."""
     node.auto_mine = False
     errors: list[Exception] = []
 
     def vote() -> None:
         try:
-            session.vote("waiting", timeout=1.0)
+            session.vote("waiting", timeout=timeout)
         except ControlUnavailable as exc:
             errors.append(exc)
 
     voter = threading.Thread(target=vote)
     voter.start()
     wait_until(lambda: node.queue, what="the vote to reach the node")
+    return voter, errors
+
+
+def test_a_node_that_stops_during_a_vote_ends_the_vote(
+    session: ControlSession, server: CountingServer, node: FakeNode
+) -> None:
+    voter, errors = vote_waiting(session, node, timeout=1.0)
     server.stop()
     voter.join(10)
     assert [str(e) for e in errors] == [f"the node at {server.path.parent} closed the connection"]
@@ -236,18 +244,7 @@ def test_close_is_idempotent(server: CountingServer, tmp_path: Path) -> None:
 def test_close_from_another_thread_wakes_a_waiting_vote(
     session: ControlSession, node: FakeNode
 ) -> None:
-    node.auto_mine = False
-    errors: list[Exception] = []
-
-    def vote() -> None:
-        try:
-            session.vote("waiting", timeout=30)
-        except ControlUnavailable as exc:
-            errors.append(exc)
-
-    voter = threading.Thread(target=vote)
-    voter.start()
-    wait_until(lambda: node.queue, what="the vote to reach the node")
+    voter, errors = vote_waiting(session, node, timeout=30)
     session.close()
     voter.join(10)
     node.mine_all()  # lets the server's handler go, rather than wait out the vote's 30 s
