@@ -13,10 +13,12 @@ Threads (the seed design's, made concrete; docs/design.md):
   the tip), mines it with the MinerPool, and while the workers search the
   next block on it, signs it and hands it back; the state appends it and says
   to broadcast it to every peer the tracker listed last (outbound.py);
-- finality: members' reports (pushes, acknowledgements, polls, Announce)
-  move the locked and final heights (core/finality.py); each change is
-  persisted, wakes the voters whose votes became final, and is announced to
-  the peers by the outbound threads (coalesced per peer);
+- finality is no thread of its own: members' reports (pushes, their
+  answers, polls, Announce) move the locked and final heights
+  (core/finality.py) in whichever thread received them; each change is
+  persisted and wakes the voters whose votes became final (voters.py);
+- announcer: tells the peers our tip and locked height when they changed,
+  at most once per announce_interval, within announce_budget;
 - resolver (resolver.py): every sync_interval, or at once when a block arrives
   that does not extend our tip, polls every peer's tip and follows the plan
   the state makes of the majority;
