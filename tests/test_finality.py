@@ -12,7 +12,7 @@ from votechain.core.block import Block, genesis_block
 from votechain.core.chain import Chain
 from votechain.core.finality import Finality, Report, quorum_of
 from votechain.core.forkchoice import Tip, Vote
-from votechain.core.node_effects import AnnounceTip, Finalized
+from votechain.core.node_effects import AnnounceTip, Finalized, QueueVote
 from votechain.core.node_state import NodeState
 
 GENESIS = genesis_block()
@@ -263,3 +263,10 @@ def test_on_the_genesis_block_the_smallest_key_leads() -> None:
     smaller, larger = b"\x00" + me_key, b"\xff" + me_key
     assert state.leader(reachable={larger}) is None  # we are the smallest: we mine
     assert state.leader(reachable={smaller, larger}) == smaller
+
+
+def test_a_relayed_vote_is_queued_but_left_to_its_own_member_to_persist() -> None:
+    state = seated(3)
+    decision = state.vote_submitted(tx_for("theirs"), relayed=True)
+    assert decision.queued and QueueVote(tx_for("theirs"), persist=False) in decision.effects
+    assert state.pending == (tx_for("theirs"),)

@@ -56,9 +56,11 @@ class ReplaceFrom:
 
 @dataclass(frozen=True, slots=True)
 class QueueVote:
-    """Store `tx` in the pending queue: from here on it survives a restart."""
+    """A vote joined the queue: store it in the pending queue (from here on it
+    survives a restart) unless not `persist` (a vote another member relayed)."""
 
     tx: Transaction
+    persist: bool = True
 
 
 @dataclass(frozen=True, slots=True)

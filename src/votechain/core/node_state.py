@@ -432,9 +432,13 @@ class NodeState:
 
     # ------------------------------------------------------- votes and mining
 
-    def vote_submitted(self, tx: Transaction) -> VoteDecision:
+    def vote_submitted(self, tx: Transaction, *, relayed: bool = False) -> VoteDecision:
         """Our owner's vote: queue it (persisted) unless we have it already, or
-        we are an observer (its blocks would be invalid: it writes nothing)."""
+        we are an observer (its blocks would be invalid: it writes nothing).
+        A vote `relayed` to us by another member is queued but not persisted:
+        its own member keeps it persisted, and mines it itself if we restart
+        and drop it (core/relaying.py); a store write per relayed vote was
+        the leader's, the busiest member's, to spare."""
         if not self.member:
             return VoteDecision(False, "this node is an observer, not a member of the "
                                        "network: it cannot mine votes")
@@ -444,7 +448,7 @@ class NodeState:
         if any(t.tx_id == tx.tx_id for t in self._pending):
             return VoteDecision(False, "already queued")
         self._pending.append(tx)
-        return VoteDecision(True, effects=(QueueVote(tx), WAKE))
+        return VoteDecision(True, effects=(QueueVote(tx, persist=not relayed), WAKE))
 
     def next_job(self, now_ms: int = 0, after: Block | None = None) -> MineJob | None:
         """The oldest queued vote not waiting on a leader (see relaying), on the

@@ -345,8 +345,9 @@ class Node:
                     self._changed.notify_all()
                 case Resolve():
                     self._resolve_now.set()
-                case QueueVote(tx=tx):
-                    self.store.add_pending(tx)
+                case QueueVote(tx=tx, persist=persist):
+                    if persist:
+                        self.store.add_pending(tx)
                     self._work.notify()
                 case ReplaceFrom(first_id=first_id, blocks=blocks, requeue=requeue, done=done):
                     self.certificates.keep(blocks)
@@ -493,7 +494,7 @@ class Node:
         if not peer.member or peer.key is None:
             return Relayed("refused", "only a member may relay a vote")
         with self._changed:
-            decision = self.state.vote_submitted(tx)
+            decision = self.state.vote_submitted(tx, relayed=True)
             self._carry_out(decision.effects)
         if decision.queued:
             return Relayed("queued")
