@@ -72,6 +72,14 @@ def pytest_terminal_summary(
                      f"p99 {rates['abort_stop_p99_ms']:.2f} ms")
         lines.append(f"pool abort, abort() to wait() returning: "
                      f"p50 {rates['abort_p50_ms']:.2f} ms, p99 {rates['abort_p99_ms']:.2f} ms")
+    for placement in ("1_worker", "1_worker_same_cpu", "every_core"):
+        if f"dispatch_{placement}_p50_us" in rates:
+            lines.append(f"pool dispatch round trip, {placement.replace('_', ' ')}: "
+                         f"p50 {rates[f'dispatch_{placement}_p50_us']:.1f} us, "
+                         f"p99 {rates[f'dispatch_{placement}_p99_us']:.1f} us")
+    if "pool_blocks_per_s" in rates:
+        lines.append(f"pool submit + wait at difficulty 4, 1 worker: "
+                     f"{rates['pool_blocks_per_s']:.0f} blocks/s")
     if "blocks_per_s" in rates:
         lines.append(f"mine + sign at difficulty 4: {rates['blocks_per_s']:.1f} blocks/s")
     if "validations_per_s" in rates:
