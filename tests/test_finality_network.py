@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from framework.network import DIFFICULTY, Network
+from blockkit import tx_for
+from framework.network import DIFFICULTY, Network, Target
 from framework.processes import Cluster, Peer, wait_for
 from framework.waiting import wait_until
 from votechain.core.block import Block
+from votechain.core.keys import NodeKey
 from votechain.errors import ControlUnavailable
 from votechain.node.runtime import Node
 from votechain.node.store import ChainStore
+from votechain.protocol.peer import Announce, Relay, Relayed
 
 SEATS = 3
 DEADLINE = 60.0
@@ -193,3 +196,34 @@ def test_kill9_keeps_every_final_vote_and_the_lock(cluster: Cluster) -> None:
     cluster.wait_converged([a, b, c], ["red", "blue", "green", "after"], DEADLINE)
     for peer in (a, b, c):
         assert_kept(stored_chain(peer), confirmed)
+
+
+def test_finality_counts_distinct_members_and_ignores_observers(network: Network) -> None:
+    """Five seats, one node: what it holds is final only once two more distinct
+    member keys report holding and locking it. An observer's Announce counts
+    for nothing (and its Relay is refused); one key announcing over two
+    connections counts once."""
+    node = network.add_node("a", seats=5)
+    confirmed = node.submit_vote("alone")
+    block, final = node.wait_for_vote(confirmed, ISOLATED_WAIT)
+    assert block is not None and not final  # one seat of five
+    target = Target(node)
+    claim = Announce(block.id, block.hash, block.id)
+
+    def announce(key: NodeKey | None) -> None:
+        with target.connection(key) as conn:
+            assert isinstance(conn.request(claim), Announce)
+
+    announce(None)  # an observer
+    with target.connection() as conn:
+        reply = conn.request(Relay(tx_for("from an observer")))
+        assert isinstance(reply, Relayed) and reply.status == "refused"
+    first, second = NodeKey.generate(), NodeKey.generate()
+    announce(first)
+    announce(first)  # the same member again, on another connection
+    status = node.status()
+    assert (status.locked_height, status.final_height) == (0, 0)
+    announce(second)  # three distinct members hold and locked it
+    wait_until(lambda: node.status().final_height == block.id, DEADLINE,
+               what="the block to be final")
+    assert node.wait_for_vote(confirmed, DEADLINE) == (block, True)
