@@ -140,8 +140,8 @@ def test_members_hand_votes_to_the_tip_author_and_mine_them_when_it_is_gone(
     network.wait_converged(nodes)
     leader = min(nodes, key=lambda n: n.key.public_der)
     assert author_of(nodes[0], first) == leader.key.public_der
-    for node in nodes:
-        assert author_of(nodes[0], vote_final(node, "relayed")) == leader.key.public_der
+    for node in nodes:  # (the voter's node holds its final vote's block; a third may lag)
+        assert author_of(node, vote_final(node, "relayed")) == leader.key.public_der
     assert sum(n.forks_resolved for n in nodes) == 0
     network.stop_node(leader)
     other = next(n for n in nodes if n is not leader)
