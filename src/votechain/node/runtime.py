@@ -24,7 +24,7 @@ Threads (the seed design's, made concrete; docs/design.md):
   the state makes of the majority;
 - tracker keeper (peers.py): keeps the registration alive, re-registering
   when the tracker comes back, and the peer list fresh;
-- monitor: each second samples the miner's progress and the committed votes
+- monitor (monitor.py): each second samples the miner's progress and the committed votes
   (the live hash rate and votes/s that status and metrics report), and every
   summary_interval logs a one-line summary;
 - with `metrics` set, prometheus_client's HTTP server (node/metrics.py).
@@ -80,7 +80,6 @@ from votechain.core.node_effects import (
 from votechain.core.node_state import RECHECK_TAIL, NodeState
 from votechain.core.rules import check_difficulty
 from votechain.errors import DamagedStore, InvalidVote, NodeStopping
-from votechain.mining.pool import LiveRate
 from votechain.net.connection import LocalIdentity, PeerIdentity
 from votechain.net.control_server import ControlServer
 from votechain.node.certificates import CertificateKeeper
@@ -89,6 +88,7 @@ from votechain.node.datadir import DataDirLock
 from votechain.node.inbound import InboundServer
 from votechain.node.metrics import NodeMetrics, Snapshot
 from votechain.node.miner import Miner
+from votechain.node.monitor import Monitor
 from votechain.node.outbound import Outbound
 from votechain.node.peers import PeerDirectory
 from votechain.node.resolver import Resolver
@@ -120,11 +120,6 @@ log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
 
-# The live hash rate spans this many seconds of the miner's progress; votes/s
-# spans a minute. The monitor samples both each MONITOR_INTERVAL.
-HASHRATE_WINDOW = 5.0
-VOTE_RATE_WINDOW = 60.0
-MONITOR_INTERVAL = 1.0
 
 
 class Node:
@@ -155,8 +150,6 @@ class Node:
         self.metrics: NodeMetrics | None = None
         # Voters waiting for their vote to be final (`wait_for_vote`).
         self._voters = FinalWaiters(self._lock, self._final_block, self._stopping)
-        self._hash_rate = LiveRate(HASHRATE_WINDOW)
-        self._vote_rate = LiveRate(VOTE_RATE_WINDOW)
         self._started_at = time.monotonic()
 
     @property
@@ -231,8 +224,9 @@ class Node:
         self.identity = LocalIdentity(self.key, certificate)
         self.pool = mining.MinerPool(self.config.workers, self.config.miner)
         # The rates' first samples: 0 per worker, and the votes the store holds.
-        self._hash_rate.sample(time.monotonic(), self.pool.progress())
-        self._vote_rate.sample(time.monotonic(), (self._votes_committed(),))
+        self.monitor = Monitor(lambda: self.state, self.pool, self.store,
+                               summary_interval=self.config.summary_interval,
+                               stopping=self._stopping)
         if self.config.metrics is not None:
             self.metrics = NodeMetrics(self._snapshot)
         failed = None if self.metrics is None else self.metrics.handshake_failures.inc
@@ -282,7 +276,7 @@ class Node:
             ("miner", self.miner.run),
             ("resolver", self.resolver.run),
             ("tracker", self.directory.run),
-            ("monitor", self._monitor),
+            ("monitor", lambda: self.monitor.run(self.inbound, self.directory)),
             ("announcer", self._announce_loop),
         ):
             thread = threading.Thread(target=target, name=f"votechain-{name}", daemon=True)
@@ -665,8 +659,8 @@ class Node:
             tracker="{}:{}".format(*self.config.tracker),
             tracker_up=bool(self.directory.up),
             uptime=round(time.monotonic() - self._started_at, 3),
-            votes_per_second=self._vote_rate.total,
-            live_hashrate=self._hash_rate.total,
+            votes_per_second=self.monitor.vote_rate.total,
+            live_hashrate=self.monitor.hash_rate.total,
             final_height=final,
             locked_height=locked,
             seats=self.seats,
@@ -674,42 +668,8 @@ class Node:
 
     # ------------------------------------------------------------- monitoring
 
-    def _votes_committed(self) -> int:
-        return sum(self.store.tally().values())
-
     def _snapshot(self) -> Snapshot:
-        """For a metrics scrape: values the node keeps anyway, read without `_lock`
-        (each is one attribute read or the store's own short lock), so a scrape
-        never waits behind a block being appended."""
-        state = self.state
-        height = state.chain.height
-        return Snapshot(
-            height=height,
-            final_height=state.finality.final_at(height),
-            votes_committed=self._votes_committed(),
-            pending=state.pending_count,
-            forks_resolved=state.forks_resolved,
-            inbound_connections=self.inbound.connections,
-            tracker_peers=len(self.directory.known),
-            tracker_up=bool(self.directory.up),
-            worker_hashrates=self._hash_rate.rates,
-            votes_per_second=self._vote_rate.total,
-        )
-
-    def _monitor(self) -> None:
-        """The monitor thread: sample the rates each second; log the summary."""
-        next_summary = time.monotonic() + self.config.summary_interval
-        while not self._stopping.wait(min(MONITOR_INTERVAL, self.config.summary_interval)):
-            now = time.monotonic()
-            self._hash_rate.sample(now, self.pool.progress())
-            self._vote_rate.sample(now, (self._votes_committed(),))
-            if now >= next_summary:
-                next_summary = now + self.config.summary_interval
-                log.info("summary: height %d, %.2f votes/s, %.3f MH/s, %d peers listed, "
-                         "%d inbound, tracker %s, %d pending", self.state.chain.height,
-                         self._vote_rate.total, self._hash_rate.total / 1e6,
-                         len(self.directory.known), self.inbound.connections,
-                         "up" if self.directory.up else "down", self.state.pending_count)
+        return self.monitor.snapshot(self.inbound, self.directory)
 
     def tally(self, recount: bool = False) -> dict[str, int]:
         """Votes per category: the store's kept tally (at once, at any height), or
