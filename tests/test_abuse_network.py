@@ -600,3 +600,19 @@ def test_a_holder_that_switches_branch_between_batches_is_not_blamed() -> None:
         finally:
             link.close()
     assert blamed == []
+
+
+def test_a_link_pipelines_requests_and_reads_the_replies_in_order(tmp_path: Path) -> None:
+    """PeerLink.ask sends every request before reading the first reply (the
+    acceptor answers each in turn): a drain empties a backlog of blocks in one
+    round trip, and each reply still pairs with its own request."""
+    with Network(tmp_path, difficulty=LOW_DIFFICULTY) as net:
+        node = net.add_node("a")
+        link = outbound.PeerLink(node.address, node.hello)
+        try:
+            answers = link.ask(GetLatest(), GetBlocks(from_id=0, limit=1), GetLatest())
+        finally:
+            link.close()
+    kinds = [type(reply) for reply, _ in answers]
+    assert kinds == [Latest, Blocks, Latest]
+    assert answers[1][0] == Blocks((node.chain.genesis,))
