@@ -270,3 +270,22 @@ def test_a_relayed_vote_is_queued_but_left_to_its_own_member_to_persist() -> Non
     decision = state.vote_submitted(tx_for("theirs"), relayed=True)
     assert decision.queued and QueueVote(tx_for("theirs"), persist=False) in decision.effects
     assert state.pending == (tx_for("theirs"),)
+
+
+def test_an_orphaned_vote_mined_here_after_its_relay_ran_out_is_relayed_again() -> None:
+    """The leader never got the vote (its relay was lost): we mine it after the
+    patience, the majority's chain drops our block, and the vote is handed to
+    the leader afresh instead of racing its next block again."""
+    base = chain_of("a")
+    leader = base[0].author
+    state = relaying([GENESIS, *base])
+    vote = tx_for("mine")
+    state.vote_submitted(vote)
+    assert state.relay_due(NOW, reachable={leader}) == (leader, (vote,))
+    job = state.next_job(NOW + 2000)  # patience ran out
+    assert job is not None and job.tx == vote
+    assert state.nonce_found(job, resign_for(job.template)).status == "appended"
+    rival = chain_of("x", prev=base[0])  # the leader's block at the same height wins
+    decision = state.adopt(rival)
+    assert decision.status == "switched" and decision.requeued == (vote,)
+    assert state.relay_due(NOW + 2001, reachable={leader}) == (leader, (vote,))

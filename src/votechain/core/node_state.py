@@ -604,6 +604,11 @@ class NodeState:
         if not switch.added and not switch.dropped:
             return BranchDecision("unchanged", switch)
         requeue = tuple(b.transaction for b in switch.orphaned if b.author == self.author)
+        # A vote we mined ourselves after its relay ran out of patience, and
+        # whose block the majority just dropped, goes to the leader afresh:
+        # mining it here again would race the leader's next block, and lose,
+        # as long as the leader never got it (a relay lost with its link).
+        self.relays.forget(t.tx_id for t in requeue)
         added_tx = tuple(b.transaction.tx_id for b in switch.added)
         queued = {t.tx_id for t in self._pending}
         carried = set(added_tx)

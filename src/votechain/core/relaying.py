@@ -65,6 +65,11 @@ class Relays:
             if tx_id in self._handed:
                 self._handed[tx_id] = now_ms - self.patience_ms
 
+    def forget(self, tx_ids: Iterable[bytes]) -> None:
+        """These votes are to be handed over afresh (their block was orphaned)."""
+        for tx_id in tx_ids:
+            self._handed.pop(tx_id, None)
+
     def wait_ms(self, pending: Sequence[Transaction], now_ms: int) -> int | None:
         """How long until the first queued vote's patience runs out (None: none waits)."""
         if not self._handed:
