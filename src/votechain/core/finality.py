@@ -103,10 +103,6 @@ class Finality:
         """The final height on a chain of `height` (all of it when not counting)."""
         return self.final if self.counting else height
 
-    @property
-    def members_heard(self) -> int:
-        return len(self._reports)
-
     def reported(self, voter: bytes, report: Report, chain: HeldChain) -> bool:
         """Member `voter` told us `report`; whether our locked or final height rose."""
         self._reports[voter] = report
