@@ -8,7 +8,11 @@
 - final votes/s, finality latency p50 and p99, errors, forks/s, and the time
   the network takes to settle (one tip, all of it final) after the load;
 - the safety counts, from the peers' stores once they stopped: orphaned
-  confirmations, lost votes, doubled votes.
+  confirmations, lost votes, doubled votes;
+- where the CPU went: the peers' and their miner workers' CPU time in the
+  window (/proc), per final vote, and the cores they and the clients kept
+  busy (of 2 here: everything shares them, so this says how far a rate is
+  from the machine's limit).
 
 benchmarks/conftest.py prints one table, a column per P, with issue 11's goals
 and whether each was met below it (single peer >= 700 final votes/s; 3 peers
@@ -71,6 +75,12 @@ def record(rates: dict[str, float], measured: FinalityRun) -> None:
         "lost": float(len(measured.safety.lost)),
         "doubled": float(len(measured.safety.doubled)),
     }
+    if measured.cpu is not None:
+        in_window = sum(1 for c in measured.finals if c.replied <= measured.window_end)
+        peers_ms, workers_ms = measured.cpu.per_vote_ms(in_window)
+        figures.update(cpu_peers_ms=peers_ms, cpu_workers_ms=workers_ms,
+                       cores=(measured.cpu.peers_s + measured.cpu.workers_s
+                              + measured.cpu.clients_s) / measured.seconds)
     for name, value in figures.items():
         rates[f"finality_{name}@{measured.peers}"] = value
 

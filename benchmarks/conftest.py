@@ -237,6 +237,12 @@ def _finality_lines(rates: dict[str, float]) -> list[str]:
             return None
         return "/".join(f"{count:.0f}" for count in counts if count is not None)
 
+    def cpu(peers: int) -> str | None:
+        in_peers, in_workers = at("cpu_peers_ms", peers), at("cpu_workers_ms", peers)
+        if in_peers is None or in_workers is None or math.isnan(in_peers):
+            return None
+        return f"{in_peers:.2f}+{in_workers:.2f} ms"
+
     rows: list[tuple[str, Callable[[int], str | None]]] = [
         ("final votes/s", lambda p: _fmt(at("final_per_s", p), "{:,.1f}")),
         ("  against one peer", lambda p: _fmt(scaling(p), "{:.2f}x")),
@@ -246,6 +252,8 @@ def _finality_lines(rates: dict[str, float]) -> list[str]:
         ("forks resolved/s", lambda p: _fmt(at("forks_per_s", p), "{:,.2f}")),
         ("settled after the load", settle),
         ("orphaned/lost/doubled", safety),
+        ("CPU/vote: peers, workers", cpu),
+        ("cores busy (with the clients)", lambda p: _fmt(at("cores", p), "{:.2f}")),
     ]
     width = 16
     lines = [f"{'finality under load, peers':<30}" + "".join(f"{p:>{width}}" for p in peer_counts)]

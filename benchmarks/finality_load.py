@@ -185,6 +185,7 @@ class FinalityRun:
     safety: Safety
     work: Path  # where the logs are (and the data, if kept)
     wide_tracker: bool = False  # the tracker's per-address cap was raised (WideTracker)
+    cpu: CpuUse | None = None  # the peers' and workers' CPU in the window
 
     @property
     def finals(self) -> list[Cast]:
@@ -239,7 +240,72 @@ class FinalityRun:
             f"{len(self.safety.lost)}, doubled {len(self.safety.doubled)}"
             + ("" if self.safety.chains_agree else "; the peers' stored chains differ")
             + (f"; tracker's per-address cap raised to {self.peers}" if self.wide_tracker
-               else ""))
+               else "")
+            + self._cpu_summary())
+
+    def _cpu_summary(self) -> str:
+        if self.cpu is None or math.isnan(self.cpu.peers_s):
+            return ""
+        in_window = sum(1 for c in self.finals if c.replied <= self.window_end)
+        peers_ms, workers_ms = self.cpu.per_vote_ms(in_window)
+        cpu = self.cpu
+        cores = (cpu.peers_s + cpu.workers_s + cpu.clients_s) / self.seconds
+        return (f"; CPU in the window, in cores: peers {cpu.peers_s / self.seconds:.2f}, miner "
+                f"workers {cpu.workers_s / self.seconds:.2f}, clients "
+                f"{cpu.clients_s / self.seconds:.2f} (total {cores:.2f}); per final vote "
+                f"{peers_ms:.2f} ms in the peers and {workers_ms:.2f} ms in the workers")
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds the peer processes and their miner workers spent in the
+    window (Linux /proc), from samples at its start and end. The clients'
+    and the tracker's are not counted."""
+
+    peers_s: float
+    workers_s: float
+    clients_s: float  # this process: the voting threads (and the status polls)
+
+    def per_vote_ms(self, votes: int) -> tuple[float, float]:
+        """(peers, workers) CPU milliseconds per final vote."""
+        return ((self.peers_s * 1000 / votes, self.workers_s * 1000 / votes) if votes
+                else (math.nan, math.nan))
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of `pid`, None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def cpu_sample(peer_pids: Sequence[int]) -> tuple[float, float, float]:
+    """CPU seconds so far of `peer_pids`, of their children (the miner
+    workers, spawned by each peer), and of this process (the clients); nan
+    where /proc is not there."""
+    if not Path("/proc/self/stat").exists():
+        return math.nan, math.nan, math.nan
+    peers = set(peer_pids)
+    peer_s = workers_s = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdecimal():
+            continue
+        stat = _stat(int(entry.name))
+        if stat is None:
+            continue
+        parent, seconds = stat
+        if int(entry.name) in peers:
+            peer_s += seconds
+        elif parent in peers:
+            workers_s += seconds
+    times = os.times()
+    return peer_s, workers_s, times.user + times.system
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -343,6 +409,9 @@ class Network:
             self.peers.append(child)
         for child in self.peers:
             child.wait_listening(START_TIMEOUT)
+
+    def peer_pids(self) -> list[int]:
+        return [child.popen.pid for child in self.peers]
 
     def client(self, peer: int) -> ControlClient:
         return ControlClient.from_data_dir(self.dirs[peer])
@@ -550,9 +619,12 @@ def measure(peers: int, clients: int = CLIENTS, seconds: float = SECONDS,
             try:
                 before = statuses.read()
                 load = Load(network, clients, seconds, vote_timeout)
+                pids = network.peer_pids()
                 try:
                     load.start()
+                    cpu_start = cpu_sample(pids)
                     time.sleep(max(0.0, load.window_end - time.perf_counter()))
+                    cpu_end = cpu_sample(pids)
                     after = statuses.read()
                     settle_s, last = wait_settled(statuses, load, SETTLE_TIMEOUT)
                 finally:
@@ -570,9 +642,10 @@ def measure(peers: int, clients: int = CLIENTS, seconds: float = SECONDS,
         raise AssertionError("clients could not reconnect: " + "; ".join(load.failures))
     forks = sum(a.forks_resolved for a in after) - sum(b.forks_resolved for b in before)
     casts = sorted(load.casts, key=lambda c: c.sent)
+    cpu = CpuUse(*(end - start for start, end in zip(cpu_start, cpu_end, strict=True)))
     return FinalityRun(peers, clients, seconds, difficulty, casts, load.window_end, forks,
                        settle_s, min(s.final_height for s in last), safety, network.work,
-                       network.wide_tracker)
+                       network.wide_tracker, cpu)
 
 
 # ================================================================ the script

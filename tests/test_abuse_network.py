@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -616,3 +617,26 @@ def test_a_link_pipelines_requests_and_reads_the_replies_in_order(tmp_path: Path
     kinds = [type(reply) for reply, _ in answers]
     assert kinds == [Latest, Blocks, Latest]
     assert answers[1][0] == Blocks((node.chain.genesis,))
+
+
+def test_votes_queued_for_a_failing_leader_are_handed_back_at_once() -> None:
+    """A link that fails empties its outbox; the votes queued there to Relay
+    are reported dropped (the node then mines them itself) instead of
+    waiting out RELAY_PATIENCE; so are those an overflowing outbox pushes out."""
+    dropped: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()[:2]
+    listener.close()  # nothing listens there now: every request fails
+    votes = [Transaction(1, f"vote {i}".encode(), bytes(SALT_BYTES)) for i in range(3)]
+    link = outbound.PeerLink(address, LOW_HELLO, outbox_blocks=2, on_relays_dropped=dropped.extend)
+    try:
+        assert link.enqueue(votes[0]) is True  # the caller starts a drain
+        assert link.enqueue(votes[1]) is False
+        assert dropped == []
+        link.enqueue(votes[2])  # the outbox holds 2: the oldest vote falls out
+        assert dropped == [votes[0].tx_id]
+        with pytest.raises(OSError):
+            link.ask(GetLatest())
+        assert dropped == [v.tx_id for v in votes]
+    finally:
+        link.close()

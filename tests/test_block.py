@@ -125,6 +125,15 @@ def test_hash_layout() -> None:
     assert replace(BLOCK, signature=b"x").content() == content
 
 
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(blocks_strategy)
+def test_content_parts_surround_the_prev_hash(block: Block) -> None:
+    """What a miner worker chains a follow-on job with (MinerPool.follow): the
+    content is SHA-256(head || prev_hash || tail), for any block's fields."""
+    head, tail = block.content_parts()
+    assert hashlib.sha256(head + block.prev_hash + tail).digest() == block.content()
+
+
 def test_transaction_id_is_derived_from_every_field() -> None:
     """No one chooses a tx_id: it is the hash of the content, so two
     transactions with one id and different content cannot be built; changing

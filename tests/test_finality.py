@@ -248,9 +248,27 @@ def test_the_next_block_is_mined_on_ours_before_it_is_signed() -> None:
     job = state.next_job(NOW)
     assert job is not None and job.tx == tx_for("one")
     mined = job.template.with_nonce(0)
-    chained = state.next_job(NOW, after=mined)
+    chained = state.next_job(NOW, after=(mined,))
     assert chained is not None and chained.tx == tx_for("two")
     assert (chained.template.id, chained.template.prev_hash) == (mined.id + 1, mined.hash)
+
+
+def test_a_follow_on_job_skips_every_vote_mined_or_being_mined() -> None:
+    """The miner keeps one job queued behind the one searched for (its parent's
+    hash not yet known): both blocks' votes are skipped, and the follow-on
+    names the searched block's id + 1 and its unknown hash."""
+    state = seated(3)
+    for category in ("one", "two", "three"):
+        state.vote_submitted(tx_for(category))
+    first = state.next_job(NOW)
+    assert first is not None
+    mined = first.template.with_nonce(0)
+    second = state.next_job(NOW, after=(mined,))
+    assert second is not None and second.tx == tx_for("two")
+    follow = state.next_job(NOW, after=(mined, second.template))
+    assert follow is not None and follow.tx == tx_for("three")
+    assert (follow.template.id, follow.template.prev_hash) == (mined.id + 2, b"")
+    assert state.next_job(NOW, after=(mined, second.template, follow.template)) is None
 
 
 def resign_for(template: Block) -> Block:

@@ -49,6 +49,29 @@ def test_append_and_read_back(store: ChainStore) -> None:
     assert [b.encode() for b in store.blocks()] == [b.encode() for b in BASE]
 
 
+def test_checkpoint_copies_the_wal_into_the_database_file(tmp_path: Path) -> None:
+    """The node's checkpointer thread calls it (store.py, CHECKPOINT_INTERVAL):
+    the commits themselves leave the WAL alone until its safety threshold,
+    and a reader of the file alone, without the WAL, sees every block."""
+    store = ChainStore.open(tmp_path, D)
+    for block in BASE[1:]:
+        store.append(block)
+    wal_free = tmp_path / "copy.sqlite3"
+    try:
+        in_log, copied = store.checkpoint()
+        assert in_log > 0 and copied == in_log  # nothing else writes: all of it copied
+        assert store.checkpoint() == (in_log, in_log)  # nothing new since
+        # The database file alone, while the store is open (closing checkpoints too).
+        wal_free.write_bytes((tmp_path / DB_FILE).read_bytes())
+    finally:
+        store.close()
+    conn = sqlite3.connect(wal_free)
+    try:
+        assert conn.execute("SELECT MAX(id) FROM blocks").fetchone() == (len(BASE) - 1,)
+    finally:
+        conn.close()
+
+
 def test_append_drops_done_pending(store: ChainStore) -> None:
     a, b, c = tx_for("a"), tx_for("b"), tx_for("c")
     for tx in (a, b, c):

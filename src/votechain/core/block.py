@@ -98,6 +98,12 @@ class Block:
     def content(self) -> bytes:
         return content_digest(self.id, self.transaction, self.prev_hash, self.author)
 
+    def content_parts(self) -> tuple[bytes, bytes]:
+        """(head, tail): content() is SHA-256(head || prev_hash || tail) whatever
+        the prev_hash, so a miner worker can build the next block's content the
+        moment it finds this one's parent (mining/pool.py, MinerPool.follow)."""
+        return content_parts(self.id, self.transaction, self.author)
+
     def computed_hash(self) -> bytes:
         return block_hash(self.content(), self.nonce)
 
@@ -170,6 +176,20 @@ def transaction_id(timestamp: int, data: bytes, salt: bytes) -> bytes:
 def content_digest(block_id: int, tx: Transaction, prev_hash: bytes, author: bytes) -> bytes:
     encoded = pack([block_id, [tx.timestamp, tx.data, tx.salt], prev_hash, author])
     return hashlib.sha256(encoded).digest()
+
+
+# msgpack of [id, tx, prev_hash, author]: a 4-element fixarray, then its
+# elements one after the other; prev_hash is always a 32-byte bin 8.
+_ARRAY_OF_FOUR = b"\x94"
+_HASH_BIN_HEADER = b"\xc4" + bytes([HASH_BYTES])
+
+
+def content_parts(block_id: int, tx: Transaction, author: bytes) -> tuple[bytes, bytes]:
+    """The bytes content_digest hashes before and after prev_hash (msgpack
+    encodes an array as its header then each element, so the pieces concatenate
+    to the whole); tests/test_block.py checks it against content_digest."""
+    head = _ARRAY_OF_FOUR + pack(block_id) + pack([tx.timestamp, tx.data, tx.salt])
+    return head + _HASH_BIN_HEADER, pack(author)
 
 
 def block_hash(content: bytes, nonce: int) -> bytes:

@@ -64,9 +64,10 @@ Inputs, and what they return (node_effects.py lists the effects):
 - `vote_submitted(tx)`: queued (and persisted) at the back unless it is
   already queued or in the chain; submitting twice queues it once.
 - `next_job(now_ms, after)`: what to mine now: the oldest queued vote on the
-  current tip (or on `after`, our block just mined and not yet signed: the
-  miner searches block N+1 while it signs N), or nothing when the queue is
-  empty. After any decision that carries `AbortMining` the miner asks again.
+  current tip (or on the last of `after`, our blocks mined or being mined and
+  not yet appended: the miner searches block N+1 while it signs N, and queues
+  N+2 for the workers to start the moment they find N+1), or nothing when the
+  queue is empty. After any decision that carries `AbortMining` the miner asks again.
 - Relaying (a network with seats, `relaying`; core/relaying.py says why):
   the author of our tip mines for everyone. `relay_due` names it and the
   queued votes to hand it (each once, and only to a member we reach);
@@ -450,15 +451,18 @@ class NodeState:
         self._pending.append(tx)
         return VoteDecision(True, effects=(QueueVote(tx, persist=not relayed), WAKE))
 
-    def next_job(self, now_ms: int = 0, after: Block | None = None) -> MineJob | None:
+    def next_job(self, now_ms: int = 0, after: Sequence[Block] = ()) -> MineJob | None:
         """The oldest queued vote not waiting on a leader (see relaying), on the
-        current tip, or on `after` (our mined block not yet appended, whose own
-        vote is then skipped); None when nothing is to be mined here now."""
-        base = self.chain.tip if after is None else after
-        skip = None if after is None else after.transaction.tx_id
+        current tip, or on the last of `after`: our blocks mined or being mined
+        on the tip, in order, not yet appended (their votes are skipped). The
+        last may still be searched for, its hash unknown (b""): the job is then
+        a follow-on, chained by the miner workers themselves (MinerPool.follow).
+        None when nothing is to be mined here now."""
+        base = after[-1] if after else self.chain.tip
+        skip = {block.transaction.tx_id for block in after}
         relays = self.relays
         for tx in self._pending:
-            if tx.tx_id == skip or relays.waiting(tx.tx_id, now_ms):
+            if tx.tx_id in skip or relays.waiting(tx.tx_id, now_ms):
                 continue
             return MineJob(Block(id=base.id + 1, transaction=tx, nonce=0, prev_hash=base.hash,
                                  hash=b"", signature=b"", author=self.author))

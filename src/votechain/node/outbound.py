@@ -102,8 +102,13 @@ class PeerLink:
         outbox_blocks: int = OUTBOX_BLOCKS,
         backoff: float = PEER_BACKOFF,
         max_backoff: float = MAX_PEER_BACKOFF,
+        on_relays_dropped: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.address = address
+        # Told the tx ids of votes queued here to Relay that will never be sent
+        # (the outbox emptied by a failure or by close, or overflowing), so that
+        # their member mines them at once instead of after RELAY_PATIENCE.
+        self._on_relays_dropped = on_relays_dropped
         self._hello = hello
         self._identity = identity
         self._members = members
@@ -149,11 +154,14 @@ class PeerLink:
         with self._outbox_lock:
             if not self._backoff.ready(time.monotonic()):
                 return False
-            self._outbox.append(item)
-            if self._draining:
-                return False
+            outbox = self._outbox
+            overflow = outbox[0] if len(outbox) == outbox.maxlen else None
+            outbox.append(item)  # a full deque drops its oldest item
+            start = not self._draining
             self._draining = True
-            return True
+        if isinstance(overflow, Transaction):
+            self._relays_dropped([overflow])
+        return start
 
     def announce_due(self) -> bool:
         """Mark our account due here; True when the caller must start a drain."""
@@ -184,9 +192,21 @@ class PeerLink:
         """Count a failure: empty the outbox, back the address off (at least
         `at_least` s); how long it is now skipped for."""
         with self._outbox_lock:
-            self._outbox.clear()
+            dropped = self._empty_outbox()
             self._announce_due = False
-            return self._backoff.failed(time.monotonic(), at_least)
+            delay = self._backoff.failed(time.monotonic(), at_least)
+        self._relays_dropped(dropped)
+        return delay
+
+    def _empty_outbox(self) -> list[Transaction]:
+        """Clear the outbox (caller holds its lock); the votes it held."""
+        dropped = [item for item in self._outbox if isinstance(item, Transaction)]
+        self._outbox.clear()
+        return dropped
+
+    def _relays_dropped(self, txs: list[Transaction]) -> None:
+        if txs and self._on_relays_dropped is not None:
+            self._on_relays_dropped([tx.tx_id for tx in txs])
 
     def _answered(self, seconds: float) -> None:
         with self._outbox_lock:
@@ -310,8 +330,9 @@ class PeerLink:
         again after storing it, and closes it itself.)"""
         self._closed = True  # no new connection from here on
         with self._outbox_lock:
-            self._outbox.clear()
+            dropped = self._empty_outbox()
             self._backoff.until = float("inf")  # closed for good: queue nothing more
+        self._relays_dropped(dropped)
         conn = self._conn
         if conn is not None:
             conn.close()  # thread-safe and idempotent; wakes a blocked recv
@@ -357,7 +378,8 @@ class Outbound:
                 link = self._links[address] = PeerLink(
                     address, self._hello, identity=self._identity, members=self._members,
                     timeout=config.peer_timeout, outbox_blocks=config.outbox_blocks,
-                    backoff=config.peer_backoff, max_backoff=config.max_peer_backoff)
+                    backoff=config.peer_backoff, max_backoff=config.max_peer_backoff,
+                    on_relays_dropped=self._on_relay_failed)
                 if self._closed:
                     link.close()  # close() closed the others already: refuse requests
             return link

@@ -24,6 +24,8 @@ Threads (the seed design's, made concrete; docs/design.md):
   the state makes of the majority;
 - tracker keeper (peers.py): keeps the registration alive, re-registering
   when the tracker comes back, and the peer list fresh;
+- checkpointer: every CHECKPOINT_INTERVAL copies the store's WAL into its
+  database file (store.py says why that is not left to the commits);
 - monitor (monitor.py): each second samples the miner's progress and the committed votes
   (the live hash rate and votes/s that status and metrics report), and every
   summary_interval logs a one-line summary;
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -92,7 +95,7 @@ from votechain.node.monitor import Monitor
 from votechain.node.outbound import Outbound
 from votechain.node.peers import PeerDirectory
 from votechain.node.resolver import Resolver
-from votechain.node.store import ChainStore
+from votechain.node.store import CHECKPOINT_INTERVAL, ChainStore
 from votechain.node.voters import FinalWaiters
 from votechain.protocol.control import NodeStatus
 from votechain.protocol.peer import (
@@ -278,6 +281,7 @@ class Node:
             ("tracker", self.directory.run),
             ("monitor", lambda: self.monitor.run(self.inbound, self.directory)),
             ("announcer", self._announce_loop),
+            ("checkpointer", self._checkpoint_loop),
         ):
             thread = threading.Thread(target=target, name=f"votechain-{name}", daemon=True)
             thread.start()
@@ -554,6 +558,13 @@ class Node:
             config = self.config
             self._stopping.wait(max(config.announce_interval,
                                     len(peers) / config.announce_budget))
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stopping.wait(CHECKPOINT_INTERVAL):
+            try:
+                self.store.checkpoint()
+            except sqlite3.Error as exc:  # busy or closing: the next turn tries again
+                log.debug("WAL checkpoint skipped: %s", exc)
 
     def _reachable(self) -> frozenset[bytes]:
         """The member keys we can hand votes to now (relaying)."""
