@@ -244,7 +244,7 @@ class FinalityRun:
             + self._cpu_summary())
 
     def _cpu_summary(self) -> str:
-        if self.cpu is None or math.isnan(self.cpu.peers_s):
+        if self.cpu is None:
             return ""
         in_window = sum(1 for c in self.finals if c.replied <= self.window_end)
         peers_ms, workers_ms = self.cpu.per_vote_ms(in_window)
@@ -252,19 +252,22 @@ class FinalityRun:
         cores = (cpu.peers_s + cpu.workers_s + cpu.clients_s) / self.seconds
         return (f"; CPU in the window, in cores: peers {cpu.peers_s / self.seconds:.2f}, miner "
                 f"workers {cpu.workers_s / self.seconds:.2f}, clients "
-                f"{cpu.clients_s / self.seconds:.2f} (total {cores:.2f}); per final vote "
+                f"{cpu.clients_s / self.seconds:.2f} (total {cores:.2f}); each peer "
+                f"{' '.join(f'{each / self.seconds:.2f}' for each in cpu.each_peer_s)}; "
+                "per final vote "
                 f"{peers_ms:.2f} ms in the peers and {workers_ms:.2f} ms in the workers")
 
 
 @dataclass(frozen=True)
 class CpuUse:
-    """CPU seconds the peer processes and their miner workers spent in the
-    window (Linux /proc), from samples at its start and end. The clients'
-    and the tracker's are not counted."""
+    """CPU seconds the peer processes, their miner workers and the clients
+    (this process) spent in the window (Linux /proc), from samples at its
+    start and end; the tracker's are not counted."""
 
     peers_s: float
     workers_s: float
     clients_s: float  # this process: the voting threads (and the status polls)
+    each_peer_s: tuple[float, ...] = ()  # peers_s by peer (without its workers)
 
     def per_vote_ms(self, votes: int) -> tuple[float, float]:
         """(peers, workers) CPU milliseconds per final vote."""
@@ -285,14 +288,29 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def cpu_sample(peer_pids: Sequence[int]) -> tuple[float, float, float]:
-    """CPU seconds so far of `peer_pids`, of their children (the miner
-    workers, spawned by each peer), and of this process (the clients); nan
-    where /proc is not there."""
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far: each peer process with its miner workers (its
+    children), and this process (the clients)."""
+
+    peers: tuple[float, ...]
+    workers: tuple[float, ...]
+    clients: float
+
+    def since(self, start: CpuSample) -> CpuUse:
+        return CpuUse(sum(self.peers) - sum(start.peers),
+                      sum(self.workers) - sum(start.workers),
+                      self.clients - start.clients,
+                      tuple(b - a for a, b in zip(start.peers, self.peers, strict=True)))
+
+
+def cpu_sample(peer_pids: Sequence[int]) -> CpuSample | None:
+    """A CpuSample of `peer_pids`; None where /proc is not there."""
     if not Path("/proc/self/stat").exists():
-        return math.nan, math.nan, math.nan
-    peers = set(peer_pids)
-    peer_s = workers_s = 0.0
+        return None
+    index = {pid: i for i, pid in enumerate(peer_pids)}
+    peers = [0.0] * len(peer_pids)
+    workers = [0.0] * len(peer_pids)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdecimal():
             continue
@@ -300,12 +318,12 @@ def cpu_sample(peer_pids: Sequence[int]) -> tuple[float, float, float]:
         if stat is None:
             continue
         parent, seconds = stat
-        if int(entry.name) in peers:
-            peer_s += seconds
-        elif parent in peers:
-            workers_s += seconds
+        if int(entry.name) in index:
+            peers[index[int(entry.name)]] += seconds
+        elif parent in index:
+            workers[index[parent]] += seconds
     times = os.times()
-    return peer_s, workers_s, times.user + times.system
+    return CpuSample(tuple(peers), tuple(workers), times.user + times.system)
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -642,7 +660,7 @@ def measure(peers: int, clients: int = CLIENTS, seconds: float = SECONDS,
         raise AssertionError("clients could not reconnect: " + "; ".join(load.failures))
     forks = sum(a.forks_resolved for a in after) - sum(b.forks_resolved for b in before)
     casts = sorted(load.casts, key=lambda c: c.sent)
-    cpu = CpuUse(*(end - start for start, end in zip(cpu_start, cpu_end, strict=True)))
+    cpu = None if cpu_start is None or cpu_end is None else cpu_end.since(cpu_start)
     return FinalityRun(peers, clients, seconds, difficulty, casts, load.window_end, forks,
                        settle_s, min(s.final_height for s in last), safety, network.work,
                        network.wide_tracker, cpu)

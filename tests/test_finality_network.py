@@ -227,3 +227,26 @@ def test_finality_counts_distinct_members_and_ignores_observers(network: Network
     wait_until(lambda: node.status().final_height == block.id, DEADLINE,
                what="the block to be final")
     assert node.wait_for_vote(confirmed, DEADLINE) == (block, True)
+
+
+def test_a_member_just_told_our_account_by_a_block_is_not_announced_to_again(
+        network: Network) -> None:
+    """Under load the leader's Add and the member's AddResult carry both locks;
+    an Announce on top doubled the messages between them. A member told our
+    account that way within `quiet` is skipped, and `announce` says so, so
+    that the announcer tries again once the blocks stop."""
+    # A long interval: the announcer thread, idle after its first turn, never
+    # calls announce meanwhile, and a told member stays recent for it.
+    a, b = network.add_nodes("ab", seats=SEATS, announce_interval=60.0)
+    network.wait_connected([a, b])
+    link = a.outbound.link(b.address)
+    wait_until(lambda: link.peer is not None and link.peer.key is not None, DEADLINE,
+               what="a's link to b to know b's key")
+    assert link.peer is not None and link.peer.key is not None
+    a.outbound.told(link.peer.key)
+    marked: list[bool] = []
+    link.announce_due = lambda: marked.append(True) or False  # type: ignore[method-assign]
+    assert a.outbound.announce([b.address], quiet=60.0) is True
+    assert marked == []
+    assert a.outbound.announce([b.address], quiet=0.0) is False
+    assert marked == [True]

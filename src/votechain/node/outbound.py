@@ -361,6 +361,9 @@ class Outbound:
         self._members = members
         self._config = config
         self._links: dict[Address, PeerLink] = {}
+        # When each member was last told our account by a block or an answer
+        # (`told`), so that `announce` need not tell it again at once.
+        self._told: dict[bytes, float] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._sends = ThreadPoolExecutor(config.broadcast_threads,
@@ -432,19 +435,40 @@ class Outbound:
                 return True
         return True
 
-    def announce(self, peers: Iterable[Address]) -> None:
+    def told(self, member: bytes) -> None:
+        """We have just told `member` our tip and lock another way: it answered
+        our Add, or we answered its Add (AddResult carries our lock)."""
+        with self._lock:
+            self._told[member] = time.monotonic()
+
+    def announce(self, peers: Iterable[Address], quiet: float = 0.0) -> bool:
         """Send our account (Announce) to each of `peers` not backed off, after
-        the blocks queued for it; returns without waiting."""
+        the blocks queued for it; returns without waiting. A member told our
+        account another way within the last `quiet` seconds (`told`) is skipped
+        this time: under load the leader's blocks and their answers carry the
+        locks both ways, and announcing on top of them doubled the messages
+        between the leader and each member. Whether any was skipped (the
+        caller then announces again later: the last change before the load
+        stops still goes out)."""
         if self._announcement is None:
-            return
+            return False
+        now = time.monotonic()
+        with self._lock:
+            recent = {key for key, at in self._told.items() if now - at < quiet}
+        skipped = False
         for address in dict.fromkeys(peers):
             link = self.link(address)
+            peer = link.peer
+            if peer is not None and peer.key in recent:
+                skipped = True
+                continue
             if link.announce_due():
                 pool = self._sends if link.proven else self._probes
                 try:
                     pool.submit(self._drain, link)
                 except RuntimeError:  # the executor is shut down: we are stopping
-                    return
+                    return False
+        return skipped
 
     def _drain(self, link: PeerLink) -> None:
         """Send `link`'s queued blocks and votes in order, then our account if
@@ -490,6 +514,8 @@ class Outbound:
                 # It holds our block; its lock is below it, on this chain.
                 block = msg.block
                 self._on_report(peer, Tip(block.id, block.hash), min(reply.locked, block.id))
+                if peer.member and peer.key is not None:
+                    self.told(peer.key)  # our Add carried our lock
         elif isinstance(reply, Announce) and self._on_report is not None:
             self._on_report(peer, Tip(reply.tip_id, reply.tip_hash), reply.locked)
 

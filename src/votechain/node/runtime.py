@@ -463,6 +463,7 @@ class Node:
                 # Its author holds the block it pushes, and had locked below it.
                 block = msg.block
                 self._reported(peer, Tip(block.id, block.hash), min(msg.locked, block.id))
+                self.outbound.told(peer.key)  # this answer carries our lock
                 return replace(result, locked=self.state.finality.locked)
             # An invalid block scores against its sender (core/discipline.py): enough
             # of them ban it, and inbound.py then drops and refuses it.
@@ -546,16 +547,19 @@ class Node:
         changed, at most once per announce_interval (stretched so that no more
         than announce_budget requests a second go out), however many changes
         came meanwhile. Under load the blocks and their answers carry the locks
-        (Add, AddResult); this covers the rest (the last vote of a burst, the
-        members that hear of a block only from its author's other peers)."""
+        (Add, AddResult), so a member that exchanged one with us within the
+        interval is skipped until it has not (Outbound.announce); this covers
+        the rest (the last vote of a burst, the members that hear of a block
+        only from its author's other peers)."""
         while not self._stopping.is_set():
             self._announce_due.wait()
             self._announce_due.clear()
             if self._stopping.is_set():
                 return
             peers = self.directory.known if self.network_active else []
-            self.outbound.announce(peers)
             config = self.config
+            if self.outbound.announce(peers, quiet=config.announce_interval):
+                self._announce_due.set()  # those skipped: again next turn
             self._stopping.wait(max(config.announce_interval,
                                     len(peers) / config.announce_budget))
 
