@@ -14,6 +14,7 @@ from votechain.core.finality import Finality, Report, quorum_of
 from votechain.core.forkchoice import Tip, Vote
 from votechain.core.node_effects import AnnounceTip, Finalized, QueueVote
 from votechain.core.node_state import NodeState
+from votechain.core.relaying import Relays
 
 GENESIS = genesis_block()
 A, B, C, D = (f"member {name}".encode() for name in "ABCD")
@@ -307,3 +308,27 @@ def test_an_orphaned_vote_mined_here_after_its_relay_ran_out_is_relayed_again() 
     decision = state.adopt(rival)
     assert decision.status == "switched" and decision.requeued == (vote,)
     assert state.relay_due(NOW + 2001, reachable={leader}) == (leader, (vote,))
+
+
+def test_relay_patience_stretches_while_the_chain_grows_up_to_its_cap() -> None:
+    """A leader that keeps appending blocks is working through a queue: a vote
+    handed to it waits RELAY_PATIENCE from the last growth seen, not from the
+    hand-over, but never past RELAY_MAX_PATIENCE; a dead leader (no growth)
+    still costs the patience alone, and a failed relay nothing."""
+    relays = Relays(patience_ms=2000, max_patience_ms=10_000)
+    vote, other = tx_for("waits"), tx_for("failed")
+    relays.observe(5, NOW)
+    assert relays.hand_over([vote, other], NOW) == (vote, other)
+    relays.observe(5, NOW + 1500)  # no growth: no progress
+    assert relays.waiting(vote.tx_id, NOW + 1999)
+    assert not relays.waiting(vote.tx_id, NOW + 2000)  # a dead leader: 2 s
+    relays.observe(6, NOW + 1500)  # a block appended: the leader works
+    assert relays.waiting(vote.tx_id, NOW + 3499)
+    assert not relays.waiting(vote.tx_id, NOW + 3500)
+    assert relays.wait_ms([vote], NOW + 3000) == 500
+    for step in range(1, 12):  # the chain grows every second, for ever
+        relays.observe(6 + step, NOW + 1500 + step * 1000)
+    assert relays.waiting(vote.tx_id, NOW + 9999)
+    assert not relays.waiting(vote.tx_id, NOW + 10_000)  # the cap: a censor's most
+    relays.failed([other.tx_id], NOW + 100)
+    assert not relays.waiting(other.tx_id, NOW + 100)

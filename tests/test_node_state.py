@@ -172,7 +172,29 @@ def test_a_block_that_does_not_extend_the_tip_is_a_fork_left_to_the_majority(
     assert decision.status == "fork" and decision.reason == ""
     (effect,) = decision.effects
     assert isinstance(effect, Resolve) and words in effect.why
+    # Only a gap names the block: its sender holds what we lack (catch_up).
+    assert effect.behind == (tip(block) if case == "id gap" else None)
     assert state.chain.blocks() == chain
+
+
+def test_catching_up_appends_a_continuation_and_leaves_a_fork_to_the_majority() -> None:
+    """NodeState.catch_up: the blocks a gap showed we lack, fetched from the
+    member that pushed the next one, are appended when they continue our tip;
+    a branch that would drop any block of ours is "skipped" (the runtime then
+    runs a round: dropping is the majority's call)."""
+    chain = [GENESIS, *extend(GENESIS, ["v0", "v1"])]
+    fork = [theirs(chain[1], "x2")]
+    fork.append(theirs(fork[0], "x3"))
+    state = state_of(chain)
+    decision = state.catch_up(fork)
+    assert decision.status == "skipped" and "parts from our chain at block 1" in decision.reason
+    assert state.chain.blocks() == chain
+    more = [theirs(chain[-1], "v2")]
+    more.append(theirs(more[0], "v3"))
+    assert state.catch_up(more).status == "synced"
+    assert state.chain.blocks() == [*chain, *more]
+    assert state.catch_up(more).status == "unchanged"  # they came meanwhile
+    assert state.catch_up([]).status == "skipped"
 
 
 def test_the_staged_receive_path_decides_as_block_received_does() -> None:

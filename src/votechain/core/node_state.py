@@ -386,8 +386,9 @@ class NodeState:
                 return BlockDecision("rejected", str(exc), kind=type(exc).__name__)
             return BlockDecision("added", effects=self._appended(block))
         if block.id > tip.id + 1:
-            why = f"its id leaves a gap after our tip {tip.id}"
-        elif block.id == tip.id + 1:
+            return BlockDecision("fork", effects=(Resolve(
+                f"its id leaves a gap after our tip {tip.id}", Tip(block.id, block.hash)),))
+        if block.id == tip.id + 1:
             why = f"its prev_hash {block.prev_hash.hex()[:16]} is not our tip's"
         else:
             why = f"we hold another block {block.id}"
@@ -461,6 +462,7 @@ class NodeState:
         base = after[-1] if after else self.chain.tip
         skip = {block.transaction.tx_id for block in after}
         relays = self.relays
+        relays.observe(self.chain.height, now_ms)
         for tx in self._pending:
             if tx.tx_id in skip or relays.waiting(tx.tx_id, now_ms):
                 continue
@@ -489,6 +491,7 @@ class NodeState:
         leader = self.leader(reachable)
         if leader is None or not self._pending:
             return None
+        self.relays.observe(self.chain.height, now_ms)
         due = self.relays.hand_over(self._pending, now_ms)
         return (leader, due) if due else None
 
@@ -498,6 +501,7 @@ class NodeState:
 
     def relay_wait_ms(self, now_ms: int) -> int | None:
         """How long until a relayed vote's patience runs out (None: none waits)."""
+        self.relays.observe(self.chain.height, now_ms)
         return self.relays.wait_ms(self._pending, now_ms)
 
     def nonce_found(self, job: MineJob, block: Block) -> MinedDecision:
@@ -590,6 +594,22 @@ class NodeState:
         if any(b.hash == tip.hash for b in branch):
             return True
         return tip.id < branch[0].id and self.chain.holds(tip.id, tip.hash)
+
+    def catch_up(self, branch: Sequence[Block]) -> BranchDecision:
+        """Append `branch` (prechecked) if it continues our chain from our tip,
+        dropping nothing: the blocks a gap showed we lack, fetched from the
+        member that pushed the block after them. Anything else is a fork, for
+        the majority to settle ("skipped")."""
+        if not branch:
+            return BranchDecision("skipped", reason="its holder sent no block")
+        try:
+            fork_id = self.chain.parting(branch)
+        except InvalidBlock as exc:
+            return BranchDecision("invalid", reason=str(exc))
+        if fork_id != self.chain.height:
+            return BranchDecision("skipped", reason=f"it parts from our chain at block "
+                                                    f"{fork_id}: the majority decides")
+        return self.adopt(branch)
 
     def adopt(self, branch: Sequence[Block]) -> BranchDecision:
         """Switch to `branch` (prechecked: only the link and duplicate rules run here)."""

@@ -25,6 +25,16 @@ the chain within the patience (RELAY_PATIENCE, node/config.py: the leader
 died, is cut off, or censors), its own member mines it after all, which
 makes that member the tip's author and so the next leader: leadership moves
 to whoever keeps the chain going.
+
+The patience counts from the later of the hand-over and the last time the
+chain was seen to grow, up to RELAY_MAX_PATIENCE after the hand-over: a
+leader that keeps appending blocks is working through a queue, ours among
+them. Counted from the hand-over alone, at 20 peers on two cores (a queue
+of ~80 votes at 20-60 votes/s) every member's votes ran out of patience at
+once, each mined its own, and leadership flapped from fork to fork: 407
+blocks mined for a chain of 151. A dead leader still costs its voters
+RELAY_PATIENCE; a leader that censors some votes while mining others, at
+most RELAY_MAX_PATIENCE (docs/security.md).
 """
 
 from __future__ import annotations
@@ -34,19 +44,37 @@ from collections.abc import Iterable, Sequence
 from votechain.core.block import Transaction
 
 DEFAULT_PATIENCE_MS = 2000
+DEFAULT_MAX_PATIENCE_MS = 10_000
 
 
 class Relays:
-    """The votes this member handed to a leader, and when (ms)."""
+    """The votes this member handed to a leader, and when (ms); and when the
+    chain was last seen to grow (`observe`)."""
 
-    def __init__(self, patience_ms: int = DEFAULT_PATIENCE_MS) -> None:
+    def __init__(self, patience_ms: int = DEFAULT_PATIENCE_MS,
+                 max_patience_ms: int = DEFAULT_MAX_PATIENCE_MS) -> None:
         self.patience_ms = patience_ms
+        self.max_patience_ms = max_patience_ms
         self._handed: dict[bytes, int] = {}
+        self._height = -1  # the chain's height when last observed (-1: never)
+        self._progress_ms: int | None = None  # when it was last seen to change
+
+    def observe(self, height: int, now_ms: int) -> None:
+        """The chain's height at `now_ms`: a change is the leader's progress."""
+        if height != self._height:
+            if self._height >= 0:
+                self._progress_ms = now_ms
+            self._height = height
+
+    def _deadline(self, handed: int) -> int:
+        progress = self._progress_ms
+        start = handed if progress is None or progress < handed else progress
+        return min(handed + self.max_patience_ms, start + self.patience_ms)
 
     def waiting(self, tx_id: bytes, now_ms: int) -> bool:
         """Whether vote `tx_id` is with a leader and its patience has not run out."""
         handed = self._handed.get(tx_id) if self._handed else None
-        return handed is not None and now_ms - handed < self.patience_ms
+        return handed is not None and now_ms < self._deadline(handed)
 
     def hand_over(self, pending: Sequence[Transaction], now_ms: int) -> tuple[Transaction, ...]:
         """The queued votes not handed over yet, marked handed over at `now_ms`."""
@@ -63,7 +91,7 @@ class Relays:
         """The leader did not take these votes: their patience ends now."""
         for tx_id in tx_ids:
             if tx_id in self._handed:
-                self._handed[tx_id] = now_ms - self.patience_ms
+                self._handed[tx_id] = now_ms - self.max_patience_ms
 
     def forget(self, tx_ids: Iterable[bytes]) -> None:
         """These votes are to be handed over afresh (their block was orphaned)."""
@@ -74,6 +102,6 @@ class Relays:
         """How long until the first queued vote's patience runs out (None: none waits)."""
         if not self._handed:
             return None
-        ends = [self._handed[tx.tx_id] + self.patience_ms for tx in pending
+        ends = [self._deadline(self._handed[tx.tx_id]) for tx in pending
                 if tx.tx_id in self._handed]
         return max(0, min(ends) - now_ms) if ends else None

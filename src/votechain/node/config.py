@@ -142,16 +142,24 @@ SUMMARY_INTERVAL = 60.0
 # leader takes to mine a vote, so leadership does not flap under load; short
 # enough that a dead leader costs its voters a couple of seconds.
 RELAY_PATIENCE = 2.0
+# ...counted from the last time the chain grew, while it keeps growing, but
+# never longer than this after the hand-over (core/relaying.py): what a leader
+# that censors some votes while mining others can cost their voters.
+RELAY_MAX_PATIENCE = 10.0
 # Announce (finality) at most this often: under load a node's tip and lock
 # change with every block, and a request per peer per block was most of the
 # network's messages; the blocks and their answers carry the locks meanwhile.
 ANNOUNCE_INTERVAL = 0.02
-# ...and at most this many Announce requests a second in all: every member
-# announces to every other, so at a fixed interval the network's total grows
-# with the square of its size (10 peers at 20 ms: 4,500 requests a second,
-# which cost more than the blocks; measured: 41 against 104 final votes/s
-# with a 100 ms interval). The interval stretches to (peers / budget).
-ANNOUNCE_BUDGET = 100.0
+# ...and so that the network as a whole sends at most about this many Announce
+# requests a second: every member announces to every other, so at a fixed
+# interval the total grows with the square of the network's size (10 peers at
+# 20 ms: 4,500 requests a second, which cost more than the blocks; measured:
+# 41 against 104 final votes/s with a 100 ms interval). A node of n peers
+# (itself and n - 1 others) stretches its interval to n * (n - 1) / budget.
+# A budget per node (100/s each) still let 20 peers send 2,000 a second, which
+# took most of the two cores: 24-37 final votes/s, against 66-70 at a quarter
+# of it (benchmarks/finality_load.py --peers 20).
+ANNOUNCE_BUDGET = 500.0
 
 
 @dataclass
@@ -177,6 +185,7 @@ class NodeConfig:
     # it waits for one to reach the chain before mining it itself.
     relay: bool = True
     relay_patience: float = RELAY_PATIENCE
+    relay_max_patience: float = RELAY_MAX_PATIENCE
     announce_interval: float = ANNOUNCE_INTERVAL
     announce_budget: float = ANNOUNCE_BUDGET
     # Timeouts (seconds) and caps; the constants above say why each is what it is.

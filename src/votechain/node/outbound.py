@@ -410,12 +410,21 @@ class Outbound:
                          if link.peer is not None and link.peer.member
                          and link.peer.key is not None and link.ready(now))
 
+    def _member_link(self, member: bytes) -> PeerLink | None:
+        """The link whose peer proved key `member`, if any."""
+        with self._lock:
+            return next((link for link in self._links.values()
+                         if link.peer is not None and link.peer.key == member), None)
+
+    def member_address(self, member: bytes) -> Address | None:
+        """Where the member with key `member` listens, if a link to it answers now."""
+        link = self._member_link(member)
+        return None if link is None or not link.ready(time.monotonic()) else link.address
+
     def relay(self, member: bytes, txs: Iterable[Transaction]) -> bool:
         """Queue `txs` for the member `member` (Relay, after the blocks queued
         for it), without waiting; False if no link answers as that member."""
-        with self._lock:
-            link = next((link for link in self._links.values()
-                         if link.peer is not None and link.peer.key == member), None)
+        link = self._member_link(member)
         if link is None:
             return False
         start = False

@@ -2,7 +2,11 @@
 
 Every `sync_interval`, or at once when a block arrives that does not extend our
 tip, it asks every peer for its latest block and feeds the replies to the
-NodeState, which plans the round (core/node_state.py states the rules). The
+NodeState, which plans the round (core/node_state.py states the rules). A
+block that only shows we are behind (its id leaves a gap after our tip) is
+first filled from the member that pushed it (`catch_up`): the blocks between
+are fetched from it alone and appended if they continue our chain, and the
+round runs only if they do not (a fork is the majority's to settle). The
 resolver only fetches the branches the plan names, outside the node's lock,
 each block checked on its own there (the RSA verifications are the slow
 part), and hands each branch back to the state to adopt or skip.
@@ -94,17 +98,48 @@ class Resolver:
         self._wake = wake
         self._round = round_lock  # held during a round (set_network_active waits on it)
         self._on_misbehaviour = on_misbehaviour or outbound.misbehaved
+        # What the next turn is for, set with `_wake`: a round (`ask_round`),
+        # and the gap to fill from the member that showed it (`catch_up`).
+        self._asked = threading.Lock()
+        self._round_asked = False
+        self._catch_up: tuple[bytes, Tip] | None = None
+
+    def ask_round(self) -> None:
+        """A resolution round at once (a fork seen, a peer list changed)."""
+        with self._asked:
+            self._round_asked = True
+        self._wake.set()
+
+    def catch_up(self, member: bytes, target: Tip) -> None:
+        """Member `member` pushed block `target`, past a gap after our tip: ask it
+        for the blocks we lack first (of several such, the highest), and poll
+        the majority only if that does not bring us to `target`. At 20 peers
+        under load, a member that fell a few blocks behind answered every
+        later block with a full round (a poll of every peer, then a fetch):
+        hundreds of rounds in a few seconds, on two shared cores."""
+        with self._asked:
+            if self._catch_up is None or target.id > self._catch_up[1].id:
+                self._catch_up = (member, target)
+        self._wake.set()
 
     def run(self) -> None:
         """The resolver thread's loop, until `stopping` is set."""
         while not self._stopping.is_set():
-            self._wake.wait(self._config.sync_interval)
+            timed_out = not self._wake.wait(self._config.sync_interval)
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            with self._asked:
+                catch_up, self._catch_up = self._catch_up, None
+                # The periodic round, or a wake-up for anything but a gap alone.
+                round_due = self._round_asked or timed_out or catch_up is None
+                self._round_asked = False
             try:
                 with self._round:
-                    self.resolve()
+                    if catch_up is not None and not self._caught_up(*catch_up):
+                        round_due = True  # not an extension of ours, or no answer
+                    if round_due:
+                        self.resolve()
             except Exception:  # our own bug: log it loudly, keep the node serving
                 if not self._stopping.is_set():
                     log.exception("fork resolution failed")
@@ -143,6 +178,30 @@ class Resolver:
                 # Only progress wakes it, so this cannot spin.
                 self._wake.set()
         return switch
+
+    def _caught_up(self, member: bytes, target: Tip) -> bool:
+        """Fetch from `member` the blocks between our tip and `target`, and
+        append them if they continue our chain (NodeState.catch_up); whether
+        we now hold `target`. Dropping any block of ours is the majority's
+        call, never this: a fork found here is left to the round."""
+        with self._changed:
+            if self._state.chain.holds(target.id, target.hash):
+                return True  # they came meanwhile (the sender's next Adds)
+        holder = self._outbound.member_address(member)
+        if holder is None:
+            return False
+        try:
+            fetched = self._fetch(holder, target, time.monotonic() + self._config.fetch_deadline)
+        except (OSError, Unavailable, RemoteProtocolError, InvalidBlock) as exc:
+            log.info("could not catch up to block %d from %s: %s", target.id, holder, exc)
+            return False
+        with self._changed:
+            decision = self._state.catch_up(fetched.blocks)
+            self._carry_out(decision.effects)
+            height = self._state.chain.height
+            held = self._state.chain.holds(target.id, target.hash)
+        self._report(decision, holder, height)
+        return held
 
     def _follow(self, plan: Resolution, fetch: FetchBranch) -> Switch | None:
         """Fetch `fetch.target`'s branch from `fetch.holder` and hand it to the

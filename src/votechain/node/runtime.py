@@ -18,7 +18,7 @@ Threads (the seed design's, made concrete; docs/design.md):
   (core/finality.py) in whichever thread received them; each change is
   persisted and wakes the voters whose votes became final (voters.py);
 - announcer: tells the peers our tip and locked height when they changed,
-  at most once per announce_interval, within announce_budget;
+  at most once per announce_interval, within the network's announce_budget;
 - resolver (resolver.py): every sync_interval, or at once when a block arrives
   that does not extend our tip, polls every peer's tip and follows the plan
   the state makes of the majority;
@@ -215,6 +215,7 @@ class Node:
         # Members of a network with seats relay votes to one miner (NodeState).
         self.state.relaying = self.seats > 0 and is_member and self.config.relay
         self.state.relays.patience_ms = round(self.config.relay_patience * 1000)
+        self.state.relays.max_patience_ms = round(self.config.relay_max_patience * 1000)
         self._final_recorded = self.state.finality.final
         # Every block above the recorded height was just checked with every rule.
         if self.store.verified_height < self.state.chain.height:
@@ -256,7 +257,7 @@ class Node:
                            reachable=self._reachable, relay=self._relay,
                            stopping=self._stopping, metrics=self.metrics)
         self.directory = PeerDirectory(self.config, self.address, stopping=self._stopping,
-                                       registered=self._resolve_now.set)
+                                       registered=self._ask_round)
         self.tracker = self.directory.tracker
         self.control = ControlServer(self, self.data_dir)
         try:
@@ -342,7 +343,7 @@ class Node:
                 case Wake():
                     self._changed.notify_all()
                 case Resolve():
-                    self._resolve_now.set()
+                    self.resolver.ask_round()
                 case QueueVote(tx=tx, persist=persist):
                     if persist:
                         self.store.add_pending(tx)
@@ -526,7 +527,15 @@ class Node:
         if decision is None:
             with self._changed:
                 decision = self.state.block_checked(block)
-                self._carry_out(decision.effects)
+                effects = decision.effects
+                if decision.status == "fork":
+                    # A gap: its sender, who holds what we lack, is asked first.
+                    for effect in effects:
+                        if isinstance(effect, Resolve) and effect.behind is not None:
+                            self.resolver.catch_up(public_key, effect.behind)
+                    effects = tuple(e for e in effects
+                                    if not (isinstance(e, Resolve) and e.behind is not None))
+                self._carry_out(effects)
         if metrics is not None:
             metrics.block_received(decision.status, decision.kind)
         if decision.status == "added":
@@ -544,9 +553,9 @@ class Node:
 
     def _announce_loop(self) -> None:
         """The announcer thread: our account (tip and lock) to every peer when it
-        changed, at most once per announce_interval (stretched so that no more
-        than announce_budget requests a second go out), however many changes
-        came meanwhile. Under load the blocks and their answers carry the locks
+        changed, at most once per announce_interval (stretched so that about
+        announce_budget requests a second go out network-wide, config.py),
+        however many changes came meanwhile. Under load the blocks and their answers carry the locks
         (Add, AddResult), so a member that exchanged one with us within the
         interval is skipped until it has not (Outbound.announce); this covers
         the rest (the last vote of a burst, the members that hear of a block
@@ -560,8 +569,12 @@ class Node:
             config = self.config
             if self.outbound.announce(peers, quiet=config.announce_interval):
                 self._announce_due.set()  # those skipped: again next turn
+            others = len(peers)
             self._stopping.wait(max(config.announce_interval,
-                                    len(peers) / config.announce_budget))
+                                    (others + 1) * others / config.announce_budget))
+
+    def _ask_round(self) -> None:
+        self.resolver.ask_round()
 
     def _checkpoint_loop(self) -> None:
         while not self._stopping.wait(CHECKPOINT_INTERVAL):
@@ -705,7 +718,7 @@ class Node:
         for a resolution round in flight, so none fetches anything afterwards."""
         self.network_active = active
         if active:
-            self._resolve_now.set()
+            self.resolver.ask_round()
         else:
             with self._resolving:
                 pass
