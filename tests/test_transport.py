@@ -94,6 +94,21 @@ def test_send_and_recv(pair: tuple[Connection, Connection]) -> None:
     assert left.recv() == Latest(block=genesis_block())
 
 
+def test_several_messages_in_one_write_are_read_one_by_one(
+        pair: tuple[Connection, Connection]) -> None:
+    """send(*msgs) writes them together (an answerer's held replies, a
+    pipelined drain); the reader sees each whole, and knows when the next is
+    already read (`message_ready`: the inbound server holds its replies then)."""
+    left, right = pair
+    assert not right.message_ready
+    left.send(GetLatest(), GetBlocks(from_id=3, limit=10), GetLatest())
+    assert right.recv() == GetLatest()
+    assert right.message_ready  # the other two came in the same read
+    assert right.recv() == GetBlocks(from_id=3, limit=10)
+    assert right.recv() == GetLatest()
+    assert not right.message_ready
+
+
 def test_big_message_over_tcp(tcp_pair: tuple[Connection, Connection]) -> None:
     client, server = tcp_pair
     batch = big_batch()

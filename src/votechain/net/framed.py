@@ -108,9 +108,17 @@ class FramedSocket(Generic[In, Out]):
         self._timeout = seconds
         self._sock.settimeout(seconds)
 
-    def send(self, msg: Out) -> None:
-        """Send one message whole. Encoding errors (our bug) raise LocalProtocolError."""
-        frame = self._outgoing.encode(msg)  # before taking the lock: a bad message sends nothing
+    @property
+    def message_ready(self) -> bool:
+        """Whether the next recv() has a whole message already read (no wait)."""
+        return self._decoder.frame_ready
+
+    def send(self, *msgs: Out) -> None:
+        """Send messages whole, in order, in one write (an answerer holding
+        several replies sends them together: one system call, and one wake-up
+        for the reader). Encoding errors (our bug) raise LocalProtocolError."""
+        # Before taking the lock: a bad message sends nothing.
+        frame = b"".join(self._outgoing.encode(msg) for msg in msgs)
         with self._send_lock:
             if self._closed:
                 raise ConnectionClosed(f"connection to {self._name()} is closed")

@@ -56,6 +56,9 @@ from votechain.protocol.peer import Error, Hello, Message
 log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
+# Replies held while more requests are already read, at most (outbound.py's
+# PIPELINE_DEPTH is what a peer of ours sends ahead).
+REPLY_BATCH = 16
 # The node's answer to one request, from the peer at an address, who proved
 # its identity in the handshake.
 Handler = Callable[[Message, Address, PeerIdentity], Message]
@@ -240,8 +243,12 @@ class InboundServer:
             conn.close()
 
     def _serve_requests(self, conn: Connection, peer: PeerIdentity, who: Offender) -> None:
-        """Answer requests until the peer leaves, misbehaves too often, or we stop."""
+        """Answer requests until the peer leaves, misbehaves too often, or we stop.
+        Replies go out in order; while the next request is already read (a
+        pipelining peer sent several at once, docs/protocol.md 3), up to
+        REPLY_BATCH of them are held and sent together."""
         bad_requests = 0
+        held: list[Message] = []
         while not self._stopping.is_set():
             try:
                 msg = conn.recv()
@@ -250,15 +257,23 @@ class InboundServer:
                 # A bad frame was consumed whole: say why and read on, unless the
                 # framing itself is lost, the peer keeps doing it, or is banned now.
                 if not isinstance(exc, MalformedMessage) or not conn.framed or banned:
+                    if held:  # what was answered before it still goes out
+                        with contextlib.suppress(OSError, ConnectionClosed):
+                            conn.send(*held)
                     raise
                 bad_requests += 1
                 if bad_requests > self._config.max_bad_requests:
                     raise MalformedMessage(f"too many bad requests, the last: {exc}") from exc
                 log.warning("bad request from %s: %s", conn.peer, exc)
-                conn.send(Error(f"bad request: {exc.reason}"))
-                continue
-            conn.send(self._handle(msg, conn.peer, peer))
+                held.append(Error(f"bad request: {exc.reason}"))
+            else:
+                held.append(self._handle(msg, conn.peer, peer))
+            if len(held) >= REPLY_BATCH or not conn.message_ready:
+                conn.send(*held)
+                held.clear()
             if self._banned(who):  # `handle` reported an offence that tipped it
+                if held:
+                    conn.send(*held)
                 log.info("dropping connection from %s: %s is banned", conn.peer, who)
                 return
 

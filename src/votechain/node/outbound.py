@@ -288,8 +288,7 @@ class PeerLink:
                                            identity=self._identity, members=self._members)
             peer = self.peer
             assert peer is not None  # set by this connection's handshake, under self.lock
-            for msg in msgs:
-                conn.send(msg)
+            conn.send(*msgs)  # in one write
             return [(conn.recv(), peer) for _ in msgs]
         except BaseException:
             # After any failure the stream may hold half a reply: start afresh.

@@ -92,6 +92,14 @@ class FrameDecoder(Generic[T]):
             return 0
         return PREFIX_BYTES + self._cap.size - len(self._buffer)
 
+    @property
+    def frame_ready(self) -> bool:
+        """Whether `next_message` would return (or raise) without more bytes."""
+        length = self._head_length()
+        if self._failed is not None:
+            return True
+        return length is not None and len(self._buffer) >= PREFIX_BYTES + length
+
     def feed(self, data: bytes) -> None:
         if self._failed is not None:
             return  # nothing after a refused prefix can be read; do not hold it
