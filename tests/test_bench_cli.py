@@ -18,7 +18,7 @@ from framework.backends import NATIVE_MISSING
 from votechain.app import bench
 from votechain.app.cli import build_parser, main
 from votechain.mining import backend as backend_mod
-from votechain.mining.pool import CHUNK
+from votechain.mining.worker import CHUNK
 
 # What this run can measure: the native kernel where built, and pure always.
 AVAILABLE = "pure" if NATIVE_MISSING else "native,pure"

@@ -20,7 +20,7 @@ import pytest
 from framework.backends import BACKENDS, skip_unless_available
 from votechain.errors import MinerPoolError
 from votechain.mining import NONCE_SPACE, MinerPool
-from votechain.mining.pool import MAX_OUTSTANDING, read_job
+from votechain.mining.pool import MAX_OUTSTANDING
 from votechain.mining.records import (
     CONTENT_BYTES,
     JOB_BYTES,
@@ -29,6 +29,7 @@ from votechain.mining.records import (
     MAX_TAIL_BYTES,
     Job,
 )
+from votechain.mining.worker import RING, read_job
 
 # An impossible job: 16 zero hex digits over the whole nonce space never ends by itself.
 IMPOSSIBLE = 16
@@ -280,3 +281,9 @@ def test_two_workers_finding_at_once_agree_on_one_nonce(backend: str) -> None:
         for difficulty in (1, 2):
             nonces = mine_chain(p, content_of(11 + difficulty), difficulty, 150)
             assert all(n is not None for n in nonces)
+
+
+def test_a_slot_is_never_reused_while_a_job_on_it_is_outstanding() -> None:
+    # Outstanding jobs have consecutive ids, and a worker may still read the
+    # slot of the job just before the oldest one (pool.py's top comment).
+    assert RING > MAX_OUTSTANDING + 1

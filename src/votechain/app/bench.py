@@ -46,7 +46,7 @@ import votechain
 from votechain import mining
 from votechain.errors import CliError
 from votechain.mining import backend as backend_mod
-from votechain.mining.pool import CHUNK
+from votechain.mining.worker import CHUNK
 
 # 16 zero hex digits (64 zero bits): never met within a few billion nonces, so
 # each search hashes its whole range.

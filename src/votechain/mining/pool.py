@@ -56,7 +56,7 @@ means and stops its workers through their pipes (close()), so a Ctrl-C costs no
 worker a traceback and the pool never mistakes it for a death. SIGINT is
 blocked in the thread that spawns a worker, so the new interpreter starts with
 it blocked (the mask survives fork and exec) and cannot be interrupted while
-it imports, before `_worker_main` ignores it for good. Any other way a worker
+it imports, before `worker_main` (mining/worker.py) ignores it for good. Any other way a worker
 ends outside close() (SIGKILL, SIGTERM, a crash) is a real death: it is logged
 with the worker's exit status, and the worker is replaced unless the pool is
 closing. The dead worker's share of every outstanding job is lost (a nonce it
@@ -83,7 +83,6 @@ fails with EPIPE: either way the pool notices at its next read or write.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import multiprocessing as mp
@@ -97,28 +96,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, NamedTuple
 
 from votechain.errors import MinerPoolError
-from votechain.mining.backend import DEFAULT_BACKEND, SearchFn, kernel
+from votechain.mining.backend import DEFAULT_BACKEND, kernel
 from votechain.mining.records import (
     CONTENT_BYTES,
     HELLO_JOB_ID,
-    JOB_BYTES,
     RESULT_BYTES,
     Job,
     Result,
     check_follow_bytes,
 )
+from votechain.mining.worker import RING, Shared, read_record, worker_main
 
 log = logging.getLogger("votechain.mining")
 
-# Round-robin unit of the nonce space: big enough that dealing chunks costs nothing.
-CHUNK = 1 << 20
-# Nonces per kernel call inside a chunk: ~1 ms of native work, so progress (and
-# the hash-rate figure) is known to within a millisecond, and an abort that
-# arrives between calls is seen at once.
-STEP = 1 << 16
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 # The running job and up to three follow-ons: ~3 ms of hashing queued at
@@ -126,10 +118,6 @@ STOP_TIMEOUT = 5.0
 # waits under load: p99 ~1-2 ms at 1 peer). With one follow-on, a single
 # late wake-up idled the workers.
 MAX_OUTSTANDING = 4
-# Slots of abort bytes and winner records, used round-robin by job id; more
-# than MAX_OUTSTANDING + 1 so a slot is never reused while a job on it is
-# outstanding (see the top comment).
-RING = 8
 # A claim lock still taken this long after its holder died, with no owner
 # marked, was taken by the dead worker (a claim holds it for microseconds).
 CLAIM_STUCK = 0.2
@@ -156,132 +144,6 @@ def _describe_exit(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         return f"killed by signal {-code}"
     return f"exit status {code}"
-
-
-def read_record(fd: int, size: int) -> bytes | None:
-    """One whole `size`-byte record from pipe `fd`; None at end of file (the
-    writer is gone). Records are written whole (records.py), so the loop is a
-    safeguard that never runs."""
-    record = os.read(fd, size)
-    while record and len(record) < size:
-        more = os.read(fd, size - len(record))
-        if not more:
-            return None
-        record += more
-    return record or None
-
-
-def read_job(fd: int) -> bytes | None:
-    """One whole Job record from pipe `fd`: its header, then exactly the head and
-    tail it announces (never a byte of the next record); None at end of file."""
-    header = read_record(fd, JOB_BYTES)
-    if header is None:
-        return None
-    body = Job.body_bytes(header)
-    if not body:
-        return header
-    rest = read_record(fd, body)
-    return None if rest is None else header + rest
-
-
-def block_hash(content: bytes, nonce: int) -> bytes:
-    """A block's hash from its content and nonce (core/block.py's layout)."""
-    return hashlib.sha256(content + nonce.to_bytes(8, "big")).digest()
-
-
-class _Shared(NamedTuple):
-    """What the workers share, beyond their pipes (see the top comment)."""
-
-    abort: Any  # RawArray("B", RING): job j's abort byte is abort[j % RING]
-    winners: Any  # RawArray("Q", 2 * RING): job id, nonce of job j's claim at 2 * (j % RING)
-    claim: Any  # multiprocessing Lock, held to read or write a winner
-    owner: Any  # RawArray("Q", 1): 1 + index of the worker holding `claim`, else 0
-
-
-def _claim(shared: _Shared, index: int, job_id: int, found: int | None
-           ) -> tuple[int | None, int | None]:
-    """Claim `found` (if any) as job `job_id`'s nonce: (what this worker found and
-    won, the job's winner if it has one). Setting the abort byte under the lock,
-    after the record, means a worker that stops for it finds the winner there."""
-    slot = job_id % RING
-    winners = shared.winners
-    with shared.claim:
-        shared.owner[0] = index + 1
-        if winners[2 * slot] != job_id:
-            if found is not None:
-                winners[2 * slot + 1] = found  # the nonce before the id: see _winner
-                winners[2 * slot] = job_id
-                shared.abort[slot] = 1  # tell the others: this job is done
-        elif found is not None:
-            found = None  # another worker found one at the same time and claimed it first
-        winner = int(winners[2 * slot + 1]) if winners[2 * slot] == job_id else None
-        shared.owner[0] = 0
-    return found, winner
-
-
-def _search_share(search: SearchFn, content: bytes, job: Job, index: int, workers: int,
-                  step: int, abort: Any, progress: Any) -> tuple[int | None, int]:
-    """Worker `index`'s chunks of the job's range, in order: (nonce | None, hashes)."""
-    difficulty, stop = job.difficulty, job.stop
-    found: int | None = None
-    hashes = 0
-    chunk_start = job.start + index * CHUNK
-    while found is None and chunk_start < stop and not abort[0]:
-        chunk_stop = min(chunk_start + CHUNK, stop)
-        lo = chunk_start
-        while lo < chunk_stop and not abort[0]:
-            hi = min(lo + step, chunk_stop)
-            found = search(content, difficulty, lo, hi, abort)
-            if found is not None:
-                hashes += found - lo + 1
-                break
-            if not abort[0]:
-                hashes += hi - lo
-                # One shared-memory store per step (~1 ms): the live rate's source.
-                progress[index] += hi - lo
-            lo = hi
-        chunk_start += workers * CHUNK
-    return found, hashes
-
-
-def _worker_main(jobs: Connection, results: Connection, shared: _Shared, progress: Any,
-                 backend: str, index: int, workers: int) -> None:
-    """Worker process: read a job, search its share of the range, claim what it
-    found, report, chain, repeat. `jobs` and `results` only carry the pipes' fds
-    here (multiprocessing passes a Connection's fd to a spawned child); the
-    records go through os.read/os.write."""
-    # Ctrl-C is the parent's to handle (see the top comment). Ignore first, then
-    # unblock: a SIGINT that came while we started is discarded, not delivered.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    search = kernel(backend)
-    step = STEP if backend != "pure" else STEP // 16
-    job_fd, result_fd = jobs.fileno(), results.fileno()
-    # The kernels read byte 0 of the buffer they are given: one 1-byte view per slot.
-    flags = memoryview(shared.abort).cast("B")
-    abort_of = [flags[slot:slot + 1] for slot in range(RING)]
-    # The hash of the block the last job found, which a follow-on builds on; None
-    # if it found none (or this worker does not know which).
-    chain: bytes | None = None
-    try:
-        os.write(result_fd, Result(HELLO_JOB_ID, None, 0, time.monotonic()).pack())
-        while (record := read_job(job_fd)) is not None:
-            job = Job.unpack(record)
-            if job.kind == "fixed":
-                content: bytes | None = job.content
-            elif chain is not None:
-                content = hashlib.sha256(job.head + chain + job.tail).digest()
-            else:
-                content = None  # nothing to build on: the follow-on ends at once
-            found, hashes = (None, 0) if content is None else _search_share(
-                search, content, job, index, workers, step, abort_of[job.job_id % RING],
-                progress)
-            stopped_at = time.monotonic()
-            found, winner = _claim(shared, index, job.job_id, found)
-            os.write(result_fd, Result(job.job_id, found, hashes, stopped_at).pack())
-            chain = None if content is None or winner is None else block_hash(content, winner)
-    except OSError:
-        return  # the pool's end of a pipe is gone: so is the pool
 
 
 class LiveRate:
@@ -382,7 +244,7 @@ class MinerPool:
         self.backend = backend
         self.size = workers or os.cpu_count() or 1
         self._ctx = mp.get_context("spawn")
-        self._shared = _Shared(
+        self._shared = Shared(
             abort=self._ctx.RawArray("B", RING),
             winners=self._ctx.RawArray("Q", 2 * RING),
             claim=self._ctx.Lock(),
@@ -429,7 +291,7 @@ class MinerPool:
         theirs = (Connection(job_r, writable=False), Connection(result_w, readable=False))
         worker = _Worker(
             self._ctx.Process(
-                target=_worker_main,
+                target=worker_main,
                 args=(*theirs, self._shared, self._progress, self.backend, index, self.size),
                 daemon=True, name="votechain-miner",
             ),
