@@ -118,8 +118,11 @@ STOP_TIMEOUT = 5.0
 # waits under load: p99 ~1-2 ms at 1 peer). With one follow-on, a single
 # late wake-up idled the workers.
 MAX_OUTSTANDING = 4
-# A claim lock still taken this long after its holder died, with no owner
+# A claim lock still taken this long after a worker died, with no owner
 # marked, was taken by the dead worker (a claim holds it for microseconds).
+# The one way this is wrong: a live worker stalled that long inside its
+# few-bytecode claim at that very moment; its own release then fails
+# ("released too many times"), it dies and is replaced like any other.
 CLAIM_STUCK = 0.2
 
 
