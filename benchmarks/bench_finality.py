@@ -76,8 +76,7 @@ def record(rates: dict[str, float], measured: FinalityRun) -> None:
         "doubled": float(len(measured.safety.doubled)),
     }
     if measured.cpu is not None:
-        in_window = sum(1 for c in measured.finals if c.replied <= measured.window_end)
-        peers_ms, workers_ms = measured.cpu.per_vote_ms(in_window)
+        peers_ms, workers_ms = measured.cpu.per_vote_ms(measured.finals_in_window)
         figures.update(cpu_peers_ms=peers_ms, cpu_workers_ms=workers_ms,
                        cores=(measured.cpu.peers_s + measured.cpu.workers_s
                               + measured.cpu.clients_s) / measured.seconds)

@@ -192,8 +192,13 @@ class FinalityRun:
         return [c for c in self.casts if c.final]
 
     @property
+    def finals_in_window(self) -> int:
+        """Final replies received before the window closed: what the rates count."""
+        return sum(1 for c in self.finals if c.replied <= self.window_end)
+
+    @property
     def final_per_s(self) -> float:
-        return sum(1 for c in self.finals if c.replied <= self.window_end) / self.seconds
+        return self.finals_in_window / self.seconds
 
     def latency_ms(self, q: float) -> float:
         """The q-quantile of the finality latency (nan when no vote was final)."""
@@ -246,8 +251,7 @@ class FinalityRun:
     def _cpu_summary(self) -> str:
         if self.cpu is None:
             return ""
-        in_window = sum(1 for c in self.finals if c.replied <= self.window_end)
-        peers_ms, workers_ms = self.cpu.per_vote_ms(in_window)
+        peers_ms, workers_ms = self.cpu.per_vote_ms(self.finals_in_window)
         cpu = self.cpu
         cores = (cpu.peers_s + cpu.workers_s + cpu.clients_s) / self.seconds
         return (f"; CPU in the window, in cores: peers {cpu.peers_s / self.seconds:.2f}, miner "
