@@ -172,8 +172,8 @@ def test_a_block_that_does_not_extend_the_tip_is_a_fork_left_to_the_majority(
     assert decision.status == "fork" and decision.reason == ""
     (effect,) = decision.effects
     assert isinstance(effect, Resolve) and words in effect.why
-    # Only a gap names the block: its sender holds what we lack (catch_up).
-    assert effect.behind == (tip(block) if case == "id gap" else None)
+    # Only a gap names the block: its author holds what we lack (catch_up).
+    assert effect.behind == (block if case == "id gap" else None)
     assert state.chain.blocks() == chain
 
 

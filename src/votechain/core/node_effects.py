@@ -90,12 +90,13 @@ WAKE = Wake()
 @dataclass(frozen=True, slots=True)
 class Resolve:
     """Ask the peers for their tips and follow the majority; `why` is for the log.
-    `behind`: the block that showed a gap after our tip (None for a real fork):
-    its sender holds what we lack, and the runtime asks it for just that
-    first (node/resolver.py, `catch_up`), the majority only if that fails."""
+    `behind`: the pushed block that showed a gap after our tip (None for a real
+    fork). Its author pushed it (an Add's block is its sender's own), so it
+    holds what we lack, and the runtime asks it for just that first
+    (node/resolver.py, `catch_up`), the majority only if that fails."""
 
     why: str
-    behind: Tip | None = None
+    behind: Block | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,7 +387,7 @@ class NodeState:
             return BlockDecision("added", effects=self._appended(block))
         if block.id > tip.id + 1:
             return BlockDecision("fork", effects=(Resolve(
-                f"its id leaves a gap after our tip {tip.id}", Tip(block.id, block.hash)),))
+                f"its id leaves a gap after our tip {tip.id}", block),))
         if block.id == tip.id + 1:
             why = f"its prev_hash {block.prev_hash.hex()[:16]} is not our tip's"
         else:

@@ -342,8 +342,11 @@ class Node:
                     self.pool.abort()
                 case Wake():
                     self._changed.notify_all()
-                case Resolve():
-                    self.resolver.ask_round()
+                case Resolve(behind=pushed):
+                    if pushed is None:
+                        self.resolver.ask_round()
+                    else:  # a gap: its author, who holds what we lack, is asked first
+                        self.resolver.catch_up(pushed.author, Tip(pushed.id, pushed.hash))
                 case QueueVote(tx=tx, persist=persist):
                     if persist:
                         self.store.add_pending(tx)
@@ -527,15 +530,7 @@ class Node:
         if decision is None:
             with self._changed:
                 decision = self.state.block_checked(block)
-                effects = decision.effects
-                if decision.status == "fork":
-                    # A gap: its sender, who holds what we lack, is asked first.
-                    for effect in effects:
-                        if isinstance(effect, Resolve) and effect.behind is not None:
-                            self.resolver.catch_up(public_key, effect.behind)
-                    effects = tuple(e for e in effects
-                                    if not (isinstance(e, Resolve) and e.behind is not None))
-                self._carry_out(effects)
+                self._carry_out(decision.effects)
         if metrics is not None:
             metrics.block_received(decision.status, decision.kind)
         if decision.status == "added":
