@@ -101,7 +101,9 @@ def test_fetch_stops_at_the_first_bad_block_and_adopts_nothing(
     assert len(asked) <= bad_batch + 1 + 1 + late.config.fetch_ahead_batches
     assert len(asked) < LENGTH // FETCH_BATCH + 1  # far from the whole chain
     requested = len(asked)
-    late.set_network_active(True)  # and the full round: the peer's branch is refused
+    # And one full round: the peer's branch is refused. (Not set_network_active,
+    # whose round in the resolver thread would race this one and ask again.)
+    late.network_active = True
     assert late.resolve() is None
     assert late.chain.height == 0
     assert asked[requested] == 1 and len(asked) < 2 * requested + 2  # it stopped again
