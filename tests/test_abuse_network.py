@@ -619,6 +619,41 @@ def test_a_link_pipelines_requests_and_reads_the_replies_in_order(tmp_path: Path
     assert answers[1][0] == Blocks((node.chain.genesis,))
 
 
+def test_a_busy_link_lingers_for_a_run_and_an_idle_one_does_not(tmp_path: Path) -> None:
+    """PeerLink.linger (before each drain round): a link that exchanged just
+    now (under load) waits for `limit` requests to gather, so that they go
+    out and are decided as one run; a link that has been quiet sends at once.
+    The bounds are an hour here, so neither outcome can come from a timeout."""
+    hour = 3600.0
+    with Network(tmp_path, difficulty=LOW_DIFFICULTY) as net:
+        node = net.add_node("a")
+        link = outbound.PeerLink(node.address, node.hello)
+        blocks = extend(node.chain.genesis, ["x", "y", "z"])
+        try:
+            link.linger(limit=3, seconds=hour, busy=hour)  # never exchanged: no wait
+            link.ask(GetLatest())
+            gathered = threading.Event()
+
+            def drain_round() -> None:
+                link.linger(limit=3, seconds=hour, busy=hour)
+                gathered.set()
+
+            waiter = threading.Thread(target=drain_round)
+            waiter.start()
+            try:
+                for block in blocks[:2]:
+                    link.enqueue(Add(block))
+                assert not gathered.is_set()  # two of three: still waiting
+                link.enqueue(Add(blocks[2]))
+                assert gathered.wait(SYNC_BOUND)
+            finally:
+                link.close()
+                waiter.join(SYNC_BOUND)
+            assert len(link.next_items(outbound.PIPELINE_DEPTH)) == 0  # close emptied it
+        finally:
+            link.close()
+
+
 def test_votes_queued_for_a_failing_leader_are_handed_back_at_once() -> None:
     """A link that fails empties its outbox; the votes queued there to Relay
     are reported dropped (the node then mines them itself) instead of

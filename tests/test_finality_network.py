@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from blockkit import tx_for
+from blockkit import fixed_key, make_block, other_key, tx_for
 from framework.network import DIFFICULTY, Network, Target
 from framework.processes import Cluster, Peer, wait_for
 from framework.waiting import wait_until
-from votechain.core.block import Block
+from votechain.core.block import Block, genesis_block
 from votechain.core.keys import NodeKey
 from votechain.errors import ControlUnavailable
 from votechain.node.runtime import Node
@@ -227,6 +228,34 @@ def test_finality_counts_distinct_members_and_ignores_observers(network: Network
     wait_until(lambda: node.status().final_height == block.id, DEADLINE,
                what="the block to be final")
     assert node.wait_for_vote(confirmed, DEADLINE) == (block, True)
+
+
+def test_a_run_of_pushed_blocks_is_decided_as_one_and_answered_in_order(
+        network: Network) -> None:
+    """A member's pipelined pushes (six Adds in one write) are read together
+    and decided as one run (Node.handle_all): one answer each, in order, the
+    blocks before a bad one stored, the bad one rejected, the ones after it
+    (a gap now) left to the majority. What the run told us counts as if each
+    block came alone: the sender holds the last block we hold too (so two
+    seats of three agree on it: locked), and its last push is its report."""
+    node = network.add_node("a", seats=SEATS)
+    key = fixed_key()
+    run: list[Block] = []
+    for i in range(6):
+        run.append(make_block(run[-1] if run else genesis_block(), tx_for(f"run{i}"), key=key,
+                              difficulty=DIFFICULTY))
+    run[3] = replace(run[3], signature=other_key().sign(run[3].hash))  # not its author's
+    with Target(node).connection(key) as conn:
+        conn.send(*(Add(block, locked=0) for block in run))
+        replies = [conn.recv() for _ in run]
+    assert [getattr(r, "status", r) for r in replies] == [
+        "added", "added", "added", "rejected", "fork", "fork"]
+    assert "signature" in replies[3].reason  # type: ignore[union-attr]
+    assert node.blocks()[1:] == run[:3]
+    assert node.store.shape() == (4, 3)  # genesis and the three, stored
+    wait_until(lambda: node.status().locked_height == 3, DEADLINE,
+               what="the two members' agreement on block 3 to lock it")
+    assert all(r.locked == 3 for r in replies if r.status != "rejected")  # type: ignore[union-attr]
 
 
 def test_a_member_just_told_our_account_by_a_block_is_not_announced_to_again(

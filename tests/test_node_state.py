@@ -23,16 +23,19 @@ from votechain.core.chain import Chain
 from votechain.core.forkchoice import Tip, Vote
 from votechain.core.node_effects import (
     AbortMining,
-    AppendBlock,
+    AnnounceTip,
+    AppendBlocks,
     BlockDecision,
     Broadcast,
     DropVotes,
     FetchBranch,
+    Finalized,
     MineJob,
     QueueVote,
     ReplaceFrom,
     Resolve,
     Wake,
+    coalesce,
 )
 from votechain.core.node_state import RECHECK_TAIL, NodeState, Resolution
 from votechain.errors import OurBug
@@ -97,7 +100,7 @@ def test_the_next_block_is_appended_persisted_and_restarts_mining() -> None:
     block = theirs(GENESIS, "a")
     decision = state.block_received(block, block.author, NOW)
     assert decision == BlockDecision(
-        "added", effects=(AppendBlock(block, done=(block.transaction.tx_id,)), AbortMining(),
+        "added", effects=(AppendBlocks((block,), done=(block.transaction.tx_id,)), AbortMining(),
                           Wake()))
     assert state.chain.tip == block
 
@@ -197,6 +200,48 @@ def test_catching_up_appends_a_continuation_and_leaves_a_fork_to_the_majority() 
     assert state.catch_up([]).status == "skipped"
 
 
+def test_a_run_of_blocks_is_decided_one_by_one_and_persisted_as_one() -> None:
+    """NodeState.blocks_checked (a member's pipelined pushes, node/inbound.py):
+    the same decisions as one block at a time, and their effects joined so
+    that the runtime writes the run in one store transaction and wakes once.
+    A block that breaks the run (here a vote already in the chain) is
+    rejected, and the rest, no longer on our tip, go to the majority."""
+    state = state_of()
+    run = [theirs(GENESIS, "a")]
+    run.append(theirs(run[-1], "b"))
+    run.append(theirs(run[-1], "c"))
+    twice = theirs(run[-1], "a")  # "a" again: its vote is in the chain
+    after = theirs(twice, "d")
+    decisions, effects = state.blocks_checked([*run, twice, after])
+    assert [d.status for d in decisions] == ["added", "added", "added", "rejected", "fork"]
+    (resolve,) = decisions[-1].effects  # a gap after our tip: its author is asked
+    assert effects == (
+        AppendBlocks(tuple(run), done=tuple(b.transaction.tx_id for b in run)),
+        resolve, AbortMining(), Wake())
+    assert state.chain.blocks() == [GENESIS, *run]
+    assert state.pending_count == 0
+
+
+def test_coalesced_effects_keep_the_order_the_store_must_see() -> None:
+    """node_effects.coalesce: consecutive appends join, and join nothing
+    across an effect that writes (a ReplaceFrom between two runs stays
+    between them); of several Finalized only the last counts, after the
+    writes; the signals come once, at the end; an identical Resolve once."""
+    a, b, c = extend(GENESIS, ["a", "b", "c"])
+    done = [block.transaction.tx_id for block in (a, b, c)]
+    replaced = ReplaceFrom(2, (b,), requeue=(), done=())
+    resolve = Resolve("a gap")
+    effects = coalesce([
+        AppendBlocks((a,), (done[0],)), AbortMining(), Wake(), Finalized(1, 0), AnnounceTip(),
+        replaced, resolve, AppendBlocks((b,), (done[1],)), Wake(), resolve,
+        AppendBlocks((c,), (done[2],)), Finalized(2, 1), AbortMining()])
+    assert effects == (
+        AppendBlocks((a,), (done[0],)), replaced, resolve,
+        AppendBlocks((b, c), (done[1], done[2])), Finalized(2, 1),
+        AbortMining(), Wake(), AnnounceTip())
+    assert coalesce([]) == ()
+
+
 def test_the_staged_receive_path_decides_as_block_received_does() -> None:
     """screen (lock) -> check_alone (no lock: it reads nothing that changes) -> decide (lock)."""
     state = state_of()
@@ -270,7 +315,7 @@ def test_a_nonce_found_appends_and_broadcasts() -> None:
     decision = state.nonce_found(job, block)
     assert decision.status == "appended"
     # No AbortMining: the miner appends it itself, and may already search the next block.
-    assert decision.effects == (AppendBlock(block, done=(block.transaction.tx_id,)),
+    assert decision.effects == (AppendBlocks((block,), done=(block.transaction.tx_id,)),
                                 Wake(), Broadcast(block))
     assert state.chain.tip == block and state.pending == ()
 

@@ -16,7 +16,7 @@ from framework.processes import run
 from framework.waiting import wait_until
 from votechain.core.block import Block, genesis_block
 from votechain.core.forkchoice import Tip, Vote
-from votechain.core.node_effects import AppendBlock, DropVotes, Effect, QueueVote, ReplaceFrom
+from votechain.core.node_effects import AppendBlocks, DropVotes, Effect, QueueVote, ReplaceFrom
 from votechain.core.node_state import NodeState
 from votechain.core.voting import tally, vote_transaction
 from votechain.node.store import ChainStore
@@ -29,8 +29,8 @@ def carry_out(store: ChainStore, effects: Iterable[Effect]) -> None:
     """The store writes of node/runtime.py's `_carry_out`, the rest ignored."""
     for effect in effects:
         match effect:
-            case AppendBlock(block=block, done=done):
-                store.append(block, done=done)
+            case AppendBlocks(blocks=blocks, done=done):
+                store.append(*blocks, done=done)
             case ReplaceFrom(first_id=first_id, blocks=blocks, requeue=requeue, done=done):
                 store.replace_from(first_id, blocks, requeue=requeue, done=done)
             case QueueVote(tx=tx):

@@ -60,7 +60,9 @@ Inputs, and what they return (node_effects.py lists the effects):
   * any other block (the id of one we hold, a gap after our tip, or the right
     id on another parent) cannot be judged alone: a bad link and a branch we
     have not seen look the same. It is answered "fork" and the majority
-    decides (`Resolve`). `block_received` runs all three steps at once.
+    decides (`Resolve`). `block_received` runs all three steps at once;
+    `blocks_checked` runs step 3 for a run of blocks a peer pushed back to
+    back, their effects joined (node_effects.coalesce).
 - `vote_submitted(tx)`: queued (and persisted) at the back unless it is
   already queued or in the chain; submitting twice queues it once.
 - `next_job(now_ms, after)`: what to mine now: the oldest queued vote on the
@@ -119,7 +121,7 @@ from votechain.core.node_effects import (
     ABORT_MINING,
     ANNOUNCE,
     WAKE,
-    AppendBlock,
+    AppendBlocks,
     BlockDecision,
     BranchDecision,
     Broadcast,
@@ -134,6 +136,7 @@ from votechain.core.node_effects import (
     Resolve,
     Restored,
     VoteDecision,
+    coalesce,
 )
 from votechain.core.relaying import Relays
 from votechain.core.rules import check_block_alone, check_difficulty
@@ -394,6 +397,15 @@ class NodeState:
             why = f"we hold another block {block.id}"
         return BlockDecision("fork", effects=(Resolve(why),))
 
+    def blocks_checked(self, blocks: Sequence[Block]
+                       ) -> tuple[list[BlockDecision], tuple[Effect, ...]]:
+        """`block_checked` for each of a run of blocks, in order (one peer's
+        pipelined pushes, every one past `check_alone`): one decision per block,
+        and all their effects `coalesce`d, so that the run costs the runtime one
+        store transaction, one finality write and one wake-up."""
+        decisions = [self.block_checked(block) for block in blocks]
+        return decisions, coalesce(effect for d in decisions for effect in d.effects)
+
     def block_received(self, block: Block, public_key: bytes, now_ms: int) -> BlockDecision:
         """The three steps in one call (for callers that hold no lock to spare)."""
         return (self.screen_block(block, public_key) or self.check_alone(block, now_ms)
@@ -407,7 +419,7 @@ class NodeState:
         finality = self._finality_effects(self.finality.chain_changed(self.chain))
         if block.author != self.author and not finality and self.finality.counting:
             finality = (ANNOUNCE,)
-        return (AppendBlock(block, done=(tx_id,)), ABORT_MINING, WAKE, *finality)
+        return (AppendBlocks((block,), done=(tx_id,)), ABORT_MINING, WAKE, *finality)
 
     # ------------------------------------------------------------- finality
 

@@ -35,7 +35,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from votechain.core.discipline import (
     Ban,
@@ -56,12 +56,13 @@ from votechain.protocol.peer import Error, Hello, Message
 log = logging.getLogger("votechain.peer")
 
 Address = tuple[str, int]
-# Replies held while more requests are already read, at most (outbound.py's
-# PIPELINE_DEPTH is what a peer of ours sends ahead).
+# Requests read together while more are already buffered, at most, and so
+# the replies sent together (outbound.py's PIPELINE_DEPTH is what a peer of
+# ours sends ahead).
 REPLY_BATCH = 16
-# The node's answer to one request, from the peer at an address, who proved
-# its identity in the handshake.
-Handler = Callable[[Message, Address, PeerIdentity], Message]
+# The node's answers to requests read together, one each in order, from the
+# peer at an address, who proved its identity in the handshake.
+Handler = Callable[[Sequence[Message], Address, PeerIdentity], list[Message]]
 
 
 class InboundServer:
@@ -244,36 +245,39 @@ class InboundServer:
 
     def _serve_requests(self, conn: Connection, peer: PeerIdentity, who: Offender) -> None:
         """Answer requests until the peer leaves, misbehaves too often, or we stop.
-        Replies go out in order; while the next request is already read (a
-        pipelining peer sent several at once, docs/protocol.md 3), up to
-        REPLY_BATCH of them are held and sent together."""
+        The requests already read when the first arrives (a pipelining peer
+        sent several at once, docs/protocol.md 3), up to REPLY_BATCH, are
+        handled together (a run of blocks is decided as one: Node.handle_all)
+        and their replies sent together, in order."""
         bad_requests = 0
-        held: list[Message] = []
         while not self._stopping.is_set():
-            try:
-                msg = conn.recv()
-            except RemoteProtocolError as exc:
-                banned = self._score(who, handshake_offence(exc), exc.reason)
+            requests: list[Message] = []
+            error: RemoteProtocolError | None = None
+            while True:  # only the first recv() may wait
+                try:
+                    requests.append(conn.recv())
+                except RemoteProtocolError as exc:
+                    error = exc
+                    break
+                if len(requests) >= REPLY_BATCH or not conn.message_ready:
+                    break
+            held = self._handle(requests, conn.peer, peer) if requests else []
+            if error is not None:
+                banned = self._score(who, handshake_offence(error), error.reason)
                 # A bad frame was consumed whole: say why and read on, unless the
                 # framing itself is lost, the peer keeps doing it, or is banned now.
-                if not isinstance(exc, MalformedMessage) or not conn.framed or banned:
+                if not isinstance(error, MalformedMessage) or not conn.framed or banned:
                     if held:  # what was answered before it still goes out
                         with contextlib.suppress(OSError, ConnectionClosed):
                             conn.send(*held)
-                    raise
+                    raise error
                 bad_requests += 1
                 if bad_requests > self._config.max_bad_requests:
-                    raise MalformedMessage(f"too many bad requests, the last: {exc}") from exc
-                log.warning("bad request from %s: %s", conn.peer, exc)
-                held.append(Error(f"bad request: {exc.reason}"))
-            else:
-                held.append(self._handle(msg, conn.peer, peer))
-            if len(held) >= REPLY_BATCH or not conn.message_ready:
-                conn.send(*held)
-                held.clear()
+                    raise MalformedMessage(f"too many bad requests, the last: {error}") from error
+                log.warning("bad request from %s: %s", conn.peer, error)
+                held.append(Error(f"bad request: {error.reason}"))
+            conn.send(*held)
             if self._banned(who):  # `handle` reported an offence that tipped it
-                if held:
-                    conn.send(*held)
                 log.info("dropping connection from %s: %s is banned", conn.peer, who)
                 return
 

@@ -70,6 +70,16 @@ SPARE_LINKS = 1024
 # relayed votes, our account, in order): enough to empty a backlog in one
 # round trip, few enough that the replies waiting in the socket stay small.
 PIPELINE_DEPTH = 16
+# Under load, a drain waits up to LINGER for PIPELINE_DEPTH requests to gather
+# before it sends what is queued (TCP's Nagle and cork, one level up): the
+# member at the other end decides a run of blocks as one (Node.handle_all),
+# and a run of one cost it 240 us a block in process against 105 us in runs
+# of eight, before the socket and thread wake-ups saved. "Under load" means
+# the link's last exchange ended less than LINGER_BUSY ago, so a vote after a
+# quiet spell goes out at once. At 3 peers this took the peers' CPU per final
+# vote from ~3.1 to ~2.5 ms, and 10 peers from 145 to 189 votes/s (docs/design.md).
+LINGER = 0.005
+LINGER_BUSY = 0.05
 
 Address = tuple[str, int]
 # A member told us of its chain: who (as its handshake proved), its tip, its
@@ -120,6 +130,11 @@ class PeerLink:
         # Blocks to Add and votes to Relay, in order.
         self._outbox: deque[Add | Transaction] = deque(maxlen=outbox_blocks)
         self._outbox_lock = threading.Lock()  # guards the outbox, the backoff and the latency
+        # Notified when the outbox holds the `_lingering_for` items a drain
+        # lingers for (0: none lingers), and at close.
+        self._gathered = threading.Condition(self._outbox_lock)
+        self._lingering_for = 0
+        self._last_answer = float("-inf")  # time.monotonic() of the last exchange's end
         # Our account (Announce) is due here: sent after the queued blocks, once
         # however many changes came meanwhile (the latest is read when sent).
         self._announce_due = False
@@ -157,11 +172,25 @@ class PeerLink:
             outbox = self._outbox
             overflow = outbox[0] if len(outbox) == outbox.maxlen else None
             outbox.append(item)  # a full deque drops its oldest item
+            if len(outbox) == self._lingering_for:
+                self._gathered.notify()
             start = not self._draining
             self._draining = True
         if isinstance(overflow, Transaction):
             self._relays_dropped([overflow])
         return start
+
+    def linger(self, limit: int = PIPELINE_DEPTH, seconds: float = LINGER,
+               busy: float = LINGER_BUSY) -> None:
+        """Under load (the last exchange here ended less than `busy` s ago),
+        wait up to `seconds` for `limit` items to gather in the outbox, so that
+        they go out, and are decided at the other end, as one run."""
+        with self._gathered:
+            if time.monotonic() - self._last_answer < busy:
+                self._lingering_for = limit
+                self._gathered.wait_for(lambda: len(self._outbox) >= limit or self._closed,
+                                        seconds)
+                self._lingering_for = 0
 
     def announce_due(self) -> bool:
         """Mark our account due here; True when the caller must start a drain."""
@@ -210,6 +239,7 @@ class PeerLink:
 
     def _answered(self, seconds: float) -> None:
         with self._outbox_lock:
+            self._last_answer = time.monotonic()
             self._backoff.succeeded()
             self._latency = seconds if self._latency is None else (self._latency + seconds) / 2
 
@@ -331,6 +361,7 @@ class PeerLink:
         with self._outbox_lock:
             dropped = self._empty_outbox()
             self._backoff.until = float("inf")  # closed for good: queue nothing more
+            self._gathered.notify_all()  # a drain lingering here sends nothing more
         self._relays_dropped(dropped)
         conn = self._conn
         if conn is not None:
@@ -484,10 +515,15 @@ class Outbound:
         the address off). What is queued goes out pipelined, up to
         PIPELINE_DEPTH requests before the first reply is read (PeerLink.ask):
         under load a follower's answer took 2-3 ms, and blocks queued behind
-        each round trip. The replies are reports for finality: a peer that
+        each round trip. Under load it lingers first (PeerLink.linger), so that
+        the blocks go out in runs. The replies are reports for finality: a peer that
         added or knows our block holds it; an Announce answers with the
         peer's own."""
-        while items := link.next_items(PIPELINE_DEPTH):
+        while True:
+            link.linger()
+            items = link.next_items(PIPELINE_DEPTH)
+            if not items:
+                return
             msgs: list[Add | Relay | Announce] = []
             for item in items:
                 if isinstance(item, Add):
@@ -506,8 +542,30 @@ class Outbound:
                     if isinstance(msg, Relay):
                         self._relay_failed(msg, str(exc))
                 continue
+            # Of a run of our blocks the peer says it holds, the last is reported
+            # alone: it holds those before it too, and finality keeps each
+            # member's highest agreement (core/finality.py).
+            held: tuple[Add, AddResult, PeerIdentity] | None = None
             for msg, (reply, peer) in zip(msgs, answers, strict=True):
+                if (isinstance(msg, Add) and isinstance(reply, AddResult)
+                        and reply.status in ("added", "known")):
+                    held = (msg, reply, peer)
+                    continue
+                if held is not None:
+                    self._holds(*held)
+                    held = None
                 self._answered(link, msg, reply, peer)
+            if held is not None:
+                self._holds(*held)
+
+    def _holds(self, msg: Add, reply: AddResult, peer: PeerIdentity) -> None:
+        """The peer added or knew our block: it holds it; its lock is below it,
+        on this chain."""
+        if self._on_report is not None:
+            block = msg.block
+            self._on_report(peer, Tip(block.id, block.hash), min(reply.locked, block.id))
+            if peer.member and peer.key is not None:
+                self.told(peer.key)  # our Add carried our lock
 
     def _answered(self, link: PeerLink, msg: Add | Relay | Announce, reply: Message,
                   peer: PeerIdentity) -> None:
@@ -518,12 +576,6 @@ class Outbound:
             if reply.status == "rejected":
                 log.warning("peer %s rejected our block %d: %s", link.address,
                             msg.block.id, reply.reason)
-            elif reply.status in ("added", "known") and self._on_report is not None:
-                # It holds our block; its lock is below it, on this chain.
-                block = msg.block
-                self._on_report(peer, Tip(block.id, block.hash), min(reply.locked, block.id))
-                if peer.member and peer.key is not None:
-                    self.told(peer.key)  # our Add carried our lock
         elif isinstance(reply, Announce) and self._on_report is not None:
             self._on_report(peer, Tip(reply.tip_id, reply.tip_hash), reply.locked)
 

@@ -54,10 +54,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import assert_never
+from typing import assert_never, cast
 
 from votechain import __version__, mining
 from votechain.core import keys, voting
@@ -69,7 +69,8 @@ from votechain.core.membership import Members
 from votechain.core.node_effects import (
     AbortMining,
     AnnounceTip,
-    AppendBlock,
+    AppendBlocks,
+    BlockDecision,
     Broadcast,
     DropVotes,
     Effect,
@@ -236,7 +237,7 @@ class Node:
         failed = None if self.metrics is None else self.metrics.handshake_failures.inc
         try:
             self.inbound = InboundServer(
-                self.config, self.hello, self.handle, self._stopping, identity=self.identity,
+                self.config, self.hello, self.handle_all, self._stopping, identity=self.identity,
                 members=self.members, on_handshake_failure=failed)
         except BaseException:  # e.g. the port is taken: leave no worker process behind
             self.pool.close()
@@ -332,12 +333,12 @@ class Node:
         peers, which must never happen under the lock."""
         for effect in effects:
             match effect:  # the receive path's three first: each case is an isinstance
-                case AppendBlock(block=block, done=done):
-                    self.certificates.keep((block,))
-                    self.store.append(block, done=done)
+                case AppendBlocks(blocks=blocks, done=done):
+                    self.certificates.keep(blocks)
+                    self.store.append(*blocks, done=done)
                     self.state.chain.settled()
                     if self._voters and not self.state.finality.counting:
-                        self._voters.settled((block,))
+                        self._voters.settled(blocks)
                 case AbortMining():
                     self.pool.abort()
                 case Wake():
@@ -432,6 +433,27 @@ class Node:
 
     # ------------------------------------------------------------ inbound side
 
+    def handle_all(self, msgs: Sequence[Message], source: Address,
+                   peer: PeerIdentity) -> list[Message]:
+        """Answer requests one connection had ready together (node/inbound.py),
+        one reply each, in order. A run of Adds is decided as one
+        (`receive_blocks`): under load the leader pipelines its blocks to
+        every member, and each block cost a member a lock round, a store
+        transaction, a finality write and a wake-up of its own."""
+        replies: list[Message] = []
+        start = 0
+        while start < len(msgs):
+            end = start
+            while end < len(msgs) and isinstance(msgs[end], Add):
+                end += 1
+            if end - start > 1 and self.network_active:
+                replies.extend(self._added(cast("Sequence[Add]", msgs[start:end]), source, peer))
+                start = end
+            else:
+                replies.append(self.handle(msgs[start], source, peer))
+                start += 1
+        return replies
+
     def handle(self, msg: Message, source: Address, peer: PeerIdentity) -> Message:
         """Answer one request from another peer (`peer`: who its handshake proved)."""
         if not self.network_active:
@@ -455,26 +477,7 @@ class Node:
                 return Error(f"this node cannot serve block {exc.block_id}: its store is damaged")
             return Blocks(tuple(batch), self.certificates.of(batch))
         if isinstance(msg, Add):
-            if not peer.member or peer.key is None:
-                network = (f"network {self.config.membership.network.name!r}"
-                           if self.config.membership else "this open network (no key proven)")
-                reason = (f"not a member of {network}: an observer may read the chain "
-                          "but not add blocks")
-                log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
-                return AddResult("rejected", reason)
-            result = self.receive_block(msg.block, peer.key, source)
-            if result.status != "rejected" and self.state.finality.counting:
-                # Its author holds the block it pushes, and had locked below it.
-                block = msg.block
-                self._reported(peer, Tip(block.id, block.hash), min(msg.locked, block.id))
-                self.outbound.told(peer.key)  # this answer carries our lock
-                return replace(result, locked=self.state.finality.locked)
-            # An invalid block scores against its sender (core/discipline.py): enough
-            # of them ban it, and inbound.py then drops and refuses it.
-            offence = block_offence(result.status, result.reason)
-            if offence is not None:
-                self.inbound.misbehaved(source, peer, offence, result.reason)
-            return result
+            return self._added((msg,), source, peer)[0]
         return Error(f"unexpected {type(msg).__name__} message")
 
     # -------------------------------------------------------------- finality
@@ -515,24 +518,82 @@ class Node:
         not in our chain yet) and whether it is final (voters.py)."""
         return self._voters.wait(tx_id, timeout)
 
+    def _added(self, adds: Sequence[Add], source: Address,
+               peer: PeerIdentity) -> list[AddResult]:
+        """Blocks a peer pushed to us (Add), in order: each one's answer."""
+        if not peer.member or peer.key is None:
+            network = (f"network {self.config.membership.network.name!r}"
+                       if self.config.membership else "this open network (no key proven)")
+            reason = (f"not a member of {network}: an observer may read the chain "
+                      "but not add blocks")
+            for _ in adds:
+                log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
+            return [AddResult("rejected", reason)] * len(adds)
+        results = self.receive_blocks([add.block for add in adds], peer.key, source)
+        # What the sender told us by pushing: it holds each block it pushed (its
+        # own), and had locked below it. Of a run, two reports say it all, since
+        # finality keeps each member's highest agreement and its last report: the
+        # last block we hold too (the agreement), then the last it pushed.
+        held: Add | None = None
+        last: Add | None = None
+        for add, result in zip(adds, results, strict=True):
+            # An invalid block scores against its sender (core/discipline.py): enough
+            # of them ban it, and inbound.py then drops and refuses it.
+            offence = block_offence(result.status, result.reason)
+            if offence is not None:
+                self.inbound.misbehaved(source, peer, offence, result.reason)
+            if result.status != "rejected":
+                last = add
+                if result.status != "fork":
+                    held = add
+        if last is None or not self.state.finality.counting:
+            return results
+        for told in dict.fromkeys((held, last)):
+            if told is not None:
+                block = told.block
+                self._reported(peer, Tip(block.id, block.hash), min(told.locked, block.id))
+        self.outbound.told(peer.key)  # these answers carry our lock
+        locked = self.state.finality.locked
+        return [result if result.status == "rejected" else replace(result, locked=locked)
+                for result in results]
+
     def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
-        """The seed design's 'add a block' request (docs/design.md): screen and
-        decide under the lock, the stand-alone checks (RSA: the slow part)
-        between, without it."""
+        """One block (the seed design's 'add a block' request): `receive_blocks`."""
+        return self.receive_blocks((block,), public_key, source)[0]
+
+    def receive_blocks(self, blocks: Sequence[Block], public_key: bytes,
+                       source: object) -> list[AddResult]:
+        """Blocks from one peer, in order: screen and decide under the lock, the
+        stand-alone checks (RSA: the slow part) between, without it. A run is
+        decided under one lock and its effects carried out as one
+        (NodeState.blocks_checked)."""
+        state, metrics = self.state, self.metrics
         with self._lock:
-            decision = self.state.screen_block(block, public_key)
-        metrics = self.metrics
-        if decision is None:
-            started = time.perf_counter()
-            decision = self.state.check_alone(block, now_ms())
-            if metrics is not None:
-                metrics.verify_seconds.observe(time.perf_counter() - started)
-        if decision is None:
+            decisions = [state.screen_block(block, public_key) for block in blocks]
+        now = now_ms()
+        for i, block in enumerate(blocks):
+            if decisions[i] is None:
+                started = time.perf_counter()
+                decisions[i] = state.check_alone(block, now)
+                if metrics is not None:
+                    metrics.verify_seconds.observe(time.perf_counter() - started)
+        todo = [i for i, decision in enumerate(decisions) if decision is None]
+        if todo:
             with self._changed:
-                decision = self.state.block_checked(block)
-                self._carry_out(decision.effects)
-        if metrics is not None:
-            metrics.block_received(decision.status, decision.kind)
+                checked, effects = state.blocks_checked([blocks[i] for i in todo])
+                self._carry_out(effects)
+            for i, decided in zip(todo, checked, strict=True):
+                decisions[i] = decided
+        results = []
+        for block, decision in zip(blocks, decisions, strict=True):
+            assert decision is not None  # every block was decided at one step
+            self._log_received(block, decision, source)
+            results.append(AddResult(decision.status, decision.reason))
+        return results
+
+    def _log_received(self, block: Block, decision: BlockDecision, source: object) -> None:
+        if self.metrics is not None:
+            self.metrics.block_received(decision.status, decision.kind)
         if decision.status == "added":
             log.info("accepted block %d %s from %s", block.id, block.hash.hex()[:16], source)
         elif decision.status == "rejected":
@@ -542,7 +603,6 @@ class Node:
             # Resolved in the resolver thread, so this connection is answered at once.
             log.info("block %d from %s does not extend our chain (%s): resolving by majority",
                      block.id, source, why)
-        return AddResult(decision.status, decision.reason)
 
     # ------------------------------------------------------------------ mining
 

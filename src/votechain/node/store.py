@@ -339,9 +339,11 @@ class ChainStore:
 
     # --------------------------------------------------------------- writes
 
-    def append(self, block: Block, *, done: Iterable[bytes] = ()) -> None:
-        """Store `block` and drop the pending votes it (or others) already carries."""
-        self.replace_from(block.id, [block], requeue=(), done=done)
+    def append(self, *blocks: Block, done: Iterable[bytes] = ()) -> None:
+        """Store `blocks` (consecutive, after the tip) in one transaction and
+        drop the pending votes `done` they (or others) already carry."""
+        if blocks:
+            self.replace_from(blocks[0].id, blocks, requeue=(), done=done)
 
     def replace_from(
         self,
