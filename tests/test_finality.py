@@ -310,6 +310,31 @@ def test_an_orphaned_vote_mined_here_after_its_relay_ran_out_is_relayed_again() 
     assert state.relay_due(NOW + 2001, reachable={leader}) == (leader, (vote,))
 
 
+def test_a_vote_handed_over_before_we_led_is_mined_once_we_lead() -> None:
+    """Seen at 20 peers: a member handed its first votes to the genesis leader,
+    then became the leader itself, and mined everyone's votes but those two
+    until RELAY_MAX_PATIENCE ran out (the chain grew all along). Once our
+    block is the tip we lead, and a vote handed over earlier waits for
+    nobody; nor does one the member we handed it to relays back to us."""
+    base = chain_of("a")
+    leader = base[0].author
+    state = relaying([GENESIS, *base])
+    early, back = tx_for("early"), tx_for("back")
+    state.vote_submitted(early)
+    assert state.relay_due(NOW, reachable={leader}) == (leader, (early,))
+    assert state.next_job(NOW + 1) is None  # the leader has it
+    state.vote_submitted(back)
+    assert state.relay_due(NOW + 1, reachable={leader}) == (leader, (back,))
+    decision = state.vote_submitted(back, relayed=True)  # the leader names us now
+    assert not decision.queued
+    job = state.next_job(NOW + 2)
+    assert job is not None and job.tx == back
+    # Our block becomes the tip: we lead, and the other one is ours too.
+    assert state.nonce_found(job, resign_for(job.template)).status == "appended"
+    follow = state.next_job(NOW + 3)
+    assert follow is not None and follow.tx == early
+
+
 def test_relay_patience_stretches_while_the_chain_grows_up_to_its_cap() -> None:
     """A leader that keeps appending blocks is working through a queue: a vote
     handed to it waits RELAY_PATIENCE from the last growth seen, not from the

@@ -20,7 +20,12 @@ it, every member mined its first votes at once: at 10 peers, 40 blocks
 racing for the first five heights).
 
 A vote handed over stays queued, and persisted, where it was cast until a
-block carries it, so a relay loses nothing. If the leader has not put it in
+block carries it, so a relay loses nothing. A member that leads (its block
+is its tip) mines its whole queue, votes it handed over before it led
+included, and a vote relayed back to the member that cast it is mined there
+at once: at 20 peers, two votes cast in the first instant went to the
+genesis leader, whose successor then relayed them back, and they waited out
+the whole patience at the member that was mining everyone else's. If the leader has not put it in
 the chain within the patience (RELAY_PATIENCE, node/config.py: the leader
 died, is cut off, or censors), its own member mines it after all, which
 makes that member the tip's author and so the next leader: leadership moves
