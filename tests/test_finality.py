@@ -120,6 +120,32 @@ def test_a_locked_block_is_not_dropped_for_a_branch_without_a_quorum_of_locks() 
     assert finality.may_drop(1, rival)
 
 
+def test_a_locked_minority_gives_way_to_a_majority_far_ahead_of_it() -> None:
+    """Seen at 3 peers: a member locked blocks whose author then dropped them,
+    and the other two went on for thousands of blocks. Their last reports
+    name tips far past the first chunk of their branch (MAX_BRANCH_BLOCKS),
+    so on those alone the lock never gave way; their first reports of a tip
+    we do not hold, with a lock at or past ours, lie inside it."""
+    ours = chain_of("ab")
+    rival = chain_of([f"r{i}" for i in range(8)])
+    chain = held(ours)
+    finality = Finality(3)
+    finality.reported(A, Report(tip(ours[1]), 0), chain)  # the agreement we locked on
+    assert finality.locked == 2
+    finality.reported(B, Report(tip(rival[0]), 0), chain)  # no lock yet: no evidence
+    finality.reported(B, Report(tip(rival[2]), 2), chain)  # B's first dissent
+    finality.reported(C, Report(tip(rival[3]), 3), chain)  # C's
+    for step in range(4, 8):  # both run on, beyond what the first chunk holds
+        finality.reported(B, Report(tip(rival[step]), step), chain)
+        finality.reported(C, Report(tip(rival[step]), step), chain)
+    chunk = rival[:5]
+    assert finality.may_drop(0, chunk)
+    # A member that agrees with us again takes its dissent back: one lock of two.
+    finality.reported(C, Report(tip(ours[1]), 2), chain)
+    assert not finality.may_drop(0, chunk)
+    assert not finality.may_drop(0, rival)
+
+
 def test_a_switch_voids_agreement_above_the_parting_point() -> None:
     blocks = chain_of("ab")
     rival = chain_of("xy", prev=blocks[0])
@@ -150,6 +176,27 @@ def seated(seats: int, blocks: Sequence[Block] = (GENESIS,)) -> NodeState:
     state, _ = NodeState.restore(fixed_key().public_der, LOW_DIFFICULTY, list(blocks), (),
                                  now_ms=NOW, seats=seats)
     return state
+
+
+def test_a_locked_minority_adopts_the_first_chunk_of_a_majority_far_ahead() -> None:
+    """The resolver's side of the case above: the majority's branch is longer
+    than one fetch (the chunk stops short of its tip, complete=False), and
+    the chunk is adopted over our locked blocks on the members' first
+    dissent, where their last reports alone left it "skipped" for good."""
+    ours = chain_of("ab")
+    rival = chain_of([f"r{i}" for i in range(8)])
+    state = seated(3, [GENESIS, *ours])
+    state.member_reported(A, tip(ours[1]), 0)
+    assert state.finality.locked == 2
+    for voter, first in ((B, 2), (C, 3)):
+        for step in range(first, 8):
+            state.member_reported(voter, tip(rival[step]), step)
+    plan = state.tips_collected([Vote(tip(rival[-1]), P1, B), Vote(tip(rival[-1]), P2, C)])
+    fetch = state.next_fetch(plan)
+    assert fetch is not None and fetch.target == tip(rival[-1])
+    decision = state.branch_fetched(plan, fetch, rival[:5], complete=False)
+    assert decision.status == "switched", decision.reason
+    assert state.chain.blocks() == [GENESIS, *rival[:5]]
 
 
 def test_a_received_block_and_its_authors_report_lock_it_in_a_network_of_three() -> None:
