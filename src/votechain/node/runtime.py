@@ -548,10 +548,9 @@ class Node:
                     held = add
         if last is None or not self.state.finality.counting:
             return results
-        for told in dict.fromkeys((held, last)):
-            if told is not None:
-                block = told.block
-                self._reported(peer, Tip(block.id, block.hash), min(told.locked, block.id))
+        for told in (last,) if held is None or held is last else (held, last):
+            block = told.block
+            self._reported(peer, Tip(block.id, block.hash), min(told.locked, block.id))
         self.outbound.told(peer.key)  # these answers carry our lock
         locked = self.state.finality.locked
         return [result if result.status == "rejected" else replace(result, locked=locked)
