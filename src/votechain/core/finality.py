@@ -111,13 +111,11 @@ class Finality:
     def reported(self, voter: bytes, report: Report, chain: HeldChain) -> bool:
         """Member `voter` told us `report`; whether our locked or final height rose."""
         self._reports[voter] = report
-        tip = report.tip
-        if tip.id <= chain.height and chain.holds(tip.id, tip.hash):
+        if self._agree(voter, report, chain):
             self._dissent.pop(voter, None)
         elif report.locked > 0 and report.locked >= self.locked and (
                 voter not in self._dissent or self._dissent[voter].locked < self.locked):
             self._dissent[voter] = report  # the first, or the first past our lock since
-        self._agree(voter, report, chain)
         return self._advance(chain.height)
 
     def tip_seen(self, voter: bytes, tip: Tip, locked: int | None, chain: HeldChain) -> bool:
@@ -178,14 +176,17 @@ class Finality:
             if locked_on_branch(report) or locked_on_branch(self._dissent.get(voter)))
         return locked_there >= self.quorum
 
-    def _agree(self, voter: bytes, report: Report, chain: HeldChain) -> None:
+    def _agree(self, voter: bytes, report: Report, chain: HeldChain) -> bool:
+        """Count `report` as `voter`'s agreement if our chain holds its tip; whether it does."""
         tip = report.tip
-        if tip.id <= chain.height and chain.holds(tip.id, tip.hash):
-            # Kept as maxima: reports from one member may arrive out of order
-            # (pushes and polls travel on different connections), and each
-            # says truly what its chain held, or locked, at some moment.
-            self._agreed[voter] = max(self._agreed.get(voter, 0), tip.id)
-            self._locks[voter] = max(self._locks.get(voter, 0), min(report.locked, tip.id))
+        if not (tip.id <= chain.height and chain.holds(tip.id, tip.hash)):
+            return False
+        # Kept as maxima: reports from one member may arrive out of order
+        # (pushes and polls travel on different connections), and each
+        # says truly what its chain held, or locked, at some moment.
+        self._agreed[voter] = max(self._agreed.get(voter, 0), tip.id)
+        self._locks[voter] = max(self._locks.get(voter, 0), min(report.locked, tip.id))
+        return True
 
     def _advance(self, height: int) -> bool:
         before = (self.locked, self.final)

@@ -556,13 +556,10 @@ class Node:
         return [result if result.status == "rejected" else replace(result, locked=locked)
                 for result in results]
 
-    def receive_block(self, block: Block, public_key: bytes, source: object) -> AddResult:
-        """One block (the seed design's 'add a block' request): `receive_blocks`."""
-        return self.receive_blocks((block,), public_key, source)[0]
-
     def receive_blocks(self, blocks: Sequence[Block], public_key: bytes,
                        source: object) -> list[AddResult]:
-        """Blocks from one peer, in order: screen and decide under the lock, the
+        """Blocks from one peer, in order (the seed design's 'add a block' request,
+        one block or a run): screen and decide under the lock, the
         stand-alone checks (RSA: the slow part) between, without it. A run is
         decided under one lock and its effects carried out as one
         (NodeState.blocks_checked)."""
