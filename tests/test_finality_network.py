@@ -21,13 +21,16 @@ from framework.network import DIFFICULTY, Network, Target
 from framework.processes import Cluster, Peer, wait_for
 from framework.waiting import wait_until
 from votechain.core.block import Block, genesis_block
+from votechain.core.discipline import INVALID_BLOCK
 from votechain.core.keys import NodeKey
 from votechain.errors import ControlUnavailable
+from votechain.net.connection import PeerIdentity
 from votechain.node.runtime import Node
 from votechain.node.store import ChainStore
 from votechain.protocol.peer import Add, AddResult, Announce, Relay, Relayed
 
 SEATS = 3
+LOCAL_SOURCE = ("127.0.0.1", 0)  # a member is scored by its key, whatever its address
 DEADLINE = 60.0
 # A vote at an isolated node: long enough to be mined many times over, and it
 # must still not be reported final (one of three seats is no majority).
@@ -253,6 +256,8 @@ def test_a_run_of_pushed_blocks_is_decided_as_one_and_answered_in_order(
     assert "signature" in replies[3].reason  # type: ignore[union-attr]
     assert node.blocks()[1:] == run[:3]
     assert node.store.shape() == (4, 3)  # genesis and the three, stored
+    sender = PeerIdentity(node.hello, key.public_der, None, member=True)
+    assert node.inbound.score(LOCAL_SOURCE, sender) == INVALID_BLOCK.points  # the bad one only
     wait_until(lambda: node.status().locked_height == 3, DEADLINE,
                what="the two members' agreement on block 3 to lock it")
     assert all(r.locked == 3 for r in replies if r.status != "rejected")  # type: ignore[union-attr]
