@@ -236,7 +236,7 @@ def test_finality_counts_distinct_members_and_ignores_observers(network: Network
 def test_a_run_of_pushed_blocks_is_decided_as_one_and_answered_in_order(
         network: Network) -> None:
     """A member's pipelined pushes (six Adds in one write) are read together
-    and decided as one run (Node.handle_all): one answer each, in order, the
+    and decided as one run (PeerRequests.handle_all): one answer each, in order, the
     blocks before a bad one stored, the bad one rejected, the ones after it
     (a gap now) left to the majority. What the run told us counts as if each
     block came alone: the sender holds the last block we hold too (so two
@@ -319,7 +319,7 @@ def test_a_member_behind_fills_the_gap_from_the_sender_without_a_round(
     b.network_active = True  # back, without the round set_network_active asks for
     tip = a.blocks()[4]
     assert link.peer is not None
-    reply = b.handle(Add(tip, a.state.finality.locked), ("127.0.0.1", 0), link.peer)
+    reply = b.requests.handle(Add(tip, a.state.finality.locked), ("127.0.0.1", 0), link.peer)
     assert isinstance(reply, AddResult) and reply.status == "fork"
     wait_until(lambda: b.chain.holds(tip.id, tip.hash), DEADLINE,
                what="b to fetch blocks 2-4 from a")

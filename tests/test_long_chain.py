@@ -72,7 +72,7 @@ def served(node: object, from_id: int = 0) -> list[Block] | Error:
     reader = PeerIdentity(node.hello, key=None, certificate=None, member=False)
     blocks: list[Block] = []
     while True:
-        reply = node.handle(GetBlocks(from_id + len(blocks)), READER, reader)
+        reply = node.requests.handle(GetBlocks(from_id + len(blocks)), READER, reader)
         if isinstance(reply, Error):
             return reply
         assert isinstance(reply, Blocks)

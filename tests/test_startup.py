@@ -66,7 +66,7 @@ def test_an_edited_block_is_dropped_logged_and_never_served(
     observer = PeerIdentity(again.hello, key=None, certificate=None, member=False)
 
     def served() -> list[Block]:
-        reply = again.handle(GetBlocks(0), READER, observer)
+        reply = again.requests.handle(GetBlocks(0), READER, observer)
         assert isinstance(reply, Blocks)
         return list(reply.blocks)
 
@@ -77,7 +77,7 @@ def test_an_edited_block_is_dropped_logged_and_never_served(
     chain = served()
     assert chain[:EDITED] == honest[:EDITED]
     assert all(b.transaction.data != b"mallory" and b != edited for b in chain)
-    latest = again.handle(GetLatest(), READER, observer)
+    latest = again.requests.handle(GetLatest(), READER, observer)
     assert isinstance(latest, Latest) and latest.block != edited
     assert again.tally() == again.tally(recount=True)  # the kept tally was recounted
     assert again.store.verified_height == again.chain.height

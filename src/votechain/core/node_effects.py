@@ -131,7 +131,7 @@ Effect = (AppendBlocks | ReplaceFrom | QueueVote | DropVotes | AbortMining | Wak
 
 def coalesce(effects: Iterable[Effect]) -> tuple[Effect, ...]:
     """The effects of several decisions taken in a row under one lock (a
-    peer's pipelined pushes: Node.receive_blocks), to be carried out as one.
+    peer's pipelined pushes: PeerRequests.receive_blocks), to be carried out as one.
 
     Why: under load a member's CPU went to doing, per block, what a run needs
     once: a store transaction, a finality write, a wake-up of every waiter, an

@@ -247,7 +247,7 @@ class InboundServer:
         """Answer requests until the peer leaves, misbehaves too often, or we stop.
         The requests already read when the first arrives (a pipelining peer
         sent several at once, docs/protocol.md 3), up to REPLY_BATCH, are
-        handled together (a run of blocks is decided as one: Node.handle_all)
+        handled together (a run of blocks is decided as one: PeerRequests.handle_all)
         and their replies sent together, in order."""
         bad_requests = 0
         while not self._stopping.is_set():

@@ -72,7 +72,7 @@ SPARE_LINKS = 1024
 PIPELINE_DEPTH = 16
 # Under load, a drain waits up to LINGER for PIPELINE_DEPTH requests to gather
 # before it sends what is queued (TCP's Nagle and cork, one level up): the
-# member at the other end decides a run of blocks as one (Node.handle_all),
+# member at the other end decides a run of blocks as one (PeerRequests.handle_all),
 # and a run of one cost it 240 us a block in process against 105 us in runs
 # of eight, before the socket and thread wake-ups saved. "Under load" means
 # the link's last exchange ended less than LINGER_BUSY ago, so a vote after a
@@ -83,7 +83,7 @@ LINGER_BUSY = 0.05
 
 Address = tuple[str, int]
 # A member told us of its chain: who (as its handshake proved), its tip, its
-# lock (None: not said). Node._reported, for finality (core/finality.py).
+# lock (None: not said). PeerRequests.reported, for finality (core/finality.py).
 OnReport = Callable[[PeerIdentity, Tip, "int | None"], None]
 
 

@@ -7,7 +7,8 @@ miner, waking waiters, broadcasting, waking the resolver, log lines.
 
 Threads (the seed design's, made concrete; docs/design.md):
 - listener (inbound.py): blocks in accept() and hands each connection to its
-  own thread, which answers Hello, GetLatest, GetBlocks and Add;
+  own thread, which answers its requests (peer_requests.py: GetLatest,
+  GetBlocks, Announce, Relay and Add; Hello is the handshake's);
 - miner: asks the state whether to hand the queued votes to the member that
   mines for everyone (relaying) or what to mine (the oldest queued vote on
   the tip), mines it with the MinerPool, and while the workers search the
@@ -54,23 +55,21 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import assert_never, cast
+from typing import assert_never
 
 from votechain import __version__, mining
 from votechain.core import keys, voting
 from votechain.core.block import SALT_BYTES, Block, Transaction
 from votechain.core.chain import Chain, Switch
-from votechain.core.discipline import INVALID_BLOCK, block_offence
+from votechain.core.discipline import INVALID_BLOCK
 from votechain.core.forkchoice import Tip
 from votechain.core.membership import Members
 from votechain.core.node_effects import (
     AbortMining,
     AnnounceTip,
     AppendBlocks,
-    BlockDecision,
     Broadcast,
     DropVotes,
     Effect,
@@ -84,7 +83,7 @@ from votechain.core.node_effects import (
 from votechain.core.node_state import RECHECK_TAIL, NodeState
 from votechain.core.rules import check_difficulty
 from votechain.errors import DamagedStore, InvalidVote, NodeStopping
-from votechain.net.connection import LocalIdentity, PeerIdentity
+from votechain.net.connection import LocalIdentity
 from votechain.net.control_server import ControlServer
 from votechain.node.certificates import CertificateKeeper
 from votechain.node.config import SYNC_INTERVAL, NodeConfig, now_ms
@@ -94,27 +93,13 @@ from votechain.node.metrics import NodeMetrics, Snapshot
 from votechain.node.miner import Miner
 from votechain.node.monitor import Monitor
 from votechain.node.outbound import Outbound
+from votechain.node.peer_requests import PeerRequests
 from votechain.node.peers import PeerDirectory
 from votechain.node.resolver import Resolver
 from votechain.node.store import CHECKPOINT_INTERVAL, ChainStore
 from votechain.node.voters import FinalWaiters
 from votechain.protocol.control import NodeStatus
-from votechain.protocol.peer import (
-    MAX_BATCH_BLOCKS,
-    PROTOCOL_VERSION,
-    Add,
-    AddResult,
-    Announce,
-    Blocks,
-    Error,
-    GetBlocks,
-    GetLatest,
-    Hello,
-    Latest,
-    Message,
-    Relay,
-    Relayed,
-)
+from votechain.protocol.peer import PROTOCOL_VERSION, Hello
 
 # NodeConfig and now_ms are re-exported: callers import them from here, and
 # SYNC_INTERVAL for tests that wait a few rounds of resolution.
@@ -235,9 +220,18 @@ class Node:
         if self.config.metrics is not None:
             self.metrics = NodeMetrics(self._snapshot)
         failed = None if self.metrics is None else self.metrics.handshake_failures.inc
+        # What we answer other peers (peer_requests.py). Inbound and outbound come
+        # after it, so it reaches them through the node when it is called.
+        self.requests = PeerRequests(
+            self.state, self._changed, self._carry_out, self.certificates,
+            network=None if membership is None else membership.network.name,
+            active=lambda: self.network_active, store_damaged=self.store_damaged,
+            misbehaved=lambda *offence: self.inbound.misbehaved(*offence),
+            told=lambda member: self.outbound.told(member), metrics=self.metrics)
         try:
             self.inbound = InboundServer(
-                self.config, self.hello, self.handle_all, self._stopping, identity=self.identity,
+                self.config, self.hello, self.requests.handle_all, self._stopping,
+                identity=self.identity,
                 members=self.members, on_handshake_failure=failed)
         except BaseException:  # e.g. the port is taken: leave no worker process behind
             self.pool.close()
@@ -245,7 +239,8 @@ class Node:
             raise
         self.address = self.inbound.address
         self.outbound = Outbound(self.hello, self.identity, self.members, self.config,
-                                 announcement=self._announcement, on_report=self._reported,
+                                 announcement=self.requests.announcement,
+                                 on_report=self.requests.reported,
                                  on_relay_failed=self._relay_failed)
         self.resolver = Resolver(
             self.state, self._changed, self.outbound, self.peers, self._carry_out, self.config,
@@ -431,80 +426,7 @@ class Node:
             if isinstance(effect, Broadcast):
                 self.broadcast(effect.block)
 
-    # ------------------------------------------------------------ inbound side
-
-    def handle_all(self, msgs: Sequence[Message], source: Address,
-                   peer: PeerIdentity) -> list[Message]:
-        """Answer requests one connection had ready together (node/inbound.py),
-        one reply each, in order. A run of Adds is decided as one
-        (`receive_blocks`): under load the leader pipelines its blocks to
-        every member, and each block cost a member a lock round, a store
-        transaction, a finality write and a wake-up of its own."""
-        replies: list[Message] = []
-        start = 0
-        while start < len(msgs):
-            end = start
-            while end < len(msgs) and isinstance(msgs[end], Add):
-                end += 1
-            if end - start > 1 and self.network_active:
-                replies.extend(self._added(cast("Sequence[Add]", msgs[start:end]), source, peer))
-                start = end
-            else:
-                replies.append(self.handle(msgs[start], source, peer))
-                start += 1
-        return replies
-
-    def handle(self, msg: Message, source: Address, peer: PeerIdentity) -> Message:
-        """Answer one request from another peer (`peer`: who its handshake proved)."""
-        if not self.network_active:
-            return Error("network inactive")
-        if isinstance(msg, GetLatest):
-            with self._lock:
-                return Latest(self.chain.tip)
-        if isinstance(msg, Relay):
-            return self._relayed_to_us(msg.transaction, peer)
-        if isinstance(msg, Announce):
-            if peer.member and peer.key is not None:
-                self._reported(peer, Tip(msg.tip_id, msg.tip_hash), msg.locked)
-            return self._announcement()
-        if isinstance(msg, GetBlocks):
-            try:
-                with self._lock:
-                    batch = self.chain.blocks_from(msg.from_id,
-                                                   min(msg.limit, MAX_BATCH_BLOCKS))
-            except DamagedStore as exc:
-                self.store_damaged(exc)
-                return Error(f"this node cannot serve block {exc.block_id}: its store is damaged")
-            return Blocks(tuple(batch), self.certificates.of(batch))
-        if isinstance(msg, Add):
-            return self._added((msg,), source, peer)[0]
-        return Error(f"unexpected {type(msg).__name__} message")
-
-    # -------------------------------------------------------------- finality
-
-    def _announcement(self) -> Announce:
-        """Our account for the peers: the tip and the locked height, read together."""
-        with self._lock:
-            tip = self.chain.tip
-            return Announce(tip.id, tip.hash, self.state.finality.locked)
-
-    def _reported(self, peer: PeerIdentity, tip: Tip, locked: int | None) -> None:
-        """A member told us of its chain (core/finality.py); observers count nothing."""
-        if not peer.member or peer.key is None or not self.state.finality.counting:
-            return
-        with self._changed:
-            self._carry_out(self.state.member_reported(peer.key, tip, locked))
-
-    def _relayed_to_us(self, tx: Transaction, peer: PeerIdentity) -> Relayed:
-        """Another member hands us a vote to mine (we are the author of its tip)."""
-        if not peer.member or peer.key is None:
-            return Relayed("refused", "only a member may relay a vote")
-        with self._changed:
-            decision = self.state.vote_submitted(tx, relayed=True)
-            self._carry_out(decision.effects)
-        if decision.queued:
-            return Relayed("queued")
-        return Relayed("known" if self.state.member else "refused", decision.reason)
+    # ------------------------------------------------------------- voters
 
     def _final_block(self, tx_id: bytes) -> tuple[Block | None, bool]:
         """The block holding `tx_id` in our chain, and whether it is final; under `_lock`."""
@@ -517,88 +439,6 @@ class Node:
         its block: core/finality.py), at most `timeout` s: its block (None if
         not in our chain yet) and whether it is final (voters.py)."""
         return self._voters.wait(tx_id, timeout)
-
-    def _added(self, adds: Sequence[Add], source: Address,
-               peer: PeerIdentity) -> list[AddResult]:
-        """Blocks a peer pushed to us (Add), in order: each one's answer."""
-        if not peer.member or peer.key is None:
-            network = (f"network {self.config.membership.network.name!r}"
-                       if self.config.membership else "this open network (no key proven)")
-            reason = (f"not a member of {network}: an observer may read the chain "
-                      "but not add blocks")
-            for _ in adds:
-                log.warning("refused a block from %s (%s): %s", source, peer.label, reason)
-            return [AddResult("rejected", reason)] * len(adds)
-        results = self.receive_blocks([add.block for add in adds], peer.key, source)
-        # What the sender told us by pushing: it holds each block it pushed (its
-        # own), and had locked below it. Of a run, two reports say it all, since
-        # finality keeps each member's highest agreement and its last report: the
-        # last block we hold too (the agreement), then the last it pushed.
-        held: Add | None = None
-        last: Add | None = None
-        for add, result in zip(adds, results, strict=True):
-            # An invalid block scores against its sender (core/discipline.py): enough
-            # of them ban it, and inbound.py then drops and refuses it.
-            offence = block_offence(result.status, result.reason)
-            if offence is not None:
-                self.inbound.misbehaved(source, peer, offence, result.reason)
-            if result.status != "rejected":
-                last = add
-                if result.status != "fork":
-                    held = add
-        if last is None or not self.state.finality.counting:
-            return results
-        for told in (last,) if held is None or held is last else (held, last):
-            block = told.block
-            self._reported(peer, Tip(block.id, block.hash), min(told.locked, block.id))
-        self.outbound.told(peer.key)  # these answers carry our lock
-        locked = self.state.finality.locked
-        return [result if result.status == "rejected" else replace(result, locked=locked)
-                for result in results]
-
-    def receive_blocks(self, blocks: Sequence[Block], public_key: bytes,
-                       source: object) -> list[AddResult]:
-        """Blocks from one peer, in order (the seed design's 'add a block' request,
-        one block or a run): screen and decide under the lock, the
-        stand-alone checks (RSA: the slow part) between, without it. A run is
-        decided under one lock and its effects carried out as one
-        (NodeState.blocks_checked)."""
-        state, metrics = self.state, self.metrics
-        with self._lock:
-            decisions = [state.screen_block(block, public_key) for block in blocks]
-        now = now_ms()
-        for i, block in enumerate(blocks):
-            if decisions[i] is None:
-                started = time.perf_counter()
-                decisions[i] = state.check_alone(block, now)
-                if metrics is not None:
-                    metrics.verify_seconds.observe(time.perf_counter() - started)
-        todo = [i for i, decision in enumerate(decisions) if decision is None]
-        if todo:
-            with self._changed:
-                checked, effects = state.blocks_checked([blocks[i] for i in todo])
-                self._carry_out(effects)
-            for i, decided in zip(todo, checked, strict=True):
-                decisions[i] = decided
-        results = []
-        for block, decision in zip(blocks, decisions, strict=True):
-            assert decision is not None  # every block was decided at one step
-            self._log_received(block, decision, source)
-            results.append(AddResult(decision.status, decision.reason))
-        return results
-
-    def _log_received(self, block: Block, decision: BlockDecision, source: object) -> None:
-        if self.metrics is not None:
-            self.metrics.block_received(decision.status, decision.kind)
-        if decision.status == "added":
-            log.info("accepted block %d %s from %s", block.id, block.hash.hex()[:16], source)
-        elif decision.status == "rejected":
-            log.warning("rejected block %d from %s: %s", block.id, source, decision.reason)
-        elif decision.status == "fork":
-            why = "; ".join(e.why for e in decision.effects if isinstance(e, Resolve))
-            # Resolved in the resolver thread, so this connection is answered at once.
-            log.info("block %d from %s does not extend our chain (%s): resolving by majority",
-                     block.id, source, why)
 
     # ------------------------------------------------------------------ mining
 
