@@ -14,7 +14,7 @@ from votechain.core.finality import Finality, Report, quorum_of
 from votechain.core.forkchoice import Tip, Vote
 from votechain.core.node_effects import AnnounceTip, Finalized, QueueVote
 from votechain.core.node_state import NodeState
-from votechain.core.relaying import Relays
+from votechain.core.relaying import START_RECHECK_MS, Relays
 
 GENESIS = genesis_block()
 A, B, C, D = (f"member {name}".encode() for name in "ABCD")
@@ -237,6 +237,44 @@ def test_the_majority_vote_cannot_drop_a_locked_block() -> None:
     assert state.chain.tip == ours[0]
 
 
+def test_two_members_left_on_a_tie_follow_the_one_that_locked() -> None:
+    """One member of three is gone; the two left hold different blocks at
+    height 2: the gone leader's, which the other member locked (two of three
+    held it), and one we mined on block 1 before the leader's reached us.
+    One vote each: by hash alone we kept ours whenever its hash was the
+    smaller, for good, since the other may not drop its locked block. The tie
+    goes to the lock: we fetch its branch and switch."""
+    base = chain_of("a")
+    theirs = chain_of("b", prev=base[0])
+    # Our block 2, with the smaller hash: the one a hash-only tie-break keeps.
+    ours = next(block for block in (make_block(base[0], tx_for(f"ours{i}"), key=fixed_key())
+                                    for i in range(64)) if block.hash < theirs[0].hash)
+    state = seated(3, [GENESIS, *base, ours])
+    state.member_reported(B, tip(theirs[0]), 2)
+    assert state.finality.locked < 2  # ours is not locked: it may go
+    plan = state.tips_collected([Vote(tip(theirs[0]), P1, B)])
+    assert plan.winner == tip(theirs[0])
+    fetch = state.next_fetch(plan)
+    assert fetch is not None and fetch.target == tip(theirs[0])
+    decision = state.branch_fetched(plan, fetch, theirs)
+    assert decision.status == "switched", decision.reason
+    assert state.chain.tip == theirs[0]
+    assert state.pending == (ours.transaction,)  # our vote goes back in the queue
+
+
+def test_a_round_that_finds_a_member_on_a_tip_we_lack_announces_our_account() -> None:
+    """A poll's answer carries no lock; the answer to our Announce does, so
+    the next round can break a tie on it."""
+    base = chain_of("a")
+    state = seated(3, [GENESIS, *base])
+    state.member_reported(B, tip(base[0]), 1)  # B holds our tip: nothing to ask
+    plan = state.tips_collected([Vote(tip(base[0]), P1, B)])
+    assert AnnounceTip() not in plan.effects
+    rival = chain_of("b")
+    plan = state.tips_collected([Vote(tip(rival[0]), P1, B)])
+    assert AnnounceTip() in plan.effects
+
+
 def test_a_lock_survives_a_restart_capped_by_the_chain() -> None:
     blocks = chain_of("ab")
     state = seated(3, [GENESIS, *blocks])
@@ -247,9 +285,13 @@ def test_a_lock_survives_a_restart_capped_by_the_chain() -> None:
 # ================================================================ relaying
 
 
-def relaying(blocks: Sequence[Block] = (GENESIS,)) -> NodeState:
+def relaying(blocks: Sequence[Block] = (GENESIS,), *, started_up: bool = True) -> NodeState:
+    """A member of three seats that relays; `started_up`: it has reached every
+    other seat once (core/relaying.py, "Start-up"), as after a member's first
+    moments."""
     state = seated(3, blocks)
     state.relaying = True
+    state.relays.reached(started_up)
     return state
 
 
@@ -329,6 +371,62 @@ def test_on_the_genesis_block_the_smallest_key_leads() -> None:
     smaller, larger = b"\x00" + me_key, b"\xff" + me_key
     assert state.leader(reachable={larger}) is None  # we are the smallest: we mine
     assert state.leader(reachable={smaller, larger}) == smaller
+
+
+def test_at_start_up_a_vote_waits_until_every_seat_is_reached_or_the_patience_runs_out() -> None:
+    """On the genesis block a member that finds itself the smallest key it
+    reaches may not be the smallest of all while a seat is out of reach: it
+    holds the vote until it reaches every seat, or for the patience."""
+    me_key = fixed_key().public_der
+    larger, largest = b"\xfe" + me_key, b"\xff" + me_key
+    state = relaying(started_up=False)  # three seats
+    state.vote_submitted(tx_for("first"))
+    assert state.relay_due(NOW, reachable={larger}) is None  # we would lead: nobody to hand it
+    assert state.next_job(NOW) is None  # but the third seat may hold a smaller key
+    assert state.relay_wait_ms(NOW) == START_RECHECK_MS  # looked at again soon
+    assert state.next_job(NOW + 1999) is None
+    job = state.next_job(NOW + 2000)  # the patience ran out: mined after all
+    assert job is not None and job.tx == tx_for("first")
+
+    reached = relaying(started_up=False)
+    reached.vote_submitted(tx_for("first"))
+    reached.relay_due(NOW, reachable={larger})
+    assert reached.next_job(NOW) is None
+    assert reached.relay_due(NOW + 10, reachable={larger, largest}) is None  # all reached
+    assert reached.next_job(NOW + 10) is not None  # we are the smallest of all: at once
+    assert reached.relay_wait_ms(NOW + 10) is None
+
+
+def test_at_start_up_a_tip_author_out_of_reach_is_waited_for_after_that_not() -> None:
+    """Past the genesis block, a member that does not reach the tip's author
+    yet holds its vote at start-up (the link may not be up yet), but once it
+    has reached every seat, a leader out of reach is a dead one: mined at once."""
+    theirs = chain_of("a")
+    state = relaying([GENESIS, *theirs], started_up=False)
+    state.vote_submitted(tx_for("mine"))
+    assert state.relay_due(NOW, reachable=set()) is None
+    assert state.next_job(NOW) is None  # start-up: the leader's link may come up
+    assert state.relay_due(NOW + 10, reachable={theirs[0].author, b"a third seat"}) \
+        == (theirs[0].author, (tx_for("mine"),))  # it did: handed over
+    assert state.next_job(NOW + 10) is None  # the leader has it
+    state.vote_submitted(tx_for("later"))
+    assert state.relay_due(NOW + 20, reachable=set()) is None  # the leader's link is gone
+    job = state.next_job(NOW + 20)  # not start-up any more: mined here at once
+    assert job is not None and job.tx == tx_for("later")
+
+
+def test_a_member_whose_tip_is_its_own_block_leads_even_at_start_up() -> None:
+    state = relaying(started_up=False)
+    state.vote_submitted(tx_for("first"))
+    state.relay_due(NOW, reachable=set())  # alone, and held for the whole patience
+    assert state.next_job(NOW) is None
+    job = state.next_job(NOW + 2000)
+    assert job is not None
+    assert state.nonce_found(job, resign_for(job.template)).status == "appended"
+    state.vote_submitted(tx_for("second"))
+    assert state.relay_due(NOW + 2001, reachable=set()) is None
+    assert state.next_job(NOW + 2001) is not None  # our tip: we lead, at once
+    assert state.relay_wait_ms(NOW + 2001) is None
 
 
 def test_a_relayed_vote_is_queued_but_left_to_its_own_member_to_persist() -> None:

@@ -106,6 +106,10 @@ def test_an_isolated_node_never_reports_final_and_its_block_is_orphaned(
     network.wait_connected([a, b, c])
     before = vote_final(a, "before")  # all three hold a final block first
     network.wait_converged([a, b, c])
+    # c's start-up is over (it reached both others: core/relaying.py), so cut
+    # off it mines its vote at once rather than wait for the leader's link.
+    wait_until(lambda: len(c.outbound.members_reached()) == 2, DEADLINE,
+               what="c to reach the two other members")
     c.set_network_active(False)
     tx_id = c.submit_vote("isolated")
     block, final = c.wait_for_vote(tx_id, ISOLATED_WAIT)
@@ -147,10 +151,65 @@ def test_members_hand_votes_to_the_tip_author_and_mine_them_when_it_is_gone(
     for node in nodes:  # (the voter's node holds its final vote's block; a third may lag)
         assert author_of(node, vote_final(node, "relayed")) == leader.key.public_der
     assert sum(n.forks_resolved for n in nodes) == 0
+    # All three hold the last block before the leader stops: a member one block
+    # behind would mine its vote on the block before, against the third's final
+    # one (the tie the next test settles), which is not what this test is about.
+    network.wait_converged(nodes)
     network.stop_node(leader)
     other = next(n for n in nodes if n is not leader)
     alone = vote_final(other, "after the leader stopped")
     assert author_of(other, alone) == other.key.public_der
+
+
+def test_votes_cast_the_moment_members_start_race_for_no_block(network: Network) -> None:
+    """A vote cast at every member as soon as all three are listed, before
+    they reach each other: each holds its first block until it reaches every
+    seat (core/relaying.py), so the smallest key leads from the first block on
+    and no block races another. Before, a member that reached nobody yet
+    mined its vote at once: the start-up forks of the finality benchmark.
+    (The patience is the test's deadline, so no hold can end by timing out.)"""
+    nodes = network.add_nodes("abc", seats=SEATS, relay_patience=DEADLINE,
+                              relay_max_patience=DEADLINE)
+    tx_ids = [node.submit_vote(f"at-start-{i}") for i, node in enumerate(nodes)]
+    for node, tx_id in zip(nodes, tx_ids, strict=True):
+        block, final = node.wait_for_vote(tx_id, DEADLINE)
+        assert block is not None and final
+    network.wait_converged(nodes, height=3)
+    leader = min(nodes, key=lambda n: n.key.public_der)
+    for node in nodes:
+        assert [b.author for b in node.blocks()[1:]] == [leader.key.public_der] * 3
+    assert sum(n.forks_resolved for n in nodes) == 0
+
+
+def test_the_two_members_left_settle_a_tie_between_a_final_block_and_a_lone_one(
+        network: Network) -> None:
+    """a is cut off while the leader mines block 2, which b and the leader lock
+    and b reports final; a mines its own vote as block 2 alone. The leader
+    stops and a comes back: a and b, two seats of three, hold one tip each.
+    b may never drop its final block; a's has no lock, so the tie goes to
+    b's (forkchoice.py): a switches, mines its vote again on b's chain, and
+    it is final. (By hash alone, half the time a kept its block and neither
+    ever moved: no vote was final again with the leader gone.)"""
+    nodes = network.add_nodes("abc", seats=SEATS)
+    network.wait_connected(nodes)
+    wait_until(lambda: all(len(n.outbound.members_reached()) == 2 for n in nodes), DEADLINE,
+               what="every node to reach the two other members")
+    vote_final(nodes[0], "first")
+    network.wait_converged(nodes)
+    leader = min(nodes, key=lambda n: n.key.public_der)
+    a, b = (n for n in nodes if n is not leader)
+    a.set_network_active(False)
+    locked = vote_final(b, "while a is away")  # mined by the leader, final at b
+    lone_tx = a.submit_vote("alone")
+    lone, final = a.wait_for_vote(lone_tx, ISOLATED_WAIT)
+    assert lone is not None and not final and lone.id == locked[0]  # the same height
+    network.stop_node(leader)
+    a.set_network_active(True)
+    again, final = a.wait_for_vote(lone_tx, DEADLINE)
+    assert again is not None and final, "a's vote not final with b"
+    network.wait_converged([a, b])
+    assert_kept(b.blocks(), [locked, (again.id, again.hash)])
+    assert (lone.id, lone.hash) not in {(blk.id, blk.hash) for blk in b.blocks()}
 
 
 @pytest.fixture
@@ -207,7 +266,8 @@ def test_finality_counts_distinct_members_and_ignores_observers(network: Network
     member keys report holding and locking it. An observer's Announce counts
     for nothing (and its Relay is refused); one key announcing over two
     connections counts once."""
-    node = network.add_node("a", seats=5)
+    # Alone, it mines once its start-up hold (core/relaying.py) ends: soon.
+    node = network.add_node("a", seats=5, relay_patience=0.1)
     confirmed = node.submit_vote("alone")
     block, final = node.wait_for_vote(confirmed, ISOLATED_WAIT)
     assert block is not None and not final  # one seat of five

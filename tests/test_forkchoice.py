@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,6 +50,19 @@ def test_tie_on_votes_goes_to_the_higher_id() -> None:
     assert majority(votes(A, C)) == C
     assert majority(votes(C, A)) == C
     assert majority(votes(A, A, C, C, B)) == C
+
+
+def test_tie_on_votes_goes_first_to_the_higher_reported_lock() -> None:
+    """A lock breaks a tie (even against a longer tip or a smaller hash), and
+    only a tie: two votes still beat one however high its lock."""
+    locked_a = Vote(A, ("10.0.0.9", 9000), b"a member", locked=5)
+    assert majority([*votes(C), locked_a]) == A  # over the higher id
+    assert majority([*votes(B), locked_a]) == A  # over the smaller hash
+    assert majority([*votes(B, B), locked_a]) == B  # not over more votes
+    # The highest lock among a tip's voters is the tip's.
+    low = Vote(B, ("10.0.0.8", 9000), b"another", locked=2)
+    assert majority([low, locked_a]) == A
+    assert majority([low, replace(locked_a, locked=1)]) == B
 
 
 def test_tie_on_votes_and_id_goes_to_the_smaller_hash() -> None:

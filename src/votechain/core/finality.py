@@ -118,6 +118,11 @@ class Finality:
             self._dissent[voter] = report  # the first, or the first past our lock since
         return self._advance(chain.height)
 
+    def lock_of(self, voter: bytes) -> int:
+        """Member `voter`'s locked height, as it last reported it (0: never)."""
+        report = self._reports.get(voter)
+        return 0 if report is None else report.locked
+
     def tip_seen(self, voter: bytes, tip: Tip, locked: int | None, chain: HeldChain) -> bool:
         """`reported`, where `locked` None keeps the member's last word on its lock."""
         if locked is None:

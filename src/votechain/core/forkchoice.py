@@ -4,8 +4,17 @@ docs/design.md). Pure.
 Each peer that answers, and this node itself, casts one vote: its tip, as
 (id, hash). The tip with the most votes wins. Ties are broken the same way on
 every node, so two nodes that see the same votes always pick the same tip:
-  1. the higher block id (the longer chain carries more votes);
-  2. then the smaller hash, compared as bytes.
+  1. the higher locked height a voter for it reported (finality.py: a quorum
+     once held that voter's chain up to there, and it never switches away
+     from a locked block);
+  2. the higher block id (the longer chain carries more votes);
+  3. then the smaller hash, compared as bytes.
+Why the lock first: with one of three members gone, the two left can each
+hold a different block at one height, one of them locked (even final) by
+the first, the other not. By hash alone, half the time both kept their own
+for good: the first may not drop a locked block, and the second saw a tie
+it won. A lock breaks a tie only: a member lying about its lock wins no
+more than the ties a hash would give it half the time.
 
 The majority settles *forks*; it does not hold back a chain that merely
 extends the majority tip. A peer that mined while the others could not hear
@@ -42,14 +51,20 @@ class Vote:
     tip: Tip
     source: tuple[str, int] | None
     voter: bytes | None = None
+    locked: int = 0  # the voter's locked height, as last reported (finality.py)
 
 
 def majority(votes: Iterable[Vote]) -> Tip | None:
-    counts = Counter(v.tip for v in votes)
+    counts: Counter[Tip] = Counter()
+    locks: dict[Tip, int] = {}
+    for vote in votes:
+        counts[vote.tip] += 1
+        locks[vote.tip] = max(locks.get(vote.tip, 0), vote.locked)
     if not counts:
         return None
-    # max over (votes, id, -hash): the hash is negated by sorting on its complement.
-    return max(counts, key=lambda t: (counts[t], t.id, bytes(255 - b for b in t.hash)))
+    # max over (votes, lock, id, -hash): the hash is negated by sorting on its complement.
+    return max(counts, key=lambda t: (counts[t], locks[t], t.id,
+                                      bytes(255 - b for b in t.hash)))
 
 
 def candidates(votes: Sequence[Vote]) -> list[Tip]:

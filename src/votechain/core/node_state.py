@@ -74,7 +74,9 @@ Inputs, and what they return (node_effects.py lists the effects):
   the author of our tip mines for everyone. `relay_due` names it and the
   queued votes to hand it (each once, and only to a member we reach);
   `next_job` skips a vote handed over until its patience runs out
-  (`relay_failed` ends it at once), then mines it here.
+  (`relay_failed` ends it at once), then mines it here. Until `relay_due`
+  has once found every other seat in reach (start-up), `next_job` holds
+  the votes we would mine without leading, for the patience at most.
 - `nonce_found(job, block)`: if the tip moved while mining, the block is stale
   and dropped (the vote stays queued for the next job). If its vote reached
   the chain by another path, the vote leaves the queue. Otherwise it is
@@ -83,8 +85,10 @@ Inputs, and what they return (node_effects.py lists the effects):
   `tips_collected(votes)` keeps one vote per member key (a tip from an
   observer, or a second answer by a key already heard, does not count; nor
   does our own key heard from elsewhere), adds our own tip as one vote if we
-  are a member, and returns a
-  `Resolution` plan of candidates, best first. `next_fetch(plan)` names the
+  are a member, each vote with its voter's last reported lock (ties go to
+  the higher: forkchoice.py), and returns a
+  `Resolution` plan of candidates, best first (with `AnnounceTip` when a
+  member is on a tip we lack: its answer brings its lock). `next_fetch(plan)` names the
   next branch to fetch: the resolution ends at the first candidate we hold,
   if it is the majority tip or our chain holds the majority tip; a candidate
   we hold that is a minority fork is skipped. A candidate is fetched from
@@ -110,7 +114,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from votechain.core.block import Block, Transaction
@@ -487,6 +491,8 @@ class NodeState:
         for tx in self._pending:
             if tx.tx_id in skip or (not leading and relays.waiting(tx.tx_id, now_ms)):
                 continue
+            if not leading and not after and self.relaying and relays.holding(now_ms):
+                return None  # start-up: the leader may be a seat we do not reach yet
             return MineJob(Block(id=base.id + 1, transaction=tx, nonce=0, prev_hash=base.hash,
                                  hash=b"", signature=b"", author=self.author))
         return None
@@ -506,9 +512,17 @@ class NodeState:
             return None
         return author
 
-    def relay_due(self, now_ms: int,
-                  reachable: AbstractSet[bytes]) -> tuple[bytes, tuple[Transaction, ...]] | None:
-        """The leader and the queued votes to hand it now (each vote once), or None."""
+    def relay_due(self, now_ms: int, reachable: AbstractSet[bytes],
+                  reached: AbstractSet[bytes] | None = None,
+                  ) -> tuple[bytes, tuple[Transaction, ...]] | None:
+        """The leader and the queued votes to hand it now (each vote once), or
+        None. `reachable`: the members we can hand votes to now; `reached`:
+        every member we have reached since we started (None: `reachable`).
+        Until those are every other seat, `next_job` holds the votes we would
+        mine without leading (core/relaying.py, "Start-up")."""
+        if self.relaying:
+            every = reachable if reached is None else reached | reachable
+            self.relays.reached(len(every - {self.author}) + 1 >= self.finality.seats)
         leader = self.leader(reachable)
         if leader is None or not self._pending:
             return None
@@ -521,9 +535,15 @@ class NodeState:
         self.relays.failed(tx_ids, now_ms)
 
     def relay_wait_ms(self, now_ms: int) -> int | None:
-        """How long until a relayed vote's patience runs out (None: none waits)."""
-        self.relays.observe(self.chain.height, now_ms)
-        return self.relays.wait_ms(self._pending, now_ms)
+        """How long until a relayed vote's patience runs out, or until a vote
+        held at start-up is looked at again (None: none waits)."""
+        relays = self.relays
+        relays.observe(self.chain.height, now_ms)
+        wait = relays.wait_ms(self._pending, now_ms)
+        held = relays.held_wait_ms(now_ms) if self._pending else None
+        if held is not None:
+            wait = held if wait is None else min(wait, held)
+        return wait
 
     def nonce_found(self, job: MineJob, block: Block) -> MinedDecision:
         """Our miner solved `job`; `block` is its template with the nonce, hash and signature."""
@@ -557,12 +577,24 @@ class NodeState:
                 continue
             heard.add(vote.voter)
             counted.append(vote)
-        votes = tuple(counted)
+        finality = self.finality
         moved = False
-        for vote in votes:
+        for vote in counted:
             if vote.voter is not None:
-                moved = self.finality.tip_seen(vote.voter, vote.tip, None, self.chain) or moved
-        return Resolution(votes, tuple(candidates(votes)), effects=self._finality_effects(moved))
+                moved = finality.tip_seen(vote.voter, vote.tip, None, self.chain) or moved
+        # Each vote with its voter's lock, ours included: a tie goes to the
+        # higher lock (forkchoice.py says why).
+        votes = tuple(replace(vote, locked=finality.lock_of(vote.voter))
+                      if vote.voter is not None else replace(vote, locked=finality.locked)
+                      for vote in counted)
+        effects = self._finality_effects(moved)
+        if finality.counting and ANNOUNCE not in effects and any(
+                vote.voter is not None and not self.chain.holds(vote.tip.id, vote.tip.hash)
+                for vote in votes):
+            # A member on a tip we lack: a poll does not carry its lock, its
+            # answer to our account (Announce) does, for the next round's tie.
+            effects = (*effects, ANNOUNCE)
+        return Resolution(votes, tuple(candidates(votes)), effects=effects)
 
     def next_fetch(self, plan: Resolution) -> FetchBranch | None:
         """The next branch to fetch, or None when the round is over."""

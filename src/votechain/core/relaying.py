@@ -19,6 +19,17 @@ it reaches, the same on every member that reaches all the others (without
 it, every member mined its first votes at once: at 10 peers, 40 blocks
 racing for the first five heights).
 
+Start-up: a member that has not yet reached every other seat since it
+started mines none of its votes unless it leads (its tip is its own block),
+for the patience at most; its votes go to the leader as soon as it reaches
+it. Links come up one by one, and a member that reached nobody yet used to
+take itself for the genesis leader (or, past the genesis block, found the
+tip's author out of reach) and mine at once: the root of most forks at 3
+peers in the finality benchmark, and of a member left locked on blocks
+their author then dropped (docs/design.md, "Finality"). Once every seat has
+been reached, a leader out of reach means a dead or cut-off one, and its
+votes are mined here at once, as before.
+
 A vote handed over stays queued, and persisted, where it was cast until a
 block carries it, so a relay loses nothing. A member that leads (its block
 is its tip) mines its whole queue, votes it handed over before it led
@@ -50,6 +61,10 @@ from votechain.core.block import Transaction
 
 DEFAULT_PATIENCE_MS = 2000
 DEFAULT_MAX_PATIENCE_MS = 10_000
+# While a vote is held at start-up (a seat not reached yet), how often the
+# miner looks again: no event tells it that a link to a member came up (links
+# are proven in other threads), and this happens once in a process's life.
+START_RECHECK_MS = 50
 
 
 class Relays:
@@ -63,6 +78,32 @@ class Relays:
         self._handed: dict[bytes, int] = {}
         self._height = -1  # the chain's height when last observed (-1: never)
         self._progress_ms: int | None = None  # when it was last seen to change
+        # Start-up: until we have reached every other seat once, a vote we would
+        # mine without leading is held, for the patience at most from when the
+        # first one was.
+        self._started_up = False
+        self._held_ms: int | None = None
+
+    def reached(self, every_seat: bool) -> None:
+        """Whether we reach every other seat now (start-up ends the first time)."""
+        if every_seat:
+            self._started_up = True
+
+    def holding(self, now_ms: int) -> bool:
+        """Whether a vote we would mine here without leading waits (start-up)."""
+        if self._started_up:
+            return False
+        if self._held_ms is None:
+            self._held_ms = now_ms
+        return now_ms < self._held_ms + self.patience_ms
+
+    def held_wait_ms(self, now_ms: int) -> int | None:
+        """How long until the miner looks again at a vote held at start-up
+        (None: none is)."""
+        if self._started_up or self._held_ms is None:
+            return None
+        left = self._held_ms + self.patience_ms - now_ms
+        return min(left, START_RECHECK_MS) if left > 0 else None
 
     def observe(self, height: int, now_ms: int) -> None:
         """The chain's height at `now_ms`: a change is the leader's progress."""

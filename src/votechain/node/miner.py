@@ -44,7 +44,8 @@ class Miner:
     there may be something to mine or relay. `carry_out` performs a
     decision's effects with the lock held, `carry_out_unlocked` the ones that
     wait for it to be released (a Broadcast); `reachable` names the member
-    keys we can hand votes to, `relay(leader, txs)` hands them over."""
+    keys we can hand votes to, `reached` those reached since the node
+    started, and `relay(leader, txs)` hands them over."""
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class Miner:
         carry_out: Callable[[Iterable[Effect]], None],
         carry_out_unlocked: Callable[[Iterable[Effect]], None],
         reachable: Callable[[], frozenset[bytes]],
+        reached: Callable[[], frozenset[bytes]],
         relay: Callable[[bytes, tuple[Transaction, ...]], None],
         stopping: threading.Event,
         metrics: NodeMetrics | None,
@@ -71,6 +73,7 @@ class Miner:
         self._carry_out = carry_out
         self._carry_out_unlocked = carry_out_unlocked
         self._reachable = reachable
+        self._reached = reached
         self._relay = relay
         self._stopping = stopping
         self._metrics = metrics
@@ -87,7 +90,7 @@ class Miner:
             with self._changed:
                 while True:
                     now = now_ms()
-                    relay = state.relay_due(now, self._reachable())
+                    relay = state.relay_due(now, self._reachable(), self._reached())
                     if not searching:
                         job = state.next_job(now, () if found is None else (found[1],))
                         if job is not None:

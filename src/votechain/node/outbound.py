@@ -113,8 +113,12 @@ class PeerLink:
         backoff: float = PEER_BACKOFF,
         max_backoff: float = MAX_PEER_BACKOFF,
         on_relays_dropped: Callable[[list[bytes]], None] | None = None,
+        on_member: Callable[[bytes], None] | None = None,
     ) -> None:
         self.address = address
+        # Told the key of each member a handshake here proves (relaying's
+        # start-up ends once every seat has been reached: core/relaying.py).
+        self._on_member = on_member
         # Told the tx ids of votes queued here to Relay that will never be sent
         # (the outbox emptied by a failure or by close, or overflowing), so that
         # their member mines them at once instead of after RELAY_PATIENCE.
@@ -316,6 +320,8 @@ class PeerLink:
                 # Hello a byte at a time holds a thread no longer than a silent one.
                 self.peer = conn.handshake(self._hello, initiator=True, timeout=timeout,
                                            identity=self._identity, members=self._members)
+                if self._on_member is not None and self.peer.member and self.peer.key:
+                    self._on_member(self.peer.key)
             peer = self.peer
             assert peer is not None  # set by this connection's handshake, under self.lock
             conn.send(*msgs)  # in one write
@@ -394,6 +400,8 @@ class Outbound:
         # When each member was last told our account by a block or an answer
         # (`told`), so that `announce` need not tell it again at once.
         self._told: dict[bytes, float] = {}
+        # Every member key a link has proven since we started (`members_reached`).
+        self._reached: set[bytes] = set()
         self._lock = threading.Lock()
         self._closed = False
         self._sends = ThreadPoolExecutor(config.broadcast_threads,
@@ -412,7 +420,7 @@ class Outbound:
                     address, self._hello, identity=self._identity, members=self._members,
                     timeout=config.peer_timeout, outbox_blocks=config.outbox_blocks,
                     backoff=config.peer_backoff, max_backoff=config.max_peer_backoff,
-                    on_relays_dropped=self._on_relay_failed)
+                    on_relays_dropped=self._on_relay_failed, on_member=self._member_proven)
                 if self._closed:
                     link.close()  # close() closed the others already: refuse requests
             return link
@@ -439,6 +447,16 @@ class Outbound:
         return frozenset(link.peer.key for link in links
                          if link.peer is not None and link.peer.member
                          and link.peer.key is not None and link.ready(now))
+
+    def _member_proven(self, member: bytes) -> None:
+        with self._lock:
+            self._reached.add(member)
+
+    def members_reached(self) -> frozenset[bytes]:
+        """Every member key a link has proven since we started, answering now
+        or not (relaying's start-up: core/relaying.py)."""
+        with self._lock:
+            return frozenset(self._reached)
 
     def _member_link(self, member: bytes) -> PeerLink | None:
         """The link whose peer proved key `member`, if any."""

@@ -250,7 +250,9 @@ class Node:
                            self.difficulty,
                            carry_out=self._carry_out,
                            carry_out_unlocked=self._carry_out_unlocked,
-                           reachable=self._reachable, relay=self._relay,
+                           reachable=self._reachable,
+                           reached=self.outbound.members_reached,
+                           relay=self._relay,
                            stopping=self._stopping, metrics=self.metrics)
         self.directory = PeerDirectory(self.config, self.address, stopping=self._stopping,
                                        registered=self._ask_round)
