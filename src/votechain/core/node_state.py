@@ -512,6 +512,12 @@ class NodeState:
             return None
         return author
 
+    @property
+    def starting_up(self) -> bool:
+        """Whether we relay and have not yet reached every other seat once
+        (core/relaying.py, "Start-up")."""
+        return self.relaying and not self.relays.started_up
+
     def relay_due(self, now_ms: int, reachable: AbstractSet[bytes],
                   reached: AbstractSet[bytes] | None = None,
                   ) -> tuple[bytes, tuple[Transaction, ...]] | None:
@@ -520,7 +526,7 @@ class NodeState:
         every member we have reached since we started (None: `reachable`).
         Until those are every other seat, `next_job` holds the votes we would
         mine without leading (core/relaying.py, "Start-up")."""
-        if self.relaying:
+        if self.starting_up:
             every = reachable if reached is None else reached | reachable
             self.relays.reached(len(every - {self.author}) + 1 >= self.finality.seats)
         leader = self.leader(reachable)

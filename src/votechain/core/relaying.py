@@ -84,6 +84,11 @@ class Relays:
         self._started_up = False
         self._held_ms: int | None = None
 
+    @property
+    def started_up(self) -> bool:
+        """Whether we have reached every other seat once (start-up is over)."""
+        return self._started_up
+
     def reached(self, every_seat: bool) -> None:
         """Whether we reach every other seat now (start-up ends the first time)."""
         if every_seat:

@@ -90,7 +90,9 @@ class Miner:
             with self._changed:
                 while True:
                     now = now_ms()
-                    relay = state.relay_due(now, self._reachable(), self._reached())
+                    # (Who we reached since we started matters at start-up only.)
+                    reached = self._reached() if state.starting_up else None
+                    relay = state.relay_due(now, self._reachable(), reached)
                     if not searching:
                         job = state.next_job(now, () if found is None else (found[1],))
                         if job is not None:
