@@ -181,6 +181,18 @@ def test_votes_cast_the_moment_members_start_race_for_no_block(network: Network)
     assert sum(n.forks_resolved for n in nodes) == 0
 
 
+def test_a_member_reaches_a_peer_that_registered_after_it_at_once(network: Network) -> None:
+    """a starts first; when the tracker keeper's list names b, a resolves at
+    once, and its poll proves its link to b: a's start-up hold
+    (core/relaying.py) ends with the last seat listed, not a sync_interval
+    later (here never: the periodic round is an hour away, and nothing else
+    makes a contact b)."""
+    a = network.add_node("a", seats=2, sync_interval=3600.0)
+    b = network.add_node("b", seats=2, sync_interval=3600.0)
+    wait_until(lambda: b.key.public_der in a.outbound.members_reached(), DEADLINE,
+               what="a to reach b, which registered after it")
+
+
 def test_the_two_members_left_settle_a_tie_between_a_final_block_and_a_lone_one(
         network: Network) -> None:
     """a is cut off while the leader mines block 2, which b and the leader lock

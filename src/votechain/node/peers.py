@@ -69,15 +69,17 @@ class Backoff:
 
 
 class PeerDirectory:
-    """The tracker client of one node, listening on `address`; `registered` is
-    called each time the node (re-)registers, so it can resolve at once."""
+    """The tracker client of one node, listening on `address`; `changed` is
+    called each time the node (re-)registers and each time the keeper's list
+    names a peer it did not, so the node can resolve, and reach the newcomer,
+    at once."""
 
     def __init__(self, config: NodeConfig, address: Address, *, stopping: threading.Event,
-                 registered: Callable[[], None]) -> None:
+                 changed: Callable[[], None]) -> None:
         self._config = config
         self._address = address
         self._stopping = stopping
-        self._registered = registered
+        self._changed = changed
         self._self_addresses = {address, ("127.0.0.1", address[1])}
         self._lock = threading.Lock()
         self._known: list[Address] = []
@@ -108,9 +110,16 @@ class PeerDirectory:
                     else:  # the connection broke in another thread (fresh()), unnoticed here
                         log.debug("re-registered with tracker %s:%d", host, port)
                     self.up = True
-                    self._registered()
+                    self._changed()
                 # Asking for the list doubles as the liveness check of the registration.
-                self._remember(self.tracker.nodes())
+                before = set(self.known)
+                if not before.issuperset(self._remember(self.tracker.nodes())):
+                    # A peer joined: the round polls it, which proves our link
+                    # to it. Until a member has reached every seat it mines
+                    # none of its votes (core/relaying.py, "Start-up"), and
+                    # nothing else may contact a peer that registered after us
+                    # for a sync_interval.
+                    self._changed()
             except TrackerError as exc:
                 # One line when the tracker is lost (or unreachable from the
                 # start), however long it stays away: retries are not news.

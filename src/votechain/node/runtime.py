@@ -255,7 +255,7 @@ class Node:
                            relay=self._relay,
                            stopping=self._stopping, metrics=self.metrics)
         self.directory = PeerDirectory(self.config, self.address, stopping=self._stopping,
-                                       registered=self._ask_round)
+                                       changed=self._ask_round)
         self.tracker = self.directory.tracker
         self.control = ControlServer(self, self.data_dir)
         try:
