@@ -455,6 +455,23 @@ def test_majority_switch_requeues_only_our_orphaned_votes_ahead_of_the_queue() -
     assert state.pending == (mine1.transaction, queued) and state.forks_resolved == 1
 
 
+def test_a_branch_our_chain_already_holds_and_extends_changes_nothing() -> None:
+    """The majority tip's branch comes back from a fetch after pushes appended
+    it, and a block after it: adopting it must not cut our chain back to it."""
+    b1 = theirs(GENESIS, "b1")
+    b2 = theirs(b1, "b2")
+    b3 = theirs(b2, "b3")
+    state = state_of([GENESIS, b1])
+    plan = state.tips_collected([vote(b2, P1), vote(b2, P2)])
+    fetch = state.next_fetch(plan)
+    assert fetch == FetchBranch(tip(b2), P1)
+    for block in (b2, b3):  # pushed while the fetch was in flight
+        assert state.block_received(block, block.author, NOW).status == "added"
+    decision = state.branch_fetched(plan, fetch, [b2])
+    assert decision.status == "unchanged" and plan.done
+    assert state.chain.blocks() == [GENESIS, b1, b2, b3] and state.forks_resolved == 0
+
+
 def test_queued_votes_carried_by_the_new_branch_leave_the_queue() -> None:
     ours = make_block(GENESIS, tx_for("ours"))
     waiting = tx_for("waiting")

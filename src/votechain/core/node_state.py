@@ -671,7 +671,14 @@ class NodeState:
         return self.adopt(branch)
 
     def adopt(self, branch: Sequence[Block]) -> BranchDecision:
-        """Switch to `branch` (prechecked: only the link and duplicate rules run here)."""
+        """Switch to `branch` (prechecked: only the link and duplicate rules run here).
+        A branch our chain already holds to its end changes nothing: a fetch
+        that returns after pushes appended its blocks, and more after them,
+        must not cut our chain back to its end (at 20 peers under load that
+        dropped the leader's newest block about once a second, each counted
+        as a fork and fetched again)."""
+        if branch and self.chain.holds(branch[-1].id, branch[-1].hash):
+            return BranchDecision("unchanged", reason="our chain holds it already")
         try:
             fork_id = self.chain.parting(branch)
             if fork_id < self.chain.height and not self.finality.may_drop(fork_id, branch):
