@@ -76,7 +76,7 @@ Inputs, and what they return (node_effects.py lists the effects):
   `next_job` skips a vote handed over until its patience runs out
   (`relay_failed` ends it at once), then mines it here. Until `relay_due`
   has once found every other seat in reach (start-up), `next_job` holds
-  the votes we would mine without leading, for the patience at most.
+  the votes we would mine without leading, for half the patience at most.
 - `nonce_found(job, block)`: if the tip moved while mining, the block is stale
   and dropped (the vote stays queued for the next job). If its vote reached
   the chain by another path, the vote leaves the queue. Otherwise it is

@@ -21,14 +21,19 @@ racing for the first five heights).
 
 Start-up: a member that has not yet reached every other seat since it
 started mines none of its votes unless it leads (its tip is its own block),
-for the patience at most; its votes go to the leader as soon as it reaches
+for half the patience at most; its votes go to the leader as soon as it reaches
 it. Links come up one by one, and a member that reached nobody yet used to
 take itself for the genesis leader (or, past the genesis block, found the
 tip's author out of reach) and mine at once: the root of most forks at 3
 peers in the finality benchmark, and of a member left locked on blocks
 their author then dropped (docs/design.md, "Finality"). Once every seat has
 been reached, a leader out of reach means a dead or cut-off one, and its
-votes are mined here at once, as before.
+votes are mined here at once, as before. The hold lasts half the patience:
+a member that handed us a vote mines it itself when its patience runs out,
+and a hold as long as that patience raced it (two seats of three, each
+waiting the whole patience, mined the same vote at block 1 at the same
+moment). Half leaves the leader's block half a patience to reach it,
+which the patience then stretches for (it counts from the chain's growth).
 
 A vote handed over stays queued, and persisted, where it was cast until a
 block carries it, so a relay loses nothing. A member that leads (its block
@@ -79,8 +84,8 @@ class Relays:
         self._height = -1  # the chain's height when last observed (-1: never)
         self._progress_ms: int | None = None  # when it was last seen to change
         # Start-up: until we have reached every other seat once, a vote we would
-        # mine without leading is held, for the patience at most from when the
-        # first one was.
+        # mine without leading is held, for half the patience at most from when
+        # the first one was.
         self._started_up = False
         self._held_ms: int | None = None
 
@@ -100,14 +105,14 @@ class Relays:
             return False
         if self._held_ms is None:
             self._held_ms = now_ms
-        return now_ms < self._held_ms + self.patience_ms
+        return now_ms < self._held_ms + self.patience_ms // 2
 
     def held_wait_ms(self, now_ms: int) -> int | None:
         """How long until the miner looks again at a vote held at start-up
         (None: none is)."""
         if self._started_up or self._held_ms is None:
             return None
-        left = self._held_ms + self.patience_ms - now_ms
+        left = self._held_ms + self.patience_ms // 2 - now_ms
         return min(left, START_RECHECK_MS) if left > 0 else None
 
     def observe(self, height: int, now_ms: int) -> None:
